@@ -1,0 +1,3 @@
+from stackalign.cli import main
+
+raise SystemExit(main())

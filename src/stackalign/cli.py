@@ -1,0 +1,93 @@
+"""Command-line interface: a thin layer over the library.
+
+Every sub-command's handler is imported lazily so that `stackalign --help` stays fast and a broken
+optional dependency only affects the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def _handler(dotted: str):
+    """Resolve "module:function" lazily."""
+
+    def run(args: argparse.Namespace) -> int:
+        module, func = dotted.split(":")
+        return int(getattr(importlib.import_module(module), func)(args) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stackalign", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+
+    demo = sub.add_parser("demo", help="the paper's main comparison, end to end, on the sandbox world")
+    demo.add_argument("--quick", action="store_true", help="fewer prompts and methods (about 3 minutes)")
+    demo.add_argument("--out", default=None, help="results directory (default: runs/demo[-quick])")
+    demo.add_argument("--world", default=None, help="use the world built at this directory")
+    demo.set_defaults(func=_handler("stackalign.runner.demo:main"))
+
+    world = sub.add_parser("world", help="the sandbox world")
+    wsub = world.add_subparsers(dest="world_command", required=True)
+    wb = wsub.add_parser("build", help="build a sandbox world deterministically from its seed")
+    wb.add_argument("--out", required=True, help="output directory")
+    wb.add_argument("--seed", type=int, default=0)
+    wb.add_argument("--bias", type=float, default=None, help="share of base mass on the disfavoured behaviour")
+    wb.add_argument("--pairs", type=int, default=None, help="number of gold-labelled preference pairs")
+    wb.add_argument("--label-noise", type=float, default=None, help="fraction of flipped labels")
+    wb.add_argument("--preset", choices=["default", "micro"], default="default")
+    wb.set_defaults(func=_handler("stackalign.worlds.cli:build"))
+
+    run = sub.add_parser("run", help="run a recipe")
+    run.add_argument("recipe", help="recipe YAML file")
+    run.add_argument("--out", default=None, help="results directory")
+    run.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
+    run.set_defaults(func=_handler("stackalign.runner.run:main"))
+
+    ev = sub.add_parser("eval", help="recompute the evaluation of an existing run directory")
+    ev.add_argument("run_dir")
+    ev.set_defaults(func=_handler("stackalign.runner.run:eval_main"))
+
+    bench = sub.add_parser("bench", help="speed benchmarks (ratios measured in one process)")
+    bench.add_argument("which", choices=["args", "cd", "sample"])
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--world", default=None, help="world directory (default: the cached default world)")
+    bench.add_argument("--prompts", type=int, default=4, help="number of prompts")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.set_defaults(func=_handler("stackalign.bench:main"))
+
+    games = sub.add_parser("games", help="exact finite-game solvers (SRS, SLHF, NLHF, SGPO)")
+    gsub = games.add_subparsers(dest="games_command", required=True)
+    gc = gsub.add_parser("condorcet", help="RLHF / NLHF / SLHF on the Condorcet example")
+    gc.add_argument("--tau", type=float, default=0.1, help="leader and follower temperature for SLHF")
+    gc.set_defaults(func=_handler("stackalign.games.cli:condorcet"))
+    gt = gsub.add_parser("toy", help="the SRS paper's toy example: raw reward vs threshold rewards")
+    gt.set_defaults(func=_handler("stackalign.games.cli:toy"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from stackalign import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # errors at the boundary: a message, not a traceback
+        print(f"stackalign: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
