@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     wb = wsub.add_parser("build", help="build a sandbox world deterministically from its seed")
     wb.add_argument("--out", required=True, help="output directory")
     wb.add_argument("--seed", type=int, default=0)
-    wb.add_argument("--bias", type=float, default=None, help="share of base mass on the disfavoured behaviour")
+    wb.add_argument(
+        "--bias", type=float, default=None, help="share of base mass on the disfavoured behaviour"
+    )
     wb.add_argument("--pairs", type=int, default=None, help="number of gold-labelled preference pairs")
     wb.add_argument("--label-noise", type=float, default=None, help="fraction of flipped labels")
     wb.add_argument("--preset", choices=["default", "micro"], default="default")
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--tau", type=float, default=0.1, help="leader and follower temperature for SLHF")
     gc.set_defaults(func=_handler("stackalign.games.cli:condorcet"))
     gt = gsub.add_parser("toy", help="the SRS paper's toy example: raw reward vs threshold rewards")
-    gt.set_defaults(func=_handler("stackalign.games.cli:toy"))
+    gt.set_defaults(func=_handler("stackalign.games.toy:main"))
     return p
 
 

@@ -1,0 +1,23 @@
+"""Stackelberg reward shaping: pure tensor math, no model code.
+
+- `stackelberg_threshold`: the leader's optimal per-prompt threshold m* (root of F, SRS Thm 2).
+- `get_shaper` / `Shaper`: vanilla, meanstd, minmax, cap, meansoft, hard, srs on one interface.
+- `get_preset`: "paper", "official-args", "official-cd" (SPEC §1).
+"""
+
+from stackalign.shaping.presets import PRESETS, Preset, get_preset
+from stackalign.shaping.shapers import SHAPERS, Shaper, effective_budget, get_shaper
+from stackalign.shaping.threshold import F_value, stackelberg_threshold, threshold_from_log_gamma
+
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "SHAPERS",
+    "Shaper",
+    "F_value",
+    "effective_budget",
+    "get_preset",
+    "get_shaper",
+    "stackelberg_threshold",
+    "threshold_from_log_gamma",
+]

@@ -1,0 +1,153 @@
+"""Reward shapers: one interface, rewards (..., N) -> shaped rewards (..., N).
+
+Definitions follow `shared/research/srs_paper.md` §1.8 (taken from the official code). A row is the set of
+rewards the shaping is computed over: the N i.i.d. samples of one prompt (CD, Best-of-N), or the k
+next-token candidates of one decoding step (ARGS). Decoders add w * shaped (w = 1/beta) to the logits, so no
+shaper multiplies by w itself.
+
+    vanilla   r                                                    (the paper's "ARGS"/"CD" rows)
+    meanstd   (r - mean r) / max(std_pop r, 1e-6)                 unbounded
+    minmax    B_eff * (r - min r) / max(range r, 1e-6)            bounded, outlier-sensitive
+    cap       clip(r - min r, 0, cap)
+    meansoft  B_eff * sigmoid(alpha * (r - mean r))               SRS with the mean as threshold (ablation)
+    hard      B_eff * 1[r >= m*]   (or r > m* when strict)        Theorem 1
+    srs       B_eff * sigmoid(alpha * (r - m*))                   Theorem 3: the deployed soft threshold
+
+m* is `stackelberg_threshold` of the row (with the row's weights), or a per-prompt threshold passed in
+(`threshold=`), e.g. one estimated by Monte Carlo from base samples.
+
+B_eff: the paper uses B. The official code shrinks it to the data: B_eff = min(B, stretch * range r), with
+stretch 1.01 (ARGS) or 2.0 (CD); `budget_stretch=None` means the paper's B_eff = B. gamma is computed from
+B_eff: gamma = min(exp(B_eff / beta), gamma_cap).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from stackalign.shaping.threshold import log_gamma, threshold_from_log_gamma, validate_rewards
+
+Tensor = torch.Tensor
+
+__all__ = ["Shaper", "SHAPERS", "get_shaper", "effective_budget"]
+
+
+def effective_budget(rewards: Tensor, B: float, budget_stretch: float | None) -> Tensor:
+    """B_eff per row: B, or min(B, stretch * (max r - min r)) as in the official code. Shape (...)."""
+    B_t = torch.full(rewards.shape[:-1], float(B), dtype=torch.float64, device=rewards.device)
+    if budget_stretch is None:
+        return B_t
+    spread = rewards.max(-1).values - rewards.min(-1).values
+    return torch.minimum(B_t, budget_stretch * spread)
+
+
+def _positive(name: str, value: float | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Shaper:
+    """A configured shaping. Call it on a (..., N) reward tensor; returns float64 (..., N).
+
+    Attributes:
+        kind: one of SHAPERS.
+        B: budget (upper bound of bounded shapings).
+        beta: follower KL strength; enters only through gamma = exp(B_eff / beta) of the threshold.
+        alpha: sigmoid steepness of srs / meansoft.
+        gamma_cap: cap on gamma (official code); None for the paper's formula.
+        budget_stretch: B_eff = min(B, stretch * range); None for B_eff = B.
+        strict: hard threshold uses r > m (official CD) instead of r >= m.
+        cap: the clip level of the `cap` shaper.
+        method: threshold solver, "exact" or "bisect".
+    """
+
+    kind: str = "srs"
+    B: float = 12.0
+    beta: float = 2.0
+    alpha: float = 1.5
+    gamma_cap: float | None = None
+    budget_stretch: float | None = None
+    strict: bool = False
+    cap: float = 1.0
+    method: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.kind not in SHAPERS:
+            raise ValueError(f"kind: unknown shaping {self.kind!r}; choose from {sorted(SHAPERS)}")
+        _positive("B", self.B)
+        _positive("beta", self.beta)
+        _positive("alpha", self.alpha)
+        _positive("cap", self.cap)
+        _positive("budget_stretch", self.budget_stretch, allow_none=True)
+        if self.gamma_cap is not None and not (math.isfinite(self.gamma_cap) and self.gamma_cap >= 1):
+            raise ValueError(f"gamma_cap: must be >= 1, got {self.gamma_cap!r}")
+        if self.method not in ("exact", "bisect"):
+            raise ValueError(f"method: expected 'exact' or 'bisect', got {self.method!r}")
+
+    @property
+    def uses_threshold(self) -> bool:
+        return self.kind in ("hard", "srs")
+
+    def threshold(self, rewards: Tensor, weights: Tensor | None = None) -> Tensor:
+        """m* of each row with this shaper's B_eff and gamma rule. Shape (...)."""
+        rewards, weights = validate_rewards(rewards, weights)
+        b_eff = effective_budget(rewards, self.B, self.budget_stretch)
+        return threshold_from_log_gamma(
+            rewards, weights, log_gamma(b_eff, self.beta, self.gamma_cap), self.method
+        )
+
+    def __call__(
+        self, rewards: Tensor, weights: Tensor | None = None, threshold: Tensor | None = None
+    ) -> Tensor:
+        rewards, weights = validate_rewards(rewards, weights)
+        k = self.kind
+        if k == "vanilla":
+            return rewards
+        if k == "meanstd":
+            std = rewards.std(-1, unbiased=False, keepdim=True).clamp(min=1e-6)
+            return (rewards - rewards.mean(-1, keepdim=True)) / std
+        if k == "cap":
+            return (rewards - rewards.min(-1, keepdim=True).values).clamp(0.0, self.cap)
+        b_eff = effective_budget(rewards, self.B, self.budget_stretch).unsqueeze(-1)
+        if k == "minmax":
+            low = rewards.min(-1, keepdim=True).values
+            spread = (rewards.max(-1, keepdim=True).values - low).clamp(min=1e-6)
+            return b_eff * (rewards - low) / spread
+        if k == "meansoft":
+            return b_eff * torch.sigmoid(self.alpha * (rewards - rewards.mean(-1, keepdim=True)))
+        # hard / srs: the Stackelberg threshold of the row, or the one supplied per row.
+        if threshold is None:
+            m = threshold_from_log_gamma(
+                rewards, weights, log_gamma(b_eff.squeeze(-1), self.beta, self.gamma_cap), self.method
+            )
+        else:
+            m = torch.as_tensor(threshold, dtype=torch.float64, device=rewards.device)
+            if m.shape != rewards.shape[:-1]:
+                raise ValueError(f"threshold: shape {tuple(m.shape)} must be {tuple(rewards.shape[:-1])}")
+            if not torch.isfinite(m).all():
+                raise ValueError("threshold: contains NaN or infinite values")
+        m = m.unsqueeze(-1)
+        if k == "hard":
+            above = rewards > m if self.strict else rewards >= m
+            return b_eff * above.to(torch.float64)
+        return b_eff * torch.sigmoid(self.alpha * (rewards - m))
+
+
+SHAPERS = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")
+
+
+def get_shaper(name: str, **params) -> Shaper:
+    """A shaper by name ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs") with parameters.
+
+    Unknown parameter names raise ValueError naming them."""
+    allowed = set(Shaper.__dataclass_fields__) - {"kind"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(f"unknown shaping parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return Shaper(kind=name, **params)

@@ -1,0 +1,185 @@
+"""The Stackelberg threshold m*(x) (SRS paper, Theorems 1-2; SPEC §1).
+
+Given rewards r_1..r_N of one prompt's samples (or of k decoding candidates), weights p_i (uniform for
+i.i.d. samples, base probabilities for top-k candidates) and gamma = exp(B / beta), the leader's optimal
+threshold is the unique root of
+
+    F(m) = sum_i p_i * gamma^{1[r_i >= m]} * (r_i - m).                                   (Thm 2)
+
+F is continuous and strictly decreasing (every term is non-increasing in m, and the weights are positive),
+F(min r) >= 0 >= F(max r), so exactly one root lies in [min r, max r].  Rearranged, the root is the fixed
+point m = sum p w r / sum p w (Thm 1), i.e. the tau-expectile of the weighted rewards with
+tau = gamma / (1 + gamma).
+
+Two solvers:
+  * "exact": sort the rewards, binary-search the bracket [r_(j), r_(j+1)) containing the root by the
+    sign of F at sorted rewards; on it the set S = {r_i > r_(j)} is fixed and F is linear, so
+        m = (gamma * sum_S p r + sum_{not S} p r) / (gamma * sum_S p + sum_{not S} p)
+    (computed as r_(j) + F(r_(j)) / slope to avoid cancellation). O(N log N) per row.
+  * "bisect": bisection on [min r, max r] as the paper and its code do.
+
+Numerics: gamma = exp(B/beta) overflows float32 at B/beta ~ 88 and float64 at ~709. We never form gamma:
+dividing F and the closed form by gamma leaves only 1/gamma = exp(-B/beta), which underflows harmlessly
+to 0 (the limit gamma -> inf is the maximum reward, as it should be). All arithmetic is float64.
+
+Note on ">=" versus ">": a reward equal to m contributes (r_i - m) = 0 to F, so the root does not depend
+on which side ties fall. The distinction matters only for the hard-threshold shaper (see shapers.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = ["stackelberg_threshold", "threshold_from_log_gamma", "log_gamma", "validate_rewards", "F_value"]
+
+
+def validate_rewards(rewards: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Check and return (rewards, normalised weights) as float64 tensors of the same shape (..., N)."""
+    rewards = torch.as_tensor(rewards)
+    if not torch.is_floating_point(rewards):
+        rewards = rewards.to(torch.float64)
+    if rewards.dim() == 0:
+        raise ValueError("rewards: expected a tensor of shape (..., N), got a scalar")
+    if rewards.shape[-1] == 0 or rewards.numel() == 0:
+        raise ValueError("rewards: empty reward set (the last dimension N must be >= 1)")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards: contains NaN or infinite values")
+    rewards = rewards.to(torch.float64)
+    if weights is None:
+        weights = torch.full_like(rewards, 1.0 / rewards.shape[-1])
+    else:
+        weights = torch.as_tensor(weights, dtype=torch.float64, device=rewards.device)
+        if weights.shape != rewards.shape:
+            raise ValueError(
+                f"weights: shape {tuple(weights.shape)} does not match rewards {tuple(rewards.shape)}"
+            )
+        if not torch.isfinite(weights).all():
+            raise ValueError("weights: contains NaN or infinite values")
+        if (weights < 0).any():
+            raise ValueError("weights: must be non-negative")
+        total = weights.sum(-1, keepdim=True)
+        if (total <= 0).any():
+            raise ValueError("weights: every row must have a positive sum (all-zero weights)")
+        weights = weights / total
+    return rewards, weights
+
+
+def log_gamma(B: float | Tensor, beta: float, gamma_cap: float | None = None) -> Tensor | float:
+    """log(gamma) with gamma = min(exp(B / beta), gamma_cap), computed without forming exp(B / beta)."""
+    lg = B / beta
+    if gamma_cap is not None:
+        cap = math.log(gamma_cap)
+        lg = torch.clamp(lg, max=cap) if isinstance(lg, Tensor) else min(lg, cap)
+    return lg
+
+
+def F_value(m: Tensor, rewards: Tensor, weights: Tensor, log_g: Tensor | float) -> Tensor:
+    """F(m) / gamma = sum_{r>=m} p (r - m) + (1/gamma) sum_{r<m} p (r - m): same sign as F(m), never overflows.
+
+    `m` has shape (...) and broadcasts against rewards (..., N)."""
+    inv_gamma = torch.exp(-torch.as_tensor(log_g, dtype=torch.float64, device=rewards.device))
+    diff = rewards - m.unsqueeze(-1)
+    above = diff >= 0
+    return (weights * diff * above).sum(-1) + inv_gamma * (weights * diff * ~above).sum(-1)
+
+
+def _exact(rewards: Tensor, weights: Tensor, log_g: Tensor) -> Tensor:
+    inv_gamma = torch.exp(-log_g)  # shape (...)
+    # Zero-weight entries contribute nothing to F; move them onto the smallest live reward so that they can
+    # neither be the bracket's lower end nor sit alone above it.
+    live_min = torch.where(weights > 0, rewards, torch.inf).min(-1, keepdim=True).values
+    rewards = torch.where(weights > 0, rewards, live_min)
+    r_sorted = torch.sort(rewards, dim=-1).values
+    n = r_sorted.shape[-1]
+    # F is strictly decreasing: binary-search the last sorted reward with F(r_(j)) >= 0 (F(r_(0)) >= 0 always).
+    # Each probe evaluates F directly, term by term (prefix sums would cancel catastrophically when
+    # gamma * p_i spans many orders of magnitude). ceil(log2 N) probes of O(N): O(N log N) with the sort.
+    lo = torch.zeros(rewards.shape[:-1] + (1,), dtype=torch.long, device=rewards.device)
+    hi = torch.full_like(lo, n)
+    while bool((hi - lo > 1).any()):
+        mid = (lo + hi) // 2
+        mid_c = mid.clamp(max=n - 1)
+        nonneg = F_value(torch.gather(r_sorted, -1, mid_c).squeeze(-1), rewards, weights, log_g) >= 0
+        nonneg = nonneg.unsqueeze(-1) & (hi - lo > 1)
+        lo = torch.where(nonneg, mid, lo)
+        hi = torch.where(nonneg | (hi - lo <= 1), hi, mid)
+    m0 = torch.gather(r_sorted, -1, lo)  # the root lies in [m0, next reward)
+    # On that bracket S = {r > m0} is fixed and F is linear: F(m0 + d) = F(m0) - d * (sum_S p + sum_notS p / gamma)
+    # (divided by gamma), so the root is m0 + F(m0) / slope.
+    above = rewards > m0
+    diff = rewards - m0
+    num = (weights * diff * above).sum(-1) + inv_gamma * (weights * diff * ~above).sum(-1)
+    den = (weights * above).sum(-1) + inv_gamma * (weights * ~above).sum(-1)
+    m0 = m0.squeeze(-1)
+    # S is empty only when m0 is the maximum, where F(m0) >= 0 forces F(m0) = 0: the root is m0 itself.
+    has_above = above.any(-1)
+    m = torch.where(has_above, m0 + num / torch.where(has_above, den, torch.ones_like(den)), m0)
+    # Guard against round-off pushing m a hair outside its bracket.
+    return torch.minimum(m, r_sorted[..., -1]).maximum(m0)
+
+
+def _bisect(rewards: Tensor, weights: Tensor, log_g: Tensor, iters: int = 100) -> Tensor:
+    lo = rewards.min(-1).values
+    hi = rewards.max(-1).values
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        positive = F_value(mid, rewards, weights, log_g) > 0  # root is to the right of mid
+        lo = torch.where(positive, mid, lo)
+        hi = torch.where(positive, hi, mid)
+        if bool(((hi - lo) <= 1e-15 * (1 + hi.abs())).all()):
+            break
+    return 0.5 * (lo + hi)
+
+
+def threshold_from_log_gamma(
+    rewards: Tensor, weights: Tensor | None, log_g: Tensor | float, method: str = "exact"
+) -> Tensor:
+    """Root of F for a given log(gamma) >= 0 (scalar or one per row). Returns float64 of shape (...)."""
+    rewards, weights = validate_rewards(rewards, weights)
+    log_g = torch.as_tensor(log_g, dtype=torch.float64, device=rewards.device)
+    if torch.isnan(log_g).any() or (log_g < 0).any():
+        raise ValueError("log_gamma: must be >= 0 (gamma >= 1)")
+    log_g = log_g.expand(rewards.shape[:-1]) if log_g.dim() == 0 else log_g
+    if method == "exact":
+        return _exact(rewards, weights, log_g)
+    if method == "bisect":
+        return _bisect(rewards, weights, log_g)
+    raise ValueError(f"method: expected 'exact' or 'bisect', got {method!r}")
+
+
+def stackelberg_threshold(
+    rewards: Tensor,
+    *,
+    B: float,
+    beta: float,
+    weights: Tensor | None = None,
+    gamma_cap: float | None = None,
+    method: str = "exact",
+) -> Tensor:
+    """The leader's optimal threshold m* for every row of `rewards`.
+
+    Args:
+        rewards: (..., N) user-utility scores r_i of N samples or candidates per row.
+        B: reward budget (> 0); the shaped reward lives in [0, B].
+        beta: the follower's KL strength (> 0); decoders use w = 1/beta.
+        weights: (..., N) non-negative sample weights p_i (normalised per row); default uniform.
+        gamma_cap: cap on gamma = exp(B/beta) (the official code caps it); None = the paper's formula.
+        method: "exact" (sorted scan, the tau-expectile) or "bisect" (the paper's bisection).
+
+    Returns:
+        (...) float64 tensor of thresholds, each within [min_i r_i, max_i r_i].
+    """
+    for name, value in (("B", B), ("beta", beta)):
+        if isinstance(value, Tensor):
+            if not torch.isfinite(value).all() or (value <= 0).any():
+                raise ValueError(f"{name}: must be finite and > 0")
+        elif not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+    if gamma_cap is not None and not (math.isfinite(gamma_cap) and gamma_cap >= 1):
+        raise ValueError(f"gamma_cap: must be a finite number >= 1, got {gamma_cap!r}")
+    B_t = torch.as_tensor(B, dtype=torch.float64)
+    return threshold_from_log_gamma(rewards, weights, log_gamma(B_t, float(beta), gamma_cap), method)
