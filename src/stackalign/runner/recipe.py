@@ -77,7 +77,6 @@ class EvaluationConfig:
     judge_model: str | None = None
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_max_prompts: int | None = None
     baselines: list[str] = field(default_factory=list)
 
 

@@ -1,0 +1,341 @@
+"""From generation rows to ``summary.json``, a terminal table, and the 1/β sweep figure.
+
+A *row* is one prompt × method, as written to ``generations.jsonl``::
+
+    {"prompt_id": 3, "prompt": "...", "method": "srs-args", "response": "...",
+     "proxy_reward": 1.7, "gold_reward": 0.4, "seconds": 0.21, "lm_tokens": 140, "rm_tokens": 1290}
+
+``prompt_id``, ``prompt``, ``method`` and ``response`` are required; the numbers may be missing or ``None``
+(then the summary field is ``null``), but never NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .judges import Judge, win_tie
+from .metrics import DEFAULT_STOP_STRINGS, clean_response, diversity
+
+__all__ = ["format_table", "plot_sweep", "summarize", "sweep_series"]
+
+_REQUIRED = ("prompt_id", "prompt", "method", "response")
+_NUMERIC = ("proxy_reward", "gold_reward", "seconds", "lm_tokens", "rm_tokens")
+
+CoherenceScorer = Any  # an object with .score(prompts, responses) -> list[float], or such a callable
+
+
+def _validate(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    out = []
+    seen: set[tuple[Any, Any]] = set()
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"row {i} is a {type(row).__name__}, not a dict")
+        for key in _REQUIRED:
+            if key not in row or row[key] is None:
+                raise ValueError(f"row {i} has no {key!r} (required: {', '.join(_REQUIRED)})")
+        for key in ("prompt", "response", "method"):
+            if not isinstance(row[key], str):
+                raise TypeError(f"row {i}: {key!r} must be a str, got {type(row[key]).__name__}")
+        for key in _NUMERIC:
+            v = row.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                try:
+                    v = float(v)  # numpy / torch scalars
+                except (TypeError, ValueError):
+                    raise TypeError(
+                        f"row {i}: {key!r} must be a number, got {type(row[key]).__name__}"
+                    ) from None
+            if not math.isfinite(v):
+                raise ValueError(
+                    f"row {i} (method {row['method']!r}, prompt {row['prompt_id']!r}): {key} is {v}"
+                )
+        ident = (row["method"], row["prompt_id"])
+        if ident in seen:
+            raise ValueError(f"duplicate row for method {ident[0]!r} and prompt_id {ident[1]!r} (row {i})")
+        seen.add(ident)
+        out.append(row)
+    return out
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    coherence: CoherenceScorer | None = None,
+    judge: Judge | None = None,
+    baselines: Sequence[str] = (),
+    clean: bool = True,
+    stop_strings: Iterable[str] = DEFAULT_STOP_STRINGS,
+    judge_workers: int = 1,
+) -> dict[str, Any]:
+    """Aggregate rows per method into the ``summary.json`` shape (SPEC §6).
+
+    Returns ``{"methods": {NAME: {...}}}`` with, per method (in order of first appearance):
+    ``proxy_reward`` and ``gold_reward`` (means; ``None`` when absent), ``diversity`` (ARGS),
+    ``coherence`` (mean of ``coherence.score``; ``None`` without a scorer), ``win_tie`` ``{BASELINE: rate}``
+    for every baseline other than the method itself (rates ``None`` without a judge), ``win_tie_counts``
+    ``{BASELINE: {win, tie, loss, unparseable, n, rate}}``, ``seconds_per_prompt``,
+    ``lm_tokens_per_prompt``, ``rm_tokens_per_prompt`` (means over the method's rows) and ``n`` (rows).
+
+    Responses are cut at ``stop_strings`` first (``clean=True``) for diversity, coherence and the judge.
+    Win-tie pairs a method's rows with the baseline's rows of the same ``prompt_id``; prompts only one of
+    them has are skipped (the count ``n`` says how many pairs were judged).
+    """
+    rows = _validate(rows)
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], []).append(row)
+    for b in baselines:
+        if b not in by_method:
+            raise ValueError(f"baseline {b!r} has no rows; methods present: {sorted(by_method)}")
+
+    stops = tuple(stop_strings)
+
+    def text(row: Mapping[str, Any]) -> str:
+        return clean_response(row["response"], stops) if clean else row["response"]
+
+    coh: dict[tuple[str, Any], float] = {}
+    if coherence is not None and rows:
+        score = coherence.score if hasattr(coherence, "score") else coherence
+        values = list(score([r["prompt"] for r in rows], [text(r) for r in rows]))
+        if len(values) != len(rows):
+            raise ValueError(f"coherence scorer returned {len(values)} values for {len(rows)} rows")
+        coh = {(r["method"], r["prompt_id"]): float(v) for r, v in zip(rows, values)}
+
+    methods: dict[str, dict[str, Any]] = {}
+    for name, mrows in by_method.items():
+        entry: dict[str, Any] = {
+            "proxy_reward": _mean(r.get("proxy_reward") for r in mrows),
+            "gold_reward": _mean(r.get("gold_reward") for r in mrows),
+            "diversity": diversity([text(r) for r in mrows]),
+            "coherence": _mean(coh[(name, r["prompt_id"])] for r in mrows) if coh else None,
+            "win_tie": {},
+            "win_tie_counts": {},
+            "seconds_per_prompt": _mean(r.get("seconds") for r in mrows),
+            "lm_tokens_per_prompt": _mean(r.get("lm_tokens") for r in mrows),
+            "rm_tokens_per_prompt": _mean(r.get("rm_tokens") for r in mrows),
+            "n": len(mrows),
+        }
+        for b in baselines:
+            if b == name:
+                continue
+            if judge is None:
+                entry["win_tie"][b] = None
+                entry["win_tie_counts"][b] = None
+                continue
+            base = {r["prompt_id"]: r for r in by_method[b]}
+            pairs = [(r, base[r["prompt_id"]]) for r in mrows if r["prompt_id"] in base]
+            for r, rb in pairs:
+                if r["prompt"] != rb["prompt"]:
+                    raise ValueError(
+                        f"prompt_id {r['prompt_id']!r} has different prompt text for {name!r} and {b!r}"
+                    )
+            result = win_tie(
+                judge,
+                [r["prompt"] for r, _ in pairs],
+                [text(r) for r, _ in pairs],
+                [text(rb) for _, rb in pairs],
+                workers=judge_workers,
+            )
+            entry["win_tie"][b] = result.rate
+            entry["win_tie_counts"][b] = result.to_dict()
+        methods[name] = entry
+    return {"methods": methods}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Table
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def format_table(summary: Mapping[str, Any], *, baselines: Sequence[str] | None = None) -> str:
+    """A markdown table of a summary, column-aligned so it also reads well in a terminal.
+
+    Win-tie is shown in percent, one column per baseline. Columns with no value for any method (e.g. gold
+    reward without a gold judge) are left out.
+    """
+    methods: Mapping[str, Mapping[str, Any]] = summary.get("methods", {})
+    if not methods:
+        return "(no methods)"
+    if baselines is None:  # every baseline any method was compared with, in the methods' order
+        seen = {b for m in methods.values() for b in (m.get("win_tie") or {})}
+        order = list(methods)
+        baselines = sorted(seen, key=lambda b: (order.index(b) if b in order else len(order), b))
+
+    columns: list[tuple[str, Callable[[Mapping[str, Any]], Any], str]] = [
+        ("proxy reward", lambda m: m.get("proxy_reward"), ".3f"),
+        ("gold reward", lambda m: m.get("gold_reward"), ".3f"),
+        ("diversity", lambda m: m.get("diversity"), ".3f"),
+        ("coherence", lambda m: m.get("coherence"), ".3f"),
+    ]
+    for b in baselines:
+
+        def wt(m: Mapping[str, Any], b: str = b) -> Any:
+            r = (m.get("win_tie") or {}).get(b)
+            return None if r is None else 100.0 * r
+
+        columns.append((f"win-tie vs {b} (%)", wt, ".1f"))
+    columns += [
+        ("s/prompt", lambda m: m.get("seconds_per_prompt"), ".3f"),
+        ("LM tok/prompt", lambda m: m.get("lm_tokens_per_prompt"), ".1f"),
+        ("RM tok/prompt", lambda m: m.get("rm_tokens_per_prompt"), ".1f"),
+    ]
+    columns = [c for c in columns if any(c[1](m) is not None for m in methods.values())]
+
+    header = ["method"] + [c[0] for c in columns]
+    body = []
+    for name, m in methods.items():
+        cells = [name]
+        for title, get, spec in columns:
+            if title.startswith("win-tie vs ") and title[len("win-tie vs ") : -len(" (%)")] == name:
+                cells.append("-")
+            else:
+                cells.append(_fmt(get(m), spec))
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in body)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sweep figure (paper Figure 2)
+# ---------------------------------------------------------------------------------------------------------
+
+_PANEL_TITLES = {"proxy_reward": "proxy reward", "gold_reward": "gold reward", "win_tie": "win-tie rate"}
+
+
+def sweep_series(
+    summaries: Mapping[float, Mapping[str, Any]], *, baseline: str | None = None
+) -> tuple[dict[str, list[float]], dict[str, dict[str, list[float | None]]]]:
+    """Turn ``{1/β: summary}`` into the ``(x, series)`` that :func:`plot_sweep` takes.
+
+    Series: ``proxy_reward``, ``gold_reward`` and (with ``baseline``) ``win_tie`` against that baseline,
+    each ``{method: [value per x]}``; a method missing at some x gets ``None`` there.
+    """
+    xs = sorted(summaries)
+    names: dict[str, None] = {}
+    for x in xs:
+        for name in summaries[x].get("methods", {}):
+            names.setdefault(name)
+    keys = ["proxy_reward", "gold_reward"] + (["win_tie"] if baseline is not None else [])
+    series: dict[str, dict[str, list[float | None]]] = {k: {} for k in keys}
+    for name in names:
+        for k in keys:
+            vals: list[float | None] = []
+            for x in xs:
+                m = summaries[x].get("methods", {}).get(name)
+                if m is None:
+                    vals.append(None)
+                elif k == "win_tie":
+                    vals.append((m.get("win_tie") or {}).get(baseline))
+                else:
+                    vals.append(m.get(k))
+            series[k][name] = vals
+    if baseline is not None:
+        series[f"win_tie vs {baseline}"] = series.pop("win_tie")
+    return {name: [float(x) for x in xs] for name in names}, series
+
+
+def plot_sweep(
+    x: Mapping[str, Sequence[float]] | Sequence[float],
+    series: Mapping[str, Mapping[str, Sequence[float | None]]],
+    path: str | Path,
+    *,
+    x_label: str = "1/β",
+    title: str | None = None,
+    chosen_x: float | None = None,
+    logx: bool = False,
+    dpi: int = 120,
+) -> Path:
+    """Plot metrics against 1/β, one panel per metric and one line per method; save a PNG at ``path``.
+
+    Args:
+        x: the x values, either one list shared by all methods or ``{method: [x, ...]}``.
+        series: ``{metric: {method: [y, ...]}}``, each list aligned with that method's x values; ``None``
+            values leave a gap. Typical metrics: ``proxy_reward``, ``gold_reward``, ``win_tie`` (a panel
+            whose name starts with ``win_tie`` gets a 0–1 axis and a dashed line at 0.5). A metric with no
+            value at all is skipped, so a run without a gold judge just has no gold panel.
+        chosen_x: draw a dotted vertical line at the 1/β picked for the comparison.
+        logx: logarithmic x axis (for geometric sweeps).
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    panels = [
+        (metric, per_method)
+        for metric, per_method in series.items()
+        if any(v is not None for vals in per_method.values() for v in vals)
+    ]
+    if not panels:
+        raise ValueError("plot_sweep: no series has any value to plot")
+
+    def xs_for(method: str, n: int) -> list[float]:
+        if isinstance(x, Mapping):
+            if method not in x:
+                raise ValueError(f"plot_sweep: no x values for method {method!r}")
+            vals = list(x[method])
+        else:
+            vals = list(x)
+        if len(vals) != n:
+            raise ValueError(f"plot_sweep: method {method!r} has {n} values but {len(vals)} x values")
+        return [float(v) for v in vals]
+
+    fig = Figure(figsize=(4.4 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    methods: dict[str, None] = {}
+    for per_method in series.values():
+        for name in per_method:
+            methods.setdefault(name)
+    colors = {name: f"C{i % 10}" for i, name in enumerate(methods)}
+    for ax, (metric, per_method) in zip(axes, panels):
+        for name, vals in per_method.items():
+            xs = xs_for(name, len(vals))
+            ys = [math.nan if v is None else float(v) for v in vals]
+            ax.plot(xs, ys, marker="o", ms=4, lw=1.6, label=name, color=colors[name])
+        if metric.startswith("win_tie"):
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+            ax.set_ylim(0.0, 1.0)
+        if chosen_x is not None:
+            ax.axvline(chosen_x, color="black", lw=0.8, ls=":")
+        if logx:
+            ax.set_xscale("log")
+            ticks = sorted({v for name, vals in per_method.items() for v in xs_for(name, len(vals))})
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        base = _PANEL_TITLES.get(metric)
+        if base is None and metric.startswith("win_tie"):
+            base = "win-tie rate" + metric[len("win_tie") :]
+        ax.set_title(base or metric.replace("_", " "))
+        ax.set_xlabel(x_label)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi)
+    return path

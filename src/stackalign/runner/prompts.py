@@ -1,0 +1,61 @@
+"""Prompt sources for a run: the sandbox world's splits, a local JSONL/parquet file, or an HF dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stackalign.runner.recipe import PromptsConfig, RecipeError
+
+
+def load_prompts(cfg: PromptsConfig, world=None) -> list[str]:
+    """Resolve `cfg` into a list of prompt strings (template applied, limit respected, order deterministic)."""
+    src = cfg.source
+    if src.startswith("world:"):
+        split = src.split(":", 1)[1]
+        if world is None:
+            raise RecipeError(f"prompts.source: {src!r} needs a world (world: default or a directory)")
+        attr = {"train": "train_prompts", "val": "val_prompts", "test": "test_prompts"}.get(split)
+        if attr is None:
+            raise RecipeError(f"prompts.source: unknown world split {split!r} (train, val or test)")
+        raw = list(getattr(world, attr))
+    else:
+        raw = _load_dataset_prompts(cfg)
+    if cfg.limit is not None:
+        raw = raw[: cfg.limit]
+    if not raw:
+        raise RecipeError(f"prompts: the source {src!r} gave no prompts")
+    if "{prompt}" not in cfg.template:
+        raise RecipeError("prompts.template: must contain {prompt}")
+    out = [cfg.template.replace("{prompt}", p) for p in raw]
+    for i, p in enumerate(out):
+        if not p.strip():
+            raise RecipeError(f"prompts: prompt #{i} is empty")
+    return out
+
+
+def _load_dataset_prompts(cfg: PromptsConfig) -> list[str]:
+    import datasets
+
+    path = Path(cfg.source)
+    try:
+        if path.suffix in (".jsonl", ".json"):
+            if not path.is_file():
+                raise FileNotFoundError(f"prompts.source: no such file {cfg.source!r}")
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        elif path.suffix == ".parquet":
+            if not path.is_file():
+                raise FileNotFoundError(f"prompts.source: no such file {cfg.source!r}")
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        else:
+            ds = datasets.load_dataset(cfg.source, split=cfg.split)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # datasets raises many types; surface one clear message
+        raise RecipeError(
+            f"prompts.source: could not load {cfg.source!r} ({type(e).__name__}: {e})"
+        ) from None
+    if cfg.field not in ds.column_names:
+        raise RecipeError(
+            f"prompts.field: {cfg.field!r} is not a column of {cfg.source!r} ({ds.column_names})"
+        )
+    return [str(x) for x in ds[cfg.field]]

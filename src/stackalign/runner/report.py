@@ -1,0 +1,68 @@
+"""report.md and its plots for one results directory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def plot_methods(summary: dict, path: Path) -> Path:
+    """Bars per method: proxy reward, gold reward, and seconds per prompt (one panel each)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(summary["methods"])
+    metrics = [
+        (k, label)
+        for k, label in (
+            ("proxy_reward", "proxy reward (guiding RM)"),
+            ("gold_reward", "gold reward (the user's utility)"),
+            ("seconds_per_prompt", "seconds per prompt"),
+        )
+        if any(summary["methods"][n].get(k) is not None for n in names)
+    ]
+    fig = Figure(figsize=(4.2 * len(metrics), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, (k, label) in zip(axes, metrics):
+        vals = [summary["methods"][n].get(k) for n in names]
+        ys = [math.nan if v is None else v for v in vals]
+        colors = ["C3" if "SRS" in n.upper() else "C0" for n in names]
+        ax.bar(range(len(names)), ys, color=colors)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_report(out: Path, recipe, summary: dict, table: str, rows: list[dict[str, Any]]) -> Path:
+    png = plot_methods(summary, out / "methods.png")
+    n_prompts = len({r["prompt_id"] for r in rows})
+    lines = [
+        "# stackalign run report",
+        "",
+        f"{len(summary['methods'])} methods x {n_prompts} prompts; seed {recipe.seed}; "
+        f"max_new_tokens {recipe.generation.max_new_tokens}.",
+        "",
+        table,
+        "",
+        f"![methods]({png.name})",
+        "",
+        "Columns: proxy = the guiding reward model's score; gold = the gold utility (sandbox only); "
+        "diversity = ARGS definition; coherence = prompt/response cosine similarity of sentence embeddings; "
+        "win-tie = (wins + ties) / judged pairs against each baseline; cost = seconds, LM tokens and "
+        "reward-model tokens per prompt.",
+        "",
+        "Methods:",
+        "",
+    ]
+    for m in recipe.methods:
+        extra = f", preset {m.preset}" if m.preset else ""
+        lines.append(
+            f"- **{m.name}**: decoder `{m.decoder}`, shaping `{m.shaping}`{extra}, params {m.params}"
+        )
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
