@@ -51,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
     run.set_defaults(func=_handler("stackalign.runner.run:main"))
 
+    sw = sub.add_parser(
+        "sweep", help="the paper's protocol: sweep the vanilla method's 1/beta on validation prompts"
+    )
+    sw.add_argument("recipe", help="recipe YAML file")
+    sw.add_argument(
+        "--method", required=True, help="the vanilla method to sweep (a method name in the recipe)"
+    )
+    sw.add_argument("--values", default="0.25,0.5,1,2,4,8", help="comma-separated 1/beta values (w or lam)")
+    sw.add_argument("--split", default="world:val", help="validation prompt source used to pick the value")
+    sw.add_argument("--out", default=None, help="sweep directory")
+    sw.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
+    sw.set_defaults(func=_handler("stackalign.runner.sweep:main"))
+
     ev = sub.add_parser("eval", help="recompute the evaluation of an existing run directory")
     ev.add_argument("run_dir")
     ev.set_defaults(func=_handler("stackalign.runner.run:eval_main"))
