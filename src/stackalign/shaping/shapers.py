@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stackalign.shaping.threshold import log_gamma, threshold_from_log_gamma, validate_rewards
+from stackalign.shaping.threshold import log_gamma, solve_threshold, validate_rewards
 
 Tensor = torch.Tensor
 
@@ -98,9 +98,7 @@ class Shaper:
         """m* of each row with this shaper's B_eff and gamma rule. Shape (...)."""
         rewards, weights = validate_rewards(rewards, weights)
         b_eff = effective_budget(rewards, self.B, self.budget_stretch)
-        return threshold_from_log_gamma(
-            rewards, weights, log_gamma(b_eff, self.beta, self.gamma_cap), self.method
-        )
+        return solve_threshold(rewards, weights, log_gamma(b_eff, self.beta, self.gamma_cap), self.method)
 
     def __call__(
         self, rewards: Tensor, weights: Tensor | None = None, threshold: Tensor | None = None
@@ -123,7 +121,7 @@ class Shaper:
             return b_eff * torch.sigmoid(self.alpha * (rewards - rewards.mean(-1, keepdim=True)))
         # hard / srs: the Stackelberg threshold of the row, or the one supplied per row.
         if threshold is None:
-            m = threshold_from_log_gamma(
+            m = solve_threshold(
                 rewards, weights, log_gamma(b_eff.squeeze(-1), self.beta, self.gamma_cap), self.method
             )
         else:

@@ -34,6 +34,8 @@ import torch
 
 Tensor = torch.Tensor
 
+ALL_PAIRS_MAX_N = 64  # rows up to this size use the loop-free (N x N) bracket search
+
 __all__ = ["stackelberg_threshold", "threshold_from_log_gamma", "log_gamma", "validate_rewards", "F_value"]
 
 
@@ -95,18 +97,25 @@ def _exact(rewards: Tensor, weights: Tensor, log_g: Tensor) -> Tensor:
     rewards = torch.where(weights > 0, rewards, live_min)
     r_sorted = torch.sort(rewards, dim=-1).values
     n = r_sorted.shape[-1]
-    # F is strictly decreasing: binary-search the last sorted reward with F(r_(j)) >= 0 (F(r_(0)) >= 0 always).
-    # Each probe evaluates F directly, term by term (prefix sums would cancel catastrophically when
-    # gamma * p_i spans many orders of magnitude). ceil(log2 N) probes of O(N): O(N log N) with the sort.
-    lo = torch.zeros(rewards.shape[:-1] + (1,), dtype=torch.long, device=rewards.device)
-    hi = torch.full_like(lo, n)
-    while bool((hi - lo > 1).any()):
-        mid = (lo + hi) // 2
-        mid_c = mid.clamp(max=n - 1)
-        nonneg = F_value(torch.gather(r_sorted, -1, mid_c).squeeze(-1), rewards, weights, log_g) >= 0
-        nonneg = nonneg.unsqueeze(-1) & (hi - lo > 1)
-        lo = torch.where(nonneg, mid, lo)
-        hi = torch.where(nonneg | (hi - lo <= 1), hi, mid)
+    # F is strictly decreasing: find j* = the last sorted reward with F(r_(j)) >= 0 (F(r_(0)) >= 0 always).
+    # F is evaluated directly, term by term (prefix sums would cancel catastrophically when gamma * p_i
+    # spans many orders of magnitude).
+    if n <= ALL_PAIRS_MAX_N:
+        # Small rows (ARGS' k candidates, CD's N samples): every F(r_(j)) at once, an (N x N) table, no loop.
+        diff = rewards.unsqueeze(-2) - r_sorted.unsqueeze(-1)  # [..., j, i] = r_i - r_(j)
+        scale = torch.where(diff >= 0, torch.ones_like(diff), inv_gamma[..., None, None])
+        G = (weights.unsqueeze(-2) * diff * scale).sum(-1)
+        lo = ((G >= 0).sum(-1, keepdim=True) - 1).clamp(min=0)
+    else:
+        # Large rows: binary search over sorted positions, ceil(log2 N) probes of O(N): O(N log N).
+        lo = torch.zeros(rewards.shape[:-1] + (1,), dtype=torch.long, device=rewards.device)
+        hi = torch.full_like(lo, n)
+        while bool((hi - lo > 1).any()):
+            mid = (lo + hi) // 2
+            m_mid = torch.gather(r_sorted, -1, mid.clamp(max=n - 1)).squeeze(-1)
+            nonneg = (F_value(m_mid, rewards, weights, log_g) >= 0).unsqueeze(-1) & (hi - lo > 1)
+            lo = torch.where(nonneg, mid, lo)
+            hi = torch.where(nonneg | (hi - lo <= 1), hi, mid)
     m0 = torch.gather(r_sorted, -1, lo)  # the root lies in [m0, next reward)
     # On that bracket S = {r > m0} is fixed and F is linear: F(m0 + d) = F(m0) - d * (sum_S p + sum_notS p / gamma)
     # (divided by gamma), so the root is m0 + F(m0) / slope.
@@ -143,6 +152,12 @@ def threshold_from_log_gamma(
     log_g = torch.as_tensor(log_g, dtype=torch.float64, device=rewards.device)
     if torch.isnan(log_g).any() or (log_g < 0).any():
         raise ValueError("log_gamma: must be >= 0 (gamma >= 1)")
+    return solve_threshold(rewards, weights, log_g, method)
+
+
+def solve_threshold(rewards: Tensor, weights: Tensor, log_g: Tensor, method: str = "exact") -> Tensor:
+    """The solver behind `threshold_from_log_gamma`, for inputs already checked by `validate_rewards`
+    (float64 rewards, normalised weights) and a float64 log_g >= 0. Hot paths call it to validate once."""
     log_g = log_g.expand(rewards.shape[:-1]) if log_g.dim() == 0 else log_g
     if method == "exact":
         return _exact(rewards, weights, log_g)

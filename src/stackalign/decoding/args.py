@@ -1,0 +1,337 @@
+"""ARGS: reward-guided decoding (Khanov et al., ICLR 2024), with any shaping (SRS-ARGS = ARGS x SRS).
+
+At every step, for every row:
+
+1. one cached policy forward gives the next-token logits; take the top-k tokens, logits ``l_1..l_k``;
+2. score each candidate ``prefix + token_j`` with the reward model: ``r_1..r_k``
+   (see ``rm_cache.py`` for the four ways: tree-masked RM cache, repeat-and-select, the official full
+   recompute, text level);
+3. shape the rewards: ``s = shaper(r, weights=softmax(l), threshold=m)``. With no per-prompt threshold the
+   shaper computes its threshold over the k candidates, weighted by their base probabilities (the
+   ``official-args`` preset); with ``thresholds=`` (one per prompt, e.g. a Monte Carlo estimate from
+   :mod:`stackalign.decoding.threshold`) it uses that m instead. No shaper = vanilla ARGS (raw r);
+4. fuse ``l_j + w * s_j`` with ``w = 1/beta``; greedy takes the argmax, stochastic samples from
+   ``softmax(fused / temperature)`` over the k candidates;
+5. the row ends at an EOS / end-of-turn id or a stop string (unless ``ignore_eos``); finished rows leave the
+   batch (their caches are dropped with ``batch_select_indices``).
+
+Prompts are decoded in left-padded batches; results do not depend on the batch (positions come from the
+attention mask, randomness is per prompt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from stackalign.decoding.common import (
+    Cost,
+    DecodeResult,
+    GenerationConfig,
+    StopChecker,
+    Timer,
+    as_reward,
+    encode_prompts,
+    left_pad,
+    model_device,
+    pad_id_of,
+    prompt_generators,
+    resolve_eos_ids,
+    row_uniforms,
+    sample_rows,
+)
+from stackalign.decoding.rm_cache import (
+    FullRecomputeScorer,
+    RepeatScorer,
+    Scorer,
+    TextScorer,
+    TreeScorer,
+    supports_incremental,
+)
+from stackalign.decoding.sampling import lm_forward
+
+Tensor = torch.Tensor
+
+__all__ = ["ARGSConfig", "args_generate", "resolve_shaper", "make_scorer"]
+
+RM_MODES = ("auto", "fast", "reference", "text")
+RM_CACHES = ("auto", "tree", "repeat")
+
+
+@dataclass(frozen=True)
+class ARGSConfig:
+    """ARGS settings (generation length, stopping and seed come from :class:`GenerationConfig`).
+
+    Attributes:
+        k: candidates per step (top-k of the policy's logits).
+        beta: follower KL strength; the reward weight is ``w = 1/beta``. None = the shaper's ``beta`` when it
+            has one (so SRS's gamma and the fusion weight agree), else 2.0 (w = 0.5, the official value).
+        mode: "greedy" (argmax of the fused score) or "stochastic" (sample from softmax(fused/temperature)).
+        temperature: temperature of the stochastic mode (ARGS uses 0.7).
+        rm_mode: "fast" (incremental RM cache; needs a shared tokenizer), "reference" (the official algorithm:
+            full RM recompute of every candidate each step), "text" (decode and score text), or "auto"
+            (fast when possible, else text).
+        rm_cache: fast-mode strategy: "tree" (4D tree mask over one cache), "repeat" (repeat-and-select), or
+            "auto" (tree unless the model's attention cannot take custom masks).
+        reference_chunk_size: candidates per RM forward in reference mode (the official code uses 5).
+        batch_size: prompts decoded together.
+        text_batch_size: RM batch size in text mode.
+    """
+
+    k: int = 10
+    beta: float | None = None
+    mode: str = "greedy"
+    temperature: float = 0.7
+    rm_mode: str = "auto"
+    rm_cache: str = "auto"
+    reference_chunk_size: int = 5
+    batch_size: int = 8
+    text_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.k, int) and self.k >= 1):
+            raise ValueError(f"k: must be an integer >= 1, got {self.k!r}")
+        if self.beta is not None and not (isinstance(self.beta, int | float) and self.beta > 0):
+            raise ValueError(f"beta: must be > 0 (the reward weight is w = 1/beta), got {self.beta!r}")
+        if self.mode not in ("greedy", "stochastic"):
+            raise ValueError(f"mode: expected 'greedy' or 'stochastic', got {self.mode!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature!r}")
+        if self.rm_mode not in RM_MODES:
+            raise ValueError(f"rm_mode: expected one of {RM_MODES}, got {self.rm_mode!r}")
+        if self.rm_cache not in RM_CACHES:
+            raise ValueError(f"rm_cache: expected one of {RM_CACHES}, got {self.rm_cache!r}")
+        for name in ("reference_chunk_size", "batch_size", "text_batch_size"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+
+
+def resolve_shaper(shaper: Any) -> Callable | None:
+    """None / a callable pass through; a string is a preset ("paper", "official-args", "official-cd") or a
+    shaper name ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")."""
+    if shaper is None or callable(shaper):
+        return shaper
+    if isinstance(shaper, str):
+        from stackalign.shaping import PRESETS, get_preset, get_shaper
+
+        return get_preset(shaper) if shaper in PRESETS else get_shaper(shaper)
+    raise ValueError(f"shaper: expected None, a name or a callable, got {shaper!r}")
+
+
+def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
+    """The candidate scorer for ``config.rm_mode`` / ``config.rm_cache`` (see ``rm_cache.py``)."""
+    why_not = supports_incremental(policy_tokenizer, rm)
+    mode = config.rm_mode
+    if mode == "auto":
+        mode = "fast" if why_not is None else "text"
+    if mode in ("fast", "reference") and why_not is not None:
+        raise ValueError(
+            f"rm_mode={mode!r} scores token ids and needs the reward model to share the policy's tokenizer, "
+            f"but {why_not}; use rm_mode='text' (or 'auto')"
+        )
+    if mode == "text":
+        return TextScorer(rm, policy_tokenizer, config.text_batch_size)
+    if mode == "reference":
+        return FullRecomputeScorer(rm, config.reference_chunk_size)
+    strategy = config.rm_cache
+    if strategy == "auto":
+        impl = getattr(rm.model.config, "_attn_implementation", "sdpa") or "sdpa"
+        sliding = getattr(rm.model.config, "sliding_window", None) and any(
+            t != "full_attention" for t in (getattr(rm.model.config, "layer_types", None) or ["sliding"])
+        )
+        strategy = "tree" if impl in ("eager", "sdpa") and not sliding else "repeat"
+    return TreeScorer(rm) if strategy == "tree" else RepeatScorer(rm)
+
+
+def _describe(shaper: Any) -> Any:
+    if shaper is None:
+        return None
+    if dataclasses.is_dataclass(shaper):
+        return dataclasses.asdict(shaper)
+    return repr(shaper)
+
+
+@torch.no_grad()
+def args_generate(
+    policy: Any,
+    tokenizer: Any,
+    rm: Any,
+    prompts: Sequence[str],
+    config: ARGSConfig | None = None,
+    generation: GenerationConfig | None = None,
+    *,
+    shaper: Any = None,
+    thresholds: Tensor | Sequence[float] | None = None,
+) -> DecodeResult:
+    """Decode ``prompts`` with ARGS.
+
+    Args:
+        policy, tokenizer: the base causal LM and its tokenizer.
+        rm: a :class:`stackalign.models.RewardModel`, a ``CallableReward`` or any fn(prompt, response) -> float.
+        prompts: P prompt strings.
+        config: :class:`ARGSConfig` (k, beta, greedy/stochastic, RM mode).
+        generation: :class:`GenerationConfig`; uses ``max_new_tokens``, ``eos_token_ids``, ``stop_strings``,
+            ``seed`` and ``ignore_eos`` (its temperature/top-p/top-k are not used: ARGS samples over its k
+            candidates with ``config.temperature``).
+        shaper: None (vanilla ARGS), a shaping callable ``(rewards [R,k], weights [R,k], threshold=[R]) ->
+            [R,k]``, or a shaper / preset name.
+        thresholds: optional per-prompt thresholds m (length P) passed to the shaper instead of the per-step
+            threshold over the candidates.
+
+    Returns:
+        :class:`DecodeResult` (texts, token ids, cost: LM tokens, RM tokens, seconds; meta: the resolved
+        configuration).
+    """
+    config = config or ARGSConfig()
+    generation = generation or GenerationConfig()
+    shaper = resolve_shaper(shaper)
+    rm = as_reward(rm)
+    prompts = list(prompts) if not isinstance(prompts, str) else prompts
+    models = [policy] + ([rm.model] if getattr(rm, "model", None) is not None else [])
+    ids = encode_prompts(tokenizer, prompts, max_new_tokens=generation.max_new_tokens, models=models)
+    if config.k > len(tokenizer):
+        raise ValueError(f"k: {config.k} candidates but the vocabulary has only {len(tokenizer)} tokens")
+    m_all = None
+    if thresholds is not None:
+        if shaper is None:
+            raise ValueError("thresholds: per-prompt thresholds need a shaper that uses them (e.g. 'srs')")
+        m_all = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+        if m_all.numel() != len(prompts):
+            raise ValueError(f"thresholds: got {m_all.numel()} values for {len(prompts)} prompts")
+        if not torch.isfinite(m_all).all():
+            raise ValueError("thresholds: contain NaN or infinite values")
+    beta = config.beta if config.beta is not None else float(getattr(shaper, "beta", 2.0))
+    w = 1.0 / beta
+    device = model_device(policy)
+    stop = StopChecker(
+        tokenizer,
+        resolve_eos_ids(tokenizer, policy, generation),
+        generation.stop_strings,
+        generation.ignore_eos,
+    )
+    pad = pad_id_of(tokenizer)
+    cost = Cost()
+    texts: list[str] = []
+    token_ids: list[list[int]] = []
+    scorer_name = None
+    with Timer(cost, device):
+        for s in range(0, len(prompts), config.batch_size):
+            scorer = make_scorer(tokenizer, rm, config)
+            scorer_name = scorer.name
+            rows = _decode_batch(
+                policy,
+                scorer,
+                prompts[s : s + config.batch_size],
+                ids[s : s + config.batch_size],
+                None if m_all is None else m_all[s : s + config.batch_size],
+                shaper,
+                w,
+                config,
+                generation,
+                stop,
+                pad,
+                device,
+                cost,
+            )
+            cost.merge(dataclasses.replace(scorer.cost, seconds=0.0))
+            for r in rows:
+                t_ids, text = stop.finalize(r)
+                token_ids.append(t_ids)
+                texts.append(text)
+    meta = {
+        "decoder": "args",
+        **dataclasses.asdict(config),
+        "beta": beta,
+        "w": w,
+        "scorer": scorer_name,
+        "shaper": _describe(shaper),
+        "per_prompt_threshold": m_all is not None,
+        "generation": generation.to_dict(),
+    }
+    return DecodeResult(prompts, texts, token_ids, cost, meta)
+
+
+def _decode_batch(
+    policy: Any,
+    scorer: Scorer,
+    prompts: list[str],
+    ids: list[list[int]],
+    m: Tensor | None,
+    shaper: Any,
+    w: float,
+    config: ARGSConfig,
+    generation: GenerationConfig,
+    stop: StopChecker,
+    pad: int,
+    device: Any,
+    cost: Cost,
+) -> list[list[int]]:
+    R = len(prompts)
+    T = generation.max_new_tokens
+    input_ids, mask = left_pad(ids, pad, device)
+    logits, cache = lm_forward(policy, input_ids, mask)
+    cost.lm_tokens += int(mask.sum())
+    cost.lm_calls += 1
+    scorer.start(ids, prompts)
+    gens = (
+        prompt_generators(prompts, generation.seed, device, salt="args")
+        if config.mode == "stochastic"
+        else None
+    )
+    buf = torch.full((R, T), pad, dtype=torch.long, device=device)
+    lengths = torch.full((R,), T, dtype=torch.long, device=device)  # set when a row stops early
+    full = True  # no row has left the batch yet: write columns without indexing
+    active = torch.arange(R, device=device)
+    check_eos = not generation.ignore_eos and bool(stop.eos_ids)
+    check_strings = not generation.ignore_eos and bool(stop.stop_strings)
+    k = config.k
+    for step in range(T):
+        top_logits, cands = logits.topk(k, dim=-1)  # [R', k]
+        rewards = scorer.score(cands).to(device)
+        if shaper is None:
+            shaped = rewards
+        else:
+            weights = top_logits.double().softmax(-1)
+            if m is None:
+                shaped = shaper(rewards, weights)
+            else:
+                shaped = shaper(rewards, weights, threshold=m[active.cpu()].to(rewards.device))
+            shaped = torch.as_tensor(shaped, device=device).to(top_logits.dtype)
+        fused = top_logits + w * shaped
+        if gens is None:
+            j = fused.argmax(-1)
+        else:
+            u = row_uniforms(gens, 1, device)[active]
+            j = sample_rows((fused / config.temperature).softmax(-1), u)
+        tok = cands.gather(1, j[:, None]).squeeze(1)
+        if full:
+            buf[:, step] = tok
+        else:
+            buf[active, step] = tok
+        scorer.advance(tok, j)
+        if step == T - 1:
+            break
+        done = stop.eos_mask(tok) if check_eos else None
+        if check_strings:
+            flags = [stop.hits_stop_string(buf[r, : step + 1].tolist()) for r in active.tolist()]
+            hit = torch.tensor(flags, device=device)
+            done = hit if done is None else done | hit
+        if done is not None and bool(done.any()):
+            lengths[active[done]] = step + 1
+            full = False
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            active, tok, mask = active[keep], tok[keep], mask[keep]
+            cache.batch_select_indices(keep)
+            scorer.select(keep)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        logits, cache = lm_forward(policy, tok.unsqueeze(-1), mask, cache)
+        cost.lm_tokens += int(active.numel())
+        cost.lm_calls += 1
+    return [row[:L] for row, L in zip(buf.tolist(), lengths.tolist())]

@@ -1,0 +1,342 @@
+"""Scoring the k next-token candidates of every row with a reward model, four ways.
+
+ARGS needs, at every step and for every row, the reward of ``prompt + generated prefix + candidate_j`` for
+the k candidates. All scorers share one small protocol so ARGS does not care which one it gets:
+
+    start(prompt_ids, prompts)   rows begin at their prompts
+    score(cands [R, k]) -> [R, k]  float32 rewards of prefix + each candidate
+    advance(tokens [R], index [R]) append the chosen candidate (``index`` = its column in ``cands``)
+    select(keep [R'])             keep only these rows (finished rows leave the batch)
+    cost                          RM tokens and calls spent
+
+* :class:`TreeScorer` (fast, default when the RM shares the policy's tokenizer). ONE RM KV cache holds each
+  row's prefix. Each step runs a single RM forward whose query is ``[last chosen token, c_1 .. c_k]`` with a
+  4D "tree" attention mask: the chosen token sees the prefix and itself, candidate j sees the prefix, the
+  chosen token and itself only, and all k candidates get the same position id. The score head is applied to
+  the backbone's hidden state at every candidate position (a decoder classifier's head is per position; HF
+  pools afterwards). Then the cache is cropped back to prefix + chosen token. Cost per step: k+1 RM tokens
+  per row, O(L) cache memory, no cache copies.
+* :class:`RepeatScorer` (fast fallback): repeat-and-select. Repeat the prefix cache k times
+  (``batch_repeat_interleave``), feed the k candidates as a batch of one-token queries, and keep the chosen
+  copy (``batch_select_indices``). k RM tokens per step, but a k-fold cache copy every step and k x memory.
+  Works where custom 4D masks do not (FlashAttention, sliding-window caches).
+* :class:`FullRecomputeScorer` (reference, the official SRS-ARGS algorithm): every step, run the RM on the full
+  token sequence of each of the k candidates, no cache, in chunks of ``chunk_size`` (the official code uses 5).
+  O(k L) RM tokens per step. Kept for tests and benchmarks.
+* :class:`TextScorer` (different tokenizers or a Python callable reward): decode prefix + candidate to text
+  and score ``format_rm_input(prompt, response)`` in batches.
+
+Why a tree mask over one cache rather than repeat-and-select by default: both are exact, but the tree step
+reads one cache instead of writing k copies of it, so memory stays O(L) and per-step work is ~(k+1) query
+tokens regardless of the prefix length; repeat-and-select copies O(k L) cache entries every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from stackalign.decoding.common import (
+    Cost,
+    cache_kwarg,
+    forward_params,
+    left_pad,
+    output_cache,
+    pad_id_of,
+    position_ids,
+)
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "Scorer",
+    "TreeScorer",
+    "RepeatScorer",
+    "FullRecomputeScorer",
+    "TextScorer",
+    "supports_incremental",
+    "crop_cache",
+]
+
+
+def _backbone_and_head(rm: Any) -> tuple[Any, Any]:
+    model = getattr(rm, "model", None)
+    head = getattr(model, "score", None)
+    backbone = getattr(model, "base_model", None)
+    if not isinstance(head, torch.nn.Module) or backbone is None or backbone is model:
+        raise ValueError(
+            f"incremental reward scoring needs a decoder sequence classifier with a per-position `score` head "
+            f"(GPT-2, Llama, Qwen, Mistral...), got {type(model).__name__}; use rm_mode='text'"
+        )
+    return backbone, head
+
+
+def supports_incremental(policy_tokenizer: Any, rm: Any) -> str | None:
+    """None if ``rm`` can score the policy's token ids incrementally, else the reason it cannot."""
+    from stackalign.models import shares_tokenizer
+
+    if getattr(rm, "model", None) is None or getattr(rm, "tokenizer", None) is None:
+        return f"the reward {rm!r} is a text-level callable"
+    if getattr(rm, "chat_template", False):
+        return "the reward model formats its input with a chat template"
+    try:
+        _backbone_and_head(rm)
+    except ValueError as e:
+        return str(e)
+    if not shares_tokenizer(policy_tokenizer, rm.tokenizer):
+        return "the policy and reward model tokenizers differ"
+    return None
+
+
+def crop_cache(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions of every layer of a DynamicCache (version-independent crop)."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+
+
+def _plain_dynamic(cache: Any) -> bool:
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
+class Scorer:
+    """Base class: bookkeeping shared by all scorers (see the module docstring for the protocol)."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.cost = Cost()
+
+    def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def score(self, cands: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def advance(self, tokens: Tensor, index: Tensor) -> None:
+        raise NotImplementedError
+
+    def select(self, keep: Tensor) -> None:
+        raise NotImplementedError
+
+
+class _CachedScorer(Scorer):
+    """Shared prefill logic of the two cache-based scorers."""
+
+    def __init__(self, rm: Any):
+        super().__init__()
+        self.rm = rm
+        self.backbone, self.head = _backbone_and_head(rm)
+        self.device = next(rm.model.parameters()).device
+        self.dtype = next(rm.model.parameters()).dtype
+        self.pad = pad_id_of(rm.tokenizer)
+        self._cache_kw = cache_kwarg(self.backbone)
+        self._takes_pos = "position_ids" in forward_params(self.backbone)
+
+    def _count(self, n: int) -> None:
+        """Account ``n`` RM tokens here and on the RewardModel's running total."""
+        self.cost.rm_tokens += n
+        if hasattr(self.rm, "n_tokens_scored"):
+            self.rm.n_tokens_scored += n
+
+    def _run(self, ids: Tensor, attention_mask: Tensor, pos: Tensor, cache: Any) -> Tensor:
+        """Backbone forward; returns per-position float32 scores [B, q]. The cache is updated in place."""
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": True, self._cache_kw: cache}
+        if self._takes_pos:
+            kwargs["position_ids"] = pos
+        out = self.backbone(input_ids=ids, **kwargs)
+        self.cost.rm_calls += 1
+        if output_cache(out) is not cache:  # defensive: some models return a new object
+            self.cache = output_cache(out)
+        return self.head(out.last_hidden_state)[..., 0].float()
+
+    def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
+        from transformers import DynamicCache
+
+        ids, mask = left_pad(prompt_ids, self.pad, self.device)
+        self.cache = DynamicCache(config=self.rm.model.config)
+        self._run(ids, mask, position_ids(mask), self.cache)
+        self._count(int(mask.sum()))
+        self.mask = mask
+        self.next_pos = mask.sum(-1)  # position id of each row's next token
+
+
+class TreeScorer(_CachedScorer):
+    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask."""
+
+    name = "tree"
+
+    def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
+        super().start(prompt_ids, prompts)
+        if not _plain_dynamic(self.cache):
+            raise ValueError(
+                "tree scoring needs a plain DynamicCache (no sliding-window layers); use rm_cache='repeat'"
+            )
+        self.pending: Tensor | None = None  # chosen token not yet in the cache, [R]
+        self.neg = torch.finfo(self.dtype).min
+        # additive mask over the cached columns (0 = visible, min = padding), kept in step with self.mask
+        self.past = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.device)
+        self.past.masked_fill_(self.mask == 0, self.neg)
+        self.mask = None  # superseded by self.past
+        self._trees: dict[tuple[int, int], Tensor] = {}
+        self._pos: dict[tuple[int, int], Tensor] = {}
+
+    def _tree(self, off: int, k: int) -> Tensor:
+        """Additive [q, q] mask of the new tokens: each sees itself, and all see the chosen token (col 0)."""
+        key = (off, k)
+        if key not in self._trees:
+            q = off + k
+            allowed = torch.eye(q, dtype=torch.bool, device=self.device)
+            if off:
+                allowed[:, 0] = True
+            t = torch.zeros(q, q, dtype=self.dtype, device=self.device)
+            self._trees[key] = t.masked_fill_(~allowed, self.neg)
+        return self._trees[key]
+
+    def score(self, cands: Tensor) -> Tensor:
+        R, k = cands.shape
+        cands = cands.to(self.device)
+        off = 0 if self.pending is None else 1
+        q = off + k
+        L = self.past.shape[1]
+        mask4d = torch.cat(
+            [self.past[:, None, None, :].expand(R, 1, q, L), self._tree(off, k).expand(R, 1, q, q)], dim=-1
+        )
+        ids = cands if not off else torch.cat([self.pending[:, None], cands], dim=1)
+        pos = self.next_pos[:, None] + self._offsets(off, k)
+        scores = self._run(ids, mask4d, pos, self.cache)
+        self._count(R * q)
+        crop_cache(self.cache, L + off)  # drop the k candidates, keep the chosen token
+        if off:
+            self.past = torch.cat([self.past, self.past.new_zeros(R, 1)], dim=1)
+            self.next_pos = self.next_pos + 1
+            self.pending = None
+        return scores[:, off:]
+
+    def _offsets(self, off: int, k: int) -> Tensor:
+        """Position offsets of the new tokens: chosen token at +0, every candidate at +off."""
+        if (off, k) not in self._pos:
+            self._pos[(off, k)] = torch.tensor([0] * off + [off] * k, device=self.device)
+        return self._pos[(off, k)]
+
+    def advance(self, tokens: Tensor, index: Tensor) -> None:
+        self.pending = tokens.to(self.device)
+
+    def select(self, keep: Tensor) -> None:
+        keep = keep.to(self.device)
+        self.cache.batch_select_indices(keep)
+        self.past, self.next_pos = self.past[keep], self.next_pos[keep]
+        if self.pending is not None:
+            self.pending = self.pending[keep]
+
+
+class RepeatScorer(_CachedScorer):
+    """Repeat-and-select: k copies of each row's cache, one candidate token each; keep the chosen copy."""
+
+    name = "repeat"
+
+    def score(self, cands: Tensor) -> Tensor:
+        R, k = cands.shape
+        self.k = k
+        self.cache.batch_repeat_interleave(k)
+        mask = self.mask.repeat_interleave(k, 0)
+        mask = torch.cat([mask, mask.new_ones(R * k, 1)], dim=1)
+        pos = self.next_pos.repeat_interleave(k, 0)[:, None]
+        scores = self._run(cands.to(self.device).reshape(R * k, 1), mask, pos, self.cache)
+        self._count(R * k)
+        return scores[:, -1].view(R, k)
+
+    def advance(self, tokens: Tensor, index: Tensor) -> None:
+        R = self.mask.shape[0]
+        rows = torch.arange(R, device=self.device) * self.k + index.to(self.device)
+        self.cache.batch_select_indices(rows)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(R, 1)], dim=1)
+        self.next_pos = self.next_pos + 1
+
+    def select(self, keep: Tensor) -> None:
+        keep = keep.to(self.device)
+        self.cache.batch_select_indices(keep)
+        self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
+
+
+class FullRecomputeScorer(Scorer):
+    """The official algorithm: k full RM forwards over full sequences per step (chunked), no RM cache."""
+
+    name = "reference"
+
+    def __init__(self, rm: Any, chunk_size: int = 5):
+        super().__init__()
+        _backbone_and_head(rm)
+        if chunk_size < 1:
+            raise ValueError(f"reference_chunk_size: must be >= 1, got {chunk_size}")
+        self.rm = rm
+        self.chunk = int(chunk_size)
+        self.device = next(rm.model.parameters()).device
+
+    def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
+        self.seqs = [list(p) for p in prompt_ids]
+
+    def score(self, cands: Tensor) -> Tensor:
+        R, k = cands.shape
+        out = torch.empty(R, k, dtype=torch.float32)
+        c_list = cands.tolist()
+        for r in range(R):
+            prefix = torch.tensor(self.seqs[r], dtype=torch.long, device=self.device)
+            for s in range(0, k, self.chunk):
+                chunk = torch.tensor(c_list[r][s : s + self.chunk], dtype=torch.long, device=self.device)
+                ids = torch.cat([prefix.expand(len(chunk), -1), chunk[:, None]], dim=1)
+                out[r, s : s + len(chunk)] = self.rm.score_ids(ids, torch.ones_like(ids)).cpu()
+                self.cost.rm_tokens += ids.numel()
+                self.cost.rm_calls += 1
+        return out.to(cands.device)
+
+    def advance(self, tokens: Tensor, index: Tensor) -> None:
+        for seq, t in zip(self.seqs, tokens.tolist()):
+            seq.append(t)
+
+    def select(self, keep: Tensor) -> None:
+        self.seqs = [self.seqs[i] for i in keep.tolist()]
+
+
+class TextScorer(Scorer):
+    """Text-level scoring: ``rm(prompts, responses)`` on decoded prefix + candidate, in batches."""
+
+    name = "text"
+
+    def __init__(self, rm: Any, tokenizer: Any, batch_size: int = 32):
+        super().__init__()
+        self.rm = rm
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+
+    def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
+        self.prompts = list(prompts)
+        self.gen: list[list[int]] = [[] for _ in self.prompts]
+
+    def score(self, cands: Tensor) -> Tensor:
+        R, k = cands.shape
+        c_list = cands.tolist()
+        ps, rs = [], []
+        for r in range(R):
+            for c in c_list[r]:
+                ps.append(self.prompts[r])
+                rs.append(self.tokenizer.decode(self.gen[r] + [c], skip_special_tokens=True))
+        before = getattr(self.rm, "n_tokens_scored", 0)
+        scores = self.rm(ps, rs, batch_size=self.batch_size)
+        self.cost.rm_tokens += getattr(self.rm, "n_tokens_scored", 0) - before
+        self.cost.rm_calls += -(-len(ps) // self.batch_size)
+        return torch.as_tensor(scores, dtype=torch.float32).view(R, k).to(cands.device)
+
+    def advance(self, tokens: Tensor, index: Tensor) -> None:
+        for g, t in zip(self.gen, tokens.tolist()):
+            g.append(t)
+
+    def select(self, keep: Tensor) -> None:
+        idx = keep.tolist()
+        self.gen = [self.gen[i] for i in idx]
+        self.prompts = [self.prompts[i] for i in idx]

@@ -1,0 +1,229 @@
+"""Per-prompt Monte Carlo Stackelberg thresholds m*(x), cached on disk.
+
+For each prompt: draw N responses from the base policy (shared prompt prefill, :func:`sampling.sample`),
+score them with the reward model (the one documented input format, ``format_rm_input``), and solve the
+threshold equation over the N rewards with uniform weights (i.i.d. samples):
+
+* with a ``shaper`` (e.g. the ``official-cd`` preset): ``shaper.threshold(rewards)``, i.e. the shaper's own
+  B_eff / gamma rule, so the threshold matches the shaping that will use it;
+* otherwise ``stackelberg_threshold(rewards, B=B, beta=beta, gamma_cap=gamma_cap, method=method)``.
+
+The disk cache stores the *samples and rewards*, not just m, one JSON file per prompt, keyed by
+(policy id, reward-model id, prompt hash, N, seed, generation config). A rerun — or a different B, beta or
+shaper — reuses them without resampling. Sampling is seeded per prompt, so which prompts were cached does
+not change the others' samples. Cache directory: ``cache_dir`` argument, else ``$STACKALIGN_CACHE/mc``,
+else ``.stackalign_cache/mc`` under the working directory; ``cache_dir=False`` turns caching off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stackalign.decoding.common import Cost, GenerationConfig, Timer, as_reward
+from stackalign.decoding.sampling import sample
+
+Tensor = torch.Tensor
+
+__all__ = ["MCThreshold", "mc_threshold", "mc_samples", "model_fingerprint", "reward_fingerprint"]
+
+CACHE_VERSION = 1
+
+
+def model_fingerprint(model: Any) -> str:
+    """A short id for a model's weights: class, name/path, parameter count, and a strided sample of every
+    parameter tensor (so retraining a model in place changes the id, at negligible cost)."""
+    h = hashlib.sha256()
+    h.update(type(model).__name__.encode())
+    h.update(str(getattr(getattr(model, "config", None), "_name_or_path", "")).encode())
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            n += p.numel()
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 64)
+            h.update(name.encode())
+            h.update(flat[::step][:64].float().cpu().numpy().tobytes())
+    h.update(str(n).encode())
+    return h.hexdigest()[:16]
+
+
+def reward_fingerprint(rm: Any) -> str:
+    """Id of a reward: its model's fingerprint and input format, or ``callable:<name>``."""
+    model = getattr(rm, "model", None)
+    if model is None:
+        return f"callable:{getattr(rm, 'name', type(rm).__name__)}"
+    return f"{model_fingerprint(model)}:chat={bool(getattr(rm, 'chat_template', False))}"
+
+
+def _cache_root(cache_dir: Any) -> Path | None:
+    if cache_dir is False:
+        return None
+    if cache_dir is None:
+        return Path(os.environ.get("STACKALIGN_CACHE", ".stackalign_cache")) / "mc"
+    return Path(cache_dir)
+
+
+def _key(policy_id: str, rm_id: str, prompt: str, n: int, config: GenerationConfig) -> str:
+    payload = {
+        "v": CACHE_VERSION,
+        "policy": policy_id,
+        "rm": rm_id,
+        "prompt": hashlib.sha256(prompt.encode()).hexdigest(),
+        "n": n,
+        "config": config.to_dict(),  # includes the seed
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class MCThreshold:
+    """Per-prompt thresholds ``[P]`` (float64), the rewards ``[P, N]`` and sample texts they came from,
+    the cost actually spent (zero for cached prompts), and which prompts came from the cache."""
+
+    prompts: list[str]
+    thresholds: Tensor
+    rewards: Tensor
+    samples: list[list[str]]
+    cost: Cost = field(default_factory=Cost)
+    from_cache: list[bool] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def mc_samples(
+    policy: Any,
+    tokenizer: Any,
+    rm: Any,
+    prompts: Sequence[str],
+    n: int = 16,
+    config: GenerationConfig | None = None,
+    *,
+    cache_dir: Any = None,
+    policy_id: str | None = None,
+    rm_id: str | None = None,
+    batch_size: int | None = None,
+    rm_batch_size: int = 16,
+) -> tuple[list[list[str]], Tensor, Cost, list[bool]]:
+    """N base samples per prompt and their rewards ``[P, N]`` (float32), through the disk cache."""
+    config = config or GenerationConfig()
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, not a single string")
+    prompts = list(prompts)
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n: must be an integer >= 1, got {n!r}")
+    rm = as_reward(rm)
+    root = _cache_root(cache_dir)
+    pid = policy_id or model_fingerprint(policy)
+    rid = rm_id or reward_fingerprint(rm)
+    texts: list[list[str] | None] = [None] * len(prompts)
+    rewards: list[list[float] | None] = [None] * len(prompts)
+    paths: list[Path | None] = [None] * len(prompts)
+    for i, p in enumerate(prompts):
+        if root is None:
+            continue
+        key = _key(pid, rid, p, n, config)
+        paths[i] = root / key[:2] / f"{key}.json"
+        if paths[i].is_file():
+            try:
+                rec = json.loads(paths[i].read_text())
+                if rec.get("prompt") == p and len(rec["rewards"]) == n:
+                    texts[i], rewards[i] = rec["texts"], rec["rewards"]
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged entry is simply recomputed
+    from_cache = [r is not None for r in rewards]
+    todo = [i for i, c in enumerate(from_cache) if not c]
+    cost = Cost()
+    if todo:
+        res = sample(policy, tokenizer, [prompts[i] for i in todo], n, config, batch_size=batch_size)
+        cost.merge(res.cost)
+        ps, rs = res.flat()
+        before = getattr(rm, "n_tokens_scored", 0)
+        with Timer(cost):
+            scores = torch.as_tensor(rm(ps, rs, batch_size=rm_batch_size), dtype=torch.float32).view(
+                len(todo), n
+            )
+        cost.rm_tokens += getattr(rm, "n_tokens_scored", 0) - before
+        for j, i in enumerate(todo):
+            texts[i], rewards[i] = res.texts[j], scores[j].tolist()
+            if paths[i] is not None:
+                rec = {
+                    "version": CACHE_VERSION,
+                    "policy": pid,
+                    "rm": rid,
+                    "n": n,
+                    "config": config.to_dict(),
+                    "prompt": prompts[i],
+                    "texts": texts[i],
+                    "rewards": rewards[i],
+                }
+                paths[i].parent.mkdir(parents=True, exist_ok=True)
+                tmp = paths[i].with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(rec))
+                os.replace(tmp, paths[i])  # atomic: a killed run never leaves half a file
+    return texts, torch.tensor(rewards, dtype=torch.float32), cost, from_cache  # type: ignore[arg-type]
+
+
+def mc_threshold(
+    policy: Any,
+    tokenizer: Any,
+    rm: Any,
+    prompts: Sequence[str],
+    n: int = 16,
+    config: GenerationConfig | None = None,
+    *,
+    shaper: Any = None,
+    B: float | None = None,
+    beta: float | None = None,
+    gamma_cap: float | None = None,
+    method: str = "exact",
+    cache_dir: Any = None,
+    policy_id: str | None = None,
+    rm_id: str | None = None,
+    batch_size: int | None = None,
+    rm_batch_size: int = 16,
+) -> MCThreshold:
+    """Monte Carlo estimate of the per-prompt Stackelberg threshold m*(x) from ``n`` base samples.
+
+    Give either ``shaper`` (a Shaper or a preset/shaper name; its ``threshold`` rule is used) or ``B`` and
+    ``beta`` (the plain :func:`stackalign.shaping.stackelberg_threshold`, with optional ``gamma_cap``).
+    Sampling uses ``config`` (temperature, top-p, stop strings, seed); see :func:`mc_samples` for caching.
+    """
+    from stackalign.shaping import stackelberg_threshold
+
+    if shaper is None and (B is None or beta is None):
+        raise ValueError("mc_threshold needs a shaper (e.g. 'official-cd') or both B and beta")
+    if isinstance(shaper, str):
+        from stackalign.decoding.args import resolve_shaper
+
+        shaper = resolve_shaper(shaper)
+    if shaper is not None and not hasattr(shaper, "threshold"):
+        raise ValueError(f"shaper: {shaper!r} has no threshold rule (use 'srs', 'hard' or a preset)")
+    texts, rewards, cost, from_cache = mc_samples(
+        policy,
+        tokenizer,
+        rm,
+        prompts,
+        n,
+        config,
+        cache_dir=cache_dir,
+        policy_id=policy_id,
+        rm_id=rm_id,
+        batch_size=batch_size,
+        rm_batch_size=rm_batch_size,
+    )
+    if shaper is not None:
+        m = shaper.threshold(rewards)
+        rule = {"shaper": repr(shaper)}
+    else:
+        m = stackelberg_threshold(rewards, B=B, beta=beta, gamma_cap=gamma_cap, method=method)
+        rule = {"B": B, "beta": beta, "gamma_cap": gamma_cap, "method": method}
+    meta = {"n": n, "weights": "uniform", **rule, "generation": (config or GenerationConfig()).to_dict()}
+    return MCThreshold(list(prompts), m, rewards, texts, cost, from_cache, meta)

@@ -1,0 +1,53 @@
+"""`stackalign bench args|sample|cd` plumbing (tiny random models; ratios are not asserted here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+
+import pytest
+
+from stackalign import bench
+
+
+def _ns(which, **kw):
+    return argparse.Namespace(which=which, json=True, world="tiny", prompts=2, max_new_tokens=6, **kw)
+
+
+def test_bench_args_json(capsys):
+    assert bench.main(_ns("args")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["variants"]) == {"plain_greedy", "reference_args", "fast_args", "fast_srs_args"}
+    assert set(out["ratios"]) == {
+        "reference_over_fast",
+        "srs_args_over_plain",
+        "srs_over_vanilla",
+        "identical",
+    }
+    assert out["ratios"]["identical"] is True
+    assert all(v["new_tokens"] == 12 and v["seconds"] > 0 for v in out["variants"].values())
+    assert out["variants"]["fast_args"]["rm_tokens"] < out["variants"]["reference_args"]["rm_tokens"]
+
+
+def test_bench_sample_table(capsys):
+    ns = _ns("sample")
+    ns.json = False
+    assert bench.main(ns) == 0
+    text = capsys.readouterr().out
+    assert "shared_prefill" in text and "hf_over_shared" in text
+
+
+def test_bench_cd_dispatches_to_cd_bench(monkeypatch):
+    seen = {}
+    fake = types.ModuleType("stackalign.decoding.cd_bench")
+    fake.main = lambda args: seen.setdefault("which", args.which) and 0
+    monkeypatch.setitem(sys.modules, "stackalign.decoding.cd_bench", fake)
+    assert bench.main(_ns("cd")) == 0
+    assert seen == {"which": "cd"}
+
+
+def test_bench_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="max-new-tokens"):
+        bench.main(argparse.Namespace(which="args", json=True, world="tiny", prompts=1, max_new_tokens=-1))
