@@ -1,8 +1,12 @@
 """`stackalign demo`: the paper's main comparison, end to end, on the sandbox world.
 
-Builds (or reuses) the default sandbox world, runs the packaged `sandbox.yaml` recipe (base, Best-of-N,
-ARGS, SRS-ARGS, Minmax-ARGS, Meanstd-ARGS, CD, SRS-CD) on the test prompts, and prints the results table.
-`--quick` runs fewer prompts. Re-running resumes: finished rows are not recomputed.
+Builds (or reuses) the default sandbox world, then follows the paper's protocol:
+  1. sweep the vanilla ARGS reward weight 1/beta on validation prompts and keep the value with the best gold
+     reward (the last value before reward hacking sets in);
+  2. fix that 1/beta for every method (ARGS' w and CD's lambda), and run the packaged `sandbox.yaml` recipe
+     (base, Best-of-N, ARGS, SRS-ARGS, Minmax-ARGS, Meanstd-ARGS, CD, SRS-CD) on the test prompts;
+  3. print the results table; report.md, summary.json and the plots are in the output directory.
+`--quick` runs fewer prompts and sweep values. Re-running resumes: finished rows are not recomputed.
 """
 
 from __future__ import annotations
@@ -15,6 +19,16 @@ from pathlib import Path
 from stackalign.runner.recipe import load_recipe
 
 QUICK_OVERRIDES = ["prompts.limit=24"]
+SWEEP_VALUES = [0.25, 1.0, 4.0, 16.0]
+QUICK_SWEEP_VALUES = [0.25, 1.0, 4.0, 16.0]
+SWEEP_PROMPTS = 24
+QUICK_SWEEP_PROMPTS = 12
+
+
+def _world(recipe):
+    from stackalign.worlds import default_world, load_world
+
+    return default_world() if recipe.world == "default" else load_world(recipe.world)
 
 
 def demo_recipe_path() -> Path:
@@ -33,8 +47,32 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"world={Path(args.world).resolve()}")
     recipe = load_recipe(demo_recipe_path(), overrides)
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    print(f"[demo] world: {recipe.world}; {len(recipe.methods)} methods; results -> {out}/", flush=True)
-    summary = execute(recipe, out)
+    world = _world(recipe)
+    print(f"[demo] world: {world.root}; {len(recipe.methods)} methods; results -> {out}/", flush=True)
+
+    # 1. the paper's protocol: sweep vanilla ARGS' 1/beta on validation prompts, keep the best by gold
+    from stackalign.runner.recipe import recipe_from_dict
+    from stackalign.runner.sweep import run_sweep
+
+    n_val = QUICK_SWEEP_PROMPTS if args.quick else SWEEP_PROMPTS
+    values = QUICK_SWEEP_VALUES if args.quick else SWEEP_VALUES
+    sweep_recipe = recipe_from_dict(recipe.to_dict(), [f"prompts.limit={n_val}"])
+    print(f"[demo] 1/beta sweep of ARGS on {n_val} validation prompts: {values}", flush=True)
+    sweep = run_sweep(sweep_recipe, "ARGS", values, split="world:val", out_dir=out / "sweep", world=world)
+    chosen = sweep["chosen"]
+    print(
+        f"[demo] chosen 1/beta = {chosen:g} ({sweep['criterion']}); plot: {out}/sweep/sweep.png", flush=True
+    )
+
+    # 2. fix it for every method, run the comparison on the test prompts
+    fixed = []
+    for i, m in enumerate(recipe.methods):
+        if m.decoder == "args":
+            fixed.append(f"methods.{i}.params.w={chosen}")
+        elif m.decoder.startswith("cd_"):
+            fixed.append(f"methods.{i}.params.lam={chosen}")
+    recipe = recipe_from_dict(recipe.to_dict(), fixed)
+    summary = execute(recipe, out, world=world)
     print()
     print(format_table(summary, baselines=recipe.evaluation.baselines))
     print(
