@@ -71,6 +71,8 @@ def main(args: argparse.Namespace) -> int:
             fixed.append(f"methods.{i}.params.w={chosen}")
         elif m.decoder.startswith("cd_"):
             fixed.append(f"methods.{i}.params.lam={chosen}")
+            if args.quick:  # a smaller offline set and fewer epochs for the value heads
+                fixed += [f"methods.{i}.params.train_prompts=60", f"methods.{i}.params.max_epochs=5"]
     recipe = recipe_from_dict(recipe.to_dict(), fixed)
     summary = execute(recipe, out, world=world)
     print()
