@@ -287,8 +287,6 @@ def _decode_batch(
     lengths = torch.full((R,), T, dtype=torch.long, device=device)  # set when a row stops early
     full = True  # no row has left the batch yet: write columns without indexing
     active = torch.arange(R, device=device)
-    check_eos = not generation.ignore_eos and bool(stop.eos_ids)
-    check_strings = not generation.ignore_eos and bool(stop.stop_strings)
     k = config.k
     for step in range(T):
         top_logits, cands = logits.topk(k, dim=-1)  # [R', k]
@@ -316,11 +314,7 @@ def _decode_batch(
         scorer.advance(tok, j)
         if step == T - 1:
             break
-        done = stop.eos_mask(tok) if check_eos else None
-        if check_strings:
-            flags = [stop.hits_stop_string(buf[r, : step + 1].tolist()) for r in active.tolist()]
-            hit = torch.tensor(flags, device=device)
-            done = hit if done is None else done | hit
+        done = stop.finished(buf, active, tok, step)
         if done is not None and bool(done.any()):
             lengths[active[done]] = step + 1
             full = False

@@ -315,6 +315,17 @@ class StopChecker:
             t = self._eos_t[tokens.device] = torch.tensor(self.eos_ids, device=tokens.device)
         return torch.isin(tokens, t)
 
+    def finished(self, buf: Tensor, active: Tensor, tok: Tensor, step: int) -> Tensor | None:
+        """Which active rows end at this step (EOS token or a stop string in the text so far), or None when
+        no check applies. ``buf`` [B, T] holds every row's generated ids; ``active`` the row index of each
+        entry of ``tok`` (the tokens just generated)."""
+        done = None if self.ignore or not self.eos_ids else self.eos_mask(tok)
+        if not self.ignore and self.stop_strings:
+            flags = [self.hits_stop_string(buf[r, : step + 1].tolist()) for r in active.tolist()]
+            hit = torch.tensor(flags, device=tok.device)
+            done = hit if done is None else done | hit
+        return done
+
     def hits_stop_string(self, ids: Sequence[int]) -> bool:
         if self.ignore or not self.stop_strings:
             return False

@@ -164,8 +164,6 @@ def _sample_batch(
     lengths = torch.full((R,), T, dtype=torch.long, device=device)  # set when a row stops early
     full = True  # no row has left the batch yet: write columns without indexing
     active = torch.arange(R, device=device)  # original row of each live batch row
-    check_eos = not config.ignore_eos and bool(stop.eos_ids)
-    check_strings = not config.ignore_eos and bool(stop.stop_strings)
     for step in range(T):
         if gens is None:
             tok = logits.argmax(-1)
@@ -180,11 +178,7 @@ def _sample_batch(
             buf[active, step] = tok
         if step == T - 1:
             break
-        done = stop.eos_mask(tok) if check_eos else None
-        if check_strings:
-            flags = [stop.hits_stop_string(buf[r, : step + 1].tolist()) for r in active.tolist()]
-            hit = torch.tensor(flags, device=device)
-            done = hit if done is None else done | hit
+        done = stop.finished(buf, active, tok, step)
         if done is not None and bool(done.any()):
             lengths[active[done]] = step + 1
             full = False
