@@ -337,3 +337,15 @@ def test_training_features_equal_decoding_states(tok, head):
         for t in range(20):
             step_vals = rec.calls[t].view(3, 4)[r]
             assert torch.isclose(step_vals, v_train[t], atol=1e-5).any()
+
+
+def test_bench_cd_cli_json(capsys):
+    """`stackalign bench cd --json` prints one object with the per-variant times and the ratios."""
+    from stackalign.cli import main
+
+    assert main(["bench", "cd", "--world", "tiny", "--json", "--prompts", "2", "--max-new-tokens", "4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"plain_greedy", "tokenwise", "blockwise"} <= set(out["variants"])
+    assert all(v["new_tokens"] == 8 for v in out["variants"].values())
+    assert {"tokenwise_over_plain", "blockwise_over_plain"} <= set(out["ratios"])
+    assert out["k"] == 10

@@ -6,6 +6,9 @@ Tokenwise (SRS paper Algorithm 1; Mudgal et al. 2024), at every step of every pr
     V_i  = V(h(x, y_<t, c_i))                 the value head on the LM's final hidden state after c_i
     score_i = logp_i + lam * V_i;  pick argmax (greedy) or sample from softmax(score) (do_sample)
 
+(The log-normaliser of logp is the same for all k candidates of a row and neither argmax nor softmax
+sees it, so the code scores logits_i / temperature + lam * V_i and skips a softmax over the vocabulary.)
+
 The official code runs the k candidates against a k-times tiled KV cache and then runs the LM *again* on
 the chosen token to advance its real cache. Here the candidate pass is reused, so each step costs one LM
 forward of k query tokens and nothing else:
@@ -209,7 +212,7 @@ class _Tokenwise(_Run):
             eye = torch.eye(self.k, dtype=torch.bool, device=batch.device)
             self.prefix = self._mask_value(batch.mask.bool())[:, None, None, :]
             self.own = self._mask_value(eye)[None, None]
-            self.rows = torch.arange(len(batch.rows), device=batch.device)
+            self.grow = self._mask_value(torch.ones(1, 1, 1, 1, dtype=torch.bool, device=batch.device))
         else:
             batch.cache.batch_repeat_interleave(self.k)
 
@@ -229,20 +232,18 @@ class _Tokenwise(_Run):
 
     def _tree_keep(self, choice: Tensor, past: int) -> None:
         """Move the chosen candidate's K/V entry into slot `past` and drop the other k - 1 new entries."""
-        rows = self.rows
-        one = int(choice[0]) + past if len(rows) == 1 else None  # batch 1: plain slicing, no gather
+        n = choice.shape[0]
+        src = past + (int(choice[0]) if n == 1 else choice)  # one row: a plain slice, no gather
+        rows = torch.arange(n, device=choice.device) if n > 1 else None
         for layer in self.b.cache.layers:
             for name in ("keys", "values"):
                 t = getattr(layer, name)
-                if one is None:
-                    t[:, :, past] = t[rows, :, past + choice]
+                if rows is None:
+                    t[:, :, past].copy_(t[:, :, src])
                 else:
-                    t[:, :, past].copy_(t[:, :, one])
+                    t[:, :, past] = t[rows, :, src]
                 setattr(layer, name, t[:, :, : past + 1])
-        grow = torch.ones if self.bool_mask else torch.zeros
-        self.prefix = torch.cat(
-            [self.prefix, grow(len(rows), 1, 1, 1, dtype=self.prefix.dtype, device=rows.device)], -1
-        )
+        self.prefix = torch.cat([self.prefix, self.grow.expand(n, 1, 1, 1)], dim=-1)
 
     def _repeat_hidden(self, cand: Tensor) -> Tensor:
         """Hidden states (b, k, H): the k candidates as k rows of one token against the k-times tiled cache."""
@@ -271,19 +272,25 @@ class _Tokenwise(_Run):
             choice = sample_rows(torch.softmax(score, dim=-1), u)
         else:
             choice = score.argmax(dim=-1)
-        rows = self.rows if cfg.lookahead == "tree" else torch.arange(n, device=batch.device)
-        token = cand[rows, choice]
+        if n == 1:  # one row: plain indexing with a Python int (fewer, cheaper ops than gathers)
+            c = int(choice[0])
+            chosen_h, tokens = h[:, c], [int(cand[0, c])]
+        else:
+            rows = torch.arange(n, device=batch.device)
+            chosen_h, tokens = h[rows, choice], cand[rows, choice].tolist()
         if cfg.lookahead == "tree":
             self._tree_keep(choice, past)
         else:
-            batch.cache.batch_select_indices((rows * k + choice).repeat_interleave(k))
-        batch.logits = batch.lm_head(h[rows, choice])  # the candidate pass is the next step's pass
+            batch.cache.batch_select_indices(
+                (torch.arange(n, device=batch.device) * k + choice).repeat_interleave(k)
+            )
+        batch.logits = batch.lm_head(chosen_h)  # the candidate pass is the next step's pass
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(n, 1)], dim=-1)
-        self._record(token)
+        self._record(tokens)
 
-    def _record(self, token: Tensor) -> None:
+    def _record(self, tokens: list[int]) -> None:
         batch, keep, eos = self.b, [], self.eos
-        for j, t in enumerate(token.tolist()):
+        for j, t in enumerate(tokens):
             ids = batch.tokens[batch.rows[j]]
             ids.append(t)
             if not (t in eos or len(ids) >= self.gen.max_new_tokens or self.stop.hits_stop_string(ids)):
@@ -291,7 +298,7 @@ class _Tokenwise(_Run):
         if len(keep) < len(batch.rows):
             index = None
             if self.cfg.lookahead == "tree":
-                self.prefix, self.rows = self.prefix[keep], self.rows[: len(keep)]
+                self.prefix = self.prefix[keep]
             else:
                 kk = torch.tensor(keep, device=batch.device)
                 index = (kk[:, None] * self.k + torch.arange(self.k, device=batch.device)).flatten()
@@ -361,7 +368,6 @@ class _Blockwise(_Run):
 # --------------------------------------------------------------------------------------------- entry point
 
 
-@torch.no_grad()
 def controlled_decode(
     model,
     tokenizer,
@@ -409,7 +415,9 @@ def controlled_decode(
     texts: list[str] = []
     token_ids: list[list[int]] = []
     value_evals = 0
-    with Timer(cost, device):
+    # inference_mode (not just no_grad): no view/version tracking on the per-step tensor ops, ~10% faster
+    # on small models. Everything created inside stays internal; the head was moved to the device above.
+    with Timer(cost, device), torch.inference_mode():
         for s in range(0, len(prompts), cfg.batch_size):
             batch = _Batch(model, ids[s : s + cfg.batch_size], pad, cost)
             run = run_cls(batch, value_head, cfg, gen, stop, rngs[s : s + cfg.batch_size], cost)

@@ -377,6 +377,10 @@ def train_value_head(
             sums["pairwise"] += parts["pairwise"]
             n_batches += 1
         val_mse = _evaluate(head, feats, val_idx, targets, cfg.batch_size, device)
+        if not math.isfinite(val_mse):
+            raise ValueError(
+                f"value head training diverged at epoch {epoch + 1} (validation MSE {val_mse}); lower lr"
+            )
         row = {
             "epoch": epoch + 1,
             **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
