@@ -65,7 +65,10 @@ def test_run_writes_results_and_resumes_without_duplicates(micro_world, tmp_path
     lines = path.read_text().splitlines(keepends=True)
     kept = lines[:-3]
     path.write_text("".join(kept) + lines[-3][: len(lines[-3]) // 2])
+    head = out / "cd_heads" / "SRS-CD" / "value_head.safetensors"
+    head_mtime = head.stat().st_mtime_ns
     execute(recipe, out, progress=False)
+    assert head.stat().st_mtime_ns == head_mtime  # the trained value head is reused, not retrained
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     keys = [(r["method"], r["prompt_id"]) for r in rows]
     assert len(keys) == len(set(keys)) == 4 * 4

@@ -145,7 +145,12 @@ def _make_cd(m: MethodConfig, dec: dict, shp: dict, ctx, gen) -> Generate:
     on this method's shaped targets (cached in the run directory), then decoding."""
     from stackalign.decoding.cd import CDConfig, controlled_decode
     from stackalign.decoding.cd_data import CDDataConfig, OfflineData, build_offline_data
-    from stackalign.decoding.value_head import ValueTrainConfig, load_value_head, train_value_head
+    from stackalign.decoding.value_head import (
+        CONFIG_NAME,
+        ValueTrainConfig,
+        load_value_head,
+        train_value_head,
+    )
 
     if ctx.world is None:
         raise RecipeError(f"methods[{m.name}]: CD needs training prompts; it runs on a world (world: ...)")
@@ -172,7 +177,7 @@ def _make_cd(m: MethodConfig, dec: dict, shp: dict, ctx, gen) -> Generate:
     data = OfflineData.load(data_dir)
     shaper = make_shaper(m, shp) or get_shaper("vanilla")
     head_dir = ctx.out_dir / "cd_heads" / m.name
-    if (head_dir / "config.json").exists():
+    if (head_dir / CONFIG_NAME).exists():  # trained by an earlier (or interrupted-after-training) run
         head, _ = load_value_head(head_dir)
     else:
         tcfg = ValueTrainConfig(width=int(dec.get("width", 256)), max_epochs=int(dec.get("max_epochs", 15)))
