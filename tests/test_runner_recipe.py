@@ -5,7 +5,7 @@ import json
 import pytest
 
 from stackalign.runner.recipe import RecipeError, load_recipe, recipe_from_dict
-from stackalign.runner.store import JsonlStore
+from stackalign.store import JsonlStore
 
 GOOD = {
     "methods": [

@@ -23,7 +23,7 @@ Layout of an offline-data directory:
     shard_00000.jsonl ...   one row per prompt: {"i", "prompt", "prompt_ids", "response_ids" [N][T],
                             "rewards" [N], "gold" [N] or null}
 
-Rows are appended and fsynced one prompt at a time (`runner.store.JsonlStore`), so a killed build resumes
+Rows are appended and fsynced one prompt at a time (`stackalign.store.JsonlStore`), so a killed build resumes
 where it stopped, recomputing nothing that was written and writing nothing twice; per-prompt seeds make a
 resumed build draw the same samples as an uninterrupted one.
 
@@ -51,7 +51,7 @@ from torch import Tensor
 from stackalign.decoding.cd import final_hidden
 from stackalign.decoding.common import GenerationConfig
 from stackalign.decoding.sampling import sample
-from stackalign.runner.store import JsonlStore, write_json_atomic
+from stackalign.store import JsonlStore, write_json_atomic
 
 __all__ = [
     "CDDataConfig",

@@ -29,6 +29,7 @@ import torch
 
 from stackalign.decoding.common import Cost, GenerationConfig, Timer, as_reward
 from stackalign.decoding.sampling import sample
+from stackalign.store import write_json_atomic
 
 Tensor = torch.Tensor
 
@@ -164,10 +165,7 @@ def mc_samples(
                     "texts": texts[i],
                     "rewards": rewards[i],
                 }
-                paths[i].parent.mkdir(parents=True, exist_ok=True)
-                tmp = paths[i].with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(rec))
-                os.replace(tmp, paths[i])  # atomic: a killed run never leaves half a file
+                write_json_atomic(paths[i], rec, indent=None)  # a killed run never leaves half a file
     return texts, torch.tensor(rewards, dtype=torch.float32), cost, from_cache  # type: ignore[arg-type]
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from stackalign.runner.store import write_json_atomic
+from stackalign.store import write_json_atomic
 
 __all__ = [
     "ValueHead",

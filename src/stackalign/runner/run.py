@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from stackalign import __version__
 from stackalign.runner.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
-from stackalign.runner.store import JsonlStore, write_json_atomic
 from stackalign.shaping import PRESETS
+from stackalign.store import JsonlStore, write_json_atomic
 
 
 @dataclass

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from stackalign.runner.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
-from stackalign.runner.store import write_json_atomic
+from stackalign.store import write_json_atomic
 
 # decoder -> the name of its reward-weight parameter (1/β); decoders not listed have none to sweep
 WEIGHT_KEYS = {"args": "w", "cd_tokenwise": "lam", "cd_blockwise": "lam"}

@@ -1,4 +1,6 @@
-"""Append-only JSONL storage that survives `kill -9` at any moment.
+"""Crash-safe files shared by every layer: append-only JSONL rows and atomic JSON writes.
+
+Append-only JSONL storage that survives `kill -9` at any moment.
 
 Each finished row is one line, written with a single `write` of the full line and flushed + fsynced before
 the next row starts. On open, a last line without its newline (a write cut off by a crash) is cut away, so
@@ -63,10 +65,12 @@ class JsonlStore:
                 self.rows.append(row)
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write JSON to a temporary file and rename it over `path` (never a half-written file)."""
+def write_json_atomic(path: str | Path, obj, *, indent: int | None = 2) -> None:
+    """Write JSON to a temporary file and rename it over `path` (never a half-written file).
+
+    The temporary name carries the process id, so two processes writing the same path cannot interleave."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
