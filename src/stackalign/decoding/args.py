@@ -32,6 +32,7 @@ from stackalign.decoding.common import (
     Cost,
     DecodeResult,
     GenerationConfig,
+    LiveRows,
     StopChecker,
     Timer,
     as_reward,
@@ -283,10 +284,7 @@ def _decode_batch(
         if config.mode == "stochastic"
         else None
     )
-    buf = torch.full((R, T), pad, dtype=torch.long, device=device)
-    lengths = torch.full((R,), T, dtype=torch.long, device=device)  # set when a row stops early
-    full = True  # no row has left the batch yet: write columns without indexing
-    active = torch.arange(R, device=device)
+    rows = LiveRows(R, T, pad, device)
     k = config.k
     for step in range(T):
         top_logits, cands = logits.topk(k, dim=-1)  # [R', k]
@@ -298,34 +296,28 @@ def _decode_batch(
             if m is None:
                 shaped = shaper(rewards, weights)
             else:
-                shaped = shaper(rewards, weights, threshold=m[active.cpu()].to(rewards.device))
+                shaped = shaper(rewards, weights, threshold=m[rows.active.cpu()].to(rewards.device))
             shaped = torch.as_tensor(shaped, device=device).to(top_logits.dtype)
         fused = top_logits + w * shaped
         if gens is None:
             j = fused.argmax(-1)
         else:
-            u = row_uniforms(gens, 1, device)[active]
+            u = row_uniforms(gens, 1, device)[rows.active]
             j = sample_rows((fused / config.temperature).softmax(-1), u)
         tok = cands.gather(1, j[:, None]).squeeze(1)
-        if full:
-            buf[:, step] = tok
-        else:
-            buf[active, step] = tok
+        rows.record(tok, step)
         scorer.advance(tok, j)
         if step == T - 1:
             break
-        done = stop.finished(buf, active, tok, step)
-        if done is not None and bool(done.any()):
-            lengths[active[done]] = step + 1
-            full = False
-            keep = (~done).nonzero().squeeze(-1)
+        keep = rows.drop_finished(stop.finished(rows.buf, rows.active, tok, step), step)
+        if keep is not None:
             if keep.numel() == 0:
                 break
-            active, tok, mask = active[keep], tok[keep], mask[keep]
+            tok, mask = tok[keep], mask[keep]
             cache.batch_select_indices(keep)
             scorer.select(keep)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         logits, cache = lm_forward(policy, tok.unsqueeze(-1), mask, cache)
-        cost.lm_tokens += int(active.numel())
+        cost.lm_tokens += int(rows.active.numel())
         cost.lm_calls += 1
-    return [row[:L] for row, L in zip(buf.tolist(), lengths.tolist())]
+    return rows.outputs()

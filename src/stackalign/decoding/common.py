@@ -287,6 +287,39 @@ def output_cache(out: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------
 # Stopping
 # ---------------------------------------------------------------------------------------------------------
+class LiveRows:
+    """Bookkeeping of a batched decode whose rows finish at different steps.
+
+    ``buf`` [R, T] collects each original row's generated ids, ``lengths`` [R] their lengths (T unless a row
+    stopped early), and ``active`` the original row of each row still in the shrinking batch."""
+
+    def __init__(self, n_rows: int, max_new_tokens: int, pad: int, device: Any):
+        self.buf = torch.full((n_rows, max_new_tokens), pad, dtype=torch.long, device=device)
+        self.lengths = torch.full((n_rows,), max_new_tokens, dtype=torch.long, device=device)
+        self.active = torch.arange(n_rows, device=device)
+        self._full = True  # no row has left the batch yet: write columns without indexing
+
+    def record(self, tok: Tensor, step: int) -> None:
+        if self._full:
+            self.buf[:, step] = tok
+        else:
+            self.buf[self.active, step] = tok
+
+    def drop_finished(self, done: Tensor | None, step: int) -> Tensor | None:
+        """Rows flagged in ``done`` end at ``step``. Returns the batch indices to keep (empty when every row
+        has ended), or None when no row ended, so the caller selects its caches only when needed."""
+        if done is None or not bool(done.any()):
+            return None
+        self.lengths[self.active[done]] = step + 1
+        self._full = False
+        keep = (~done).nonzero().squeeze(-1)
+        self.active = self.active[keep]
+        return keep
+
+    def outputs(self) -> list[list[int]]:
+        return [row[:L] for row, L in zip(self.buf.tolist(), self.lengths.tolist())]
+
+
 class StopChecker:
     """Decides when a row is finished and cleans its output.
 

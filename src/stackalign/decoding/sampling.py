@@ -22,6 +22,7 @@ import torch
 from stackalign.decoding.common import (
     Cost,
     GenerationConfig,
+    LiveRows,
     StopChecker,
     Timer,
     cache_kwarg,
@@ -160,10 +161,7 @@ def _sample_batch(
     R = len(prompts) * n
     T = config.max_new_tokens
     gens = None if config.greedy else prompt_generators(prompts, config.seed, device, salt="sample")
-    buf = torch.full((R, T), pad, dtype=torch.long, device=device)
-    lengths = torch.full((R,), T, dtype=torch.long, device=device)  # set when a row stops early
-    full = True  # no row has left the batch yet: write columns without indexing
-    active = torch.arange(R, device=device)  # original row of each live batch row
+    rows = LiveRows(R, T, pad, device)
     for step in range(T):
         if gens is None:
             tok = logits.argmax(-1)
@@ -171,28 +169,21 @@ def _sample_batch(
             probs = filter_logits(logits, config.temperature, config.top_k, config.top_p).softmax(-1)
             # drawn for every row every step, finished or not: per-prompt streams stay aligned
             u = row_uniforms(gens, n, device)
-            tok = sample_rows(probs, u[active])
-        if full:
-            buf[:, step] = tok
-        else:
-            buf[active, step] = tok
+            tok = sample_rows(probs, u[rows.active])
+        rows.record(tok, step)
         if step == T - 1:
             break
-        done = stop.finished(buf, active, tok, step)
-        if done is not None and bool(done.any()):
-            lengths[active[done]] = step + 1
-            full = False
-            keep = (~done).nonzero().squeeze(-1)
+        keep = rows.drop_finished(stop.finished(rows.buf, rows.active, tok, step), step)
+        if keep is not None:
             if keep.numel() == 0:
                 break
-            active, tok, mask = active[keep], tok[keep], mask[keep]
+            tok, mask = tok[keep], mask[keep]
             cache.batch_select_indices(keep)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         logits, cache = lm_forward(model, tok.unsqueeze(-1), mask, cache)
-        cost.lm_tokens += int(active.numel())
+        cost.lm_tokens += int(rows.active.numel())
         cost.lm_calls += 1
-    lengths_l = lengths.tolist()
-    return [row[:L] for row, L in zip(buf.tolist(), lengths_l)]
+    return rows.outputs()
 
 
 def greedy(
