@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tiny_models import bpe_tokenizer
 from transformers import (
     GPT2Config,
     GPT2ForSequenceClassification,
@@ -35,16 +35,7 @@ CORPUS = [
 
 
 def _tokenizer(vocab_size: int = 300, extra: str = "") -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<eos>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([c + extra for c in CORPUS], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
+    return bpe_tokenizer([c + extra for c in CORPUS], vocab_size, pad=False)
 
 
 @pytest.fixture(scope="module")
