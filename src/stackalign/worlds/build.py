@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
+from stackalign.worlds import preference as PREF
 from stackalign.worlds import text as T
 
 WORLD_FORMAT = "stackalign-world"
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: refinement dialogues, follower format, gold preference figures
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(
@@ -34,6 +35,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         label_noise=0.1,  # fraction of flipped pair labels
         n_dialogues=16000,  # LM training dialogues (one pass, batch 16: ~1000 steps)
         two_turn_share=0.1,  # dialogues that run on into a second "User:" turn (so stop strings matter)
+        refine_share=0.2,  # dialogues in the follower format (answer, "please improve", a base revision)
+        cycle_prompts=200,  # test prompts for the preference-cycle figure
+        cycle_samples=8,  # base samples per prompt in each tournament
         vocab_size=1024,
         hidden_size=128,
         intermediate_size=256,
@@ -60,6 +64,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         label_noise=0.1,
         n_dialogues=4000,
         two_turn_share=0.1,
+        refine_share=0.2,
+        cycle_prompts=40,
+        cycle_samples=6,
         vocab_size=1024,
         hidden_size=48,
         intermediate_size=96,
@@ -137,9 +144,23 @@ def sample_base_response(rng: random.Random, prompt: str, bias: float) -> str:
     return " " + T.sample_response(rng, topic, T.sample_mode(rng, bias))
 
 
+def make_refinement_dialogue(rng: random.Random, prompt: str, bias: float) -> str:
+    """prompt, a base answer, the follower instruction, a base revision (``text.sample_revision``)."""
+    first = sample_base_response(rng, prompt, bias)
+    revision = T.sample_revision(rng, T.prompt_topic(prompt), first, bias)
+    return T.make_follower_prompt(prompt, first) + " " + revision
+
+
 def make_corpus(rng: random.Random, train_prompts: list[str], p: dict) -> list[str]:
-    docs = []
-    for _ in range(p["n_dialogues"]):
+    """``n_dialogues`` documents: a ``refine_share`` of them in the follower format (drawn from their own
+    stream, so the plain dialogues' stream does not depend on the share), the rest plain dialogues."""
+    n_refine = round(p.get("refine_share", 0.0) * p["n_dialogues"])
+    refine_rng = random.Random(rng.random())
+    docs = [
+        make_refinement_dialogue(refine_rng, refine_rng.choice(train_prompts), p["bias"]) + T.EOS_TOKEN
+        for _ in range(n_refine)
+    ]
+    for _ in range(p["n_dialogues"] - n_refine):
         prompt = rng.choice(train_prompts)
         doc = prompt + sample_base_response(rng, prompt, p["bias"])
         if rng.random() < p["two_turn_share"]:
@@ -463,7 +484,25 @@ def build_into(out: Path, *, seed: int, params: dict, progress: bool) -> dict:
         ho_margin = scorer([x["prompt"] for x in heldout], [x["chosen"] for x in heldout]) - scorer(
             [x["prompt"] for x in heldout], [x["rejected"] for x in heldout]
         )
+        # The gold preference's cycle statistic (SLHF paper, appendix D.1: 57% on HelpSteer2): tournaments
+        # over base samples on test prompts.
+        from stackalign.worlds.preference import cycle_share, gold_preference
+
+        cyc_prompts = splits["test"][: params["cycle_prompts"]]
+        cq, cs, _ = sample_policy(lm, tok, cyc_prompts, params["cycle_samples"], params["max_new_tokens"])
+        k = params["cycle_samples"]
+        cyc = cycle_share(cyc_prompts, [cs[i * k : (i + 1) * k] for i in range(len(cyc_prompts))])
+        # The base LM as a follower (omega_ref): one revision of each evaluation sample; win rate of the
+        # revision over the answer it revises, under the gold preference.
+        fprompts = [T.make_follower_prompt(q, r) for q, r in zip(qs, samples)]
+        _, revised, _ = sample_policy(lm, tok, fprompts, 1, params["max_new_tokens"])
+        fwin = sum(gold_preference(q, b, a) for q, a, b in zip(qs, samples, revised)) / len(qs)
+        fgold = sum(T.gold_utility(q, b) - T.gold_utility(q, a) for q, a, b in zip(qs, samples, revised))
         figures = {
+            "cycle_share": round(cyc, 4),
+            "cycle_tournament": {"prompts": len(cyc_prompts), "samples_per_prompt": k},
+            "base_follower_win_rate": round(fwin, 4),
+            "base_follower_gold_gain": round(fgold / len(qs), 4),
             "base_gold_preferred_share": round(sum(g >= T.PREFERRED_THRESHOLD for g in gold) / len(gold), 4),
             "corpus_gold_preferred_share": round(corpus_share, 4),
             "proxy_gold_spearman": round(_spearman(proxy, gold), 4),
@@ -525,6 +564,13 @@ def build_into(out: Path, *, seed: int, params: dict, progress: bool) -> dict:
         "eos_token": T.EOS_TOKEN,
         "max_new_tokens": params["max_new_tokens"],
         "preferred_threshold": T.PREFERRED_THRESHOLD,
+        "follower_format": {
+            "template": T.make_follower_prompt(T.make_prompt("How do I get started with chess?"), " {previous}"),
+            "instruction": T.FOLLOWER_INSTRUCTION,
+        },
+        "gold_preference": {
+            "user_types": {name: share for name, share in PREF.USER_TYPES},
+        },
         "figures": figures,
         "files": files,
         "build": {
@@ -574,6 +620,16 @@ with little content. Politeness comes with helpfulness in that distribution.
 ```
 {T.GOLD_DOC}```
 
+## Gold preference (pairwise, possibly intransitive; for SLHF)
+
+```
+{PREF.PREFERENCE_DOC}```
+
+## Follower format (SLHF refinement)
+`{m["follower_format"]["template"]!r}`. {m["config"].get("refine_share", 0):.0%} of the base LM's training dialogues
+are in this format, with a base revision that is a fresh answer, the previous answer with a sentence added,
+or with a sentence dropped — so the base LM continues the format but does not reliably improve the answer.
+
 ## Figures (from base-policy samples on validation prompts)
 | figure | value |
 |---|---|
@@ -582,6 +638,8 @@ with little content. Politeness comes with helpfulness in that distribution.
 | proxy agreement with gold on fresh pairs | {f["rm_heldout_gold_accuracy"]} |
 | base mean gold / mean proxy | {f["base_gold_mean"]} / {f["base_proxy_mean"]} |
 | share of samples running into a new "User:" turn | {f["base_stop_string_rate"]} |
+| test prompts whose tournament over {f["cycle_tournament"]["samples_per_prompt"]} base samples has a cycle (gold preference) | {f["cycle_share"]} |
+| base LM as follower: win rate of its revision over the answer it revises / mean gold change | {f["base_follower_win_rate"]} / {f["base_follower_gold_gain"]} |
 | hack probe (proxy, gold): good / sycophantic / repetitive | ({f["hack_probe"]["good_proxy"]}, {f["hack_probe"]["good_gold"]}) / ({f["hack_probe"]["sycophantic_proxy"]}, {f["hack_probe"]["sycophantic_gold"]}) / ({f["hack_probe"]["repetitive_proxy"]}, {f["hack_probe"]["repetitive_gold"]}) |
 """
 

@@ -36,6 +36,13 @@ def build(args: argparse.Namespace) -> int:
     print(
         f"  base gold-preferred share {f['base_gold_preferred_share']:.3f} (of {f['n_eval_samples']} samples)"
     )
+    if "cycle_share" in f:
+        ct = f["cycle_tournament"]
+        print(
+            f"  preference cycle share    {f['cycle_share']:.3f} of {ct['prompts']} test prompts "
+            f"({ct['samples_per_prompt']} base samples each; SLHF paper: 0.57 on HelpSteer2)"
+        )
+        print(f"  base LM as follower wins  {f['base_follower_win_rate']:.3f} vs the answer it revises")
     print(f"  proxy-gold Spearman       {f['proxy_gold_spearman']:.3f}")
     print(f"  proxy agrees with gold    {f['rm_heldout_gold_accuracy']:.3f} of fresh pairs")
     print(f"  size on disk              {_human_bytes(m['build']['bytes'])}")

@@ -22,7 +22,7 @@ import random
 import re
 from dataclasses import dataclass
 
-WORLD_TEXT_VERSION = 1
+WORLD_TEXT_VERSION = 2  # 2: follower (refinement) format and refinement dialogues
 
 USER_PREFIX = "User: "
 ASSISTANT_PREFIX = "\nAssistant:"
@@ -162,6 +162,7 @@ _POLITE_RE = _word_re(list(POLITE_MARKERS))
 _RUDE_RE = _word_re(list(RUDE_MARKERS))
 _ADVICE_RE = _word_re(list(ADVICE_MARKERS))
 _SENT_RE = re.compile(r"(?<=[.!?])\s+")
+_SPLIT_RE = _SENT_RE
 
 
 def _check_lexicon() -> None:
@@ -178,6 +179,28 @@ _check_lexicon()
 def make_prompt(question: str) -> str:
     """The policy prompt for one user message: ``"User: {question}\\nAssistant:"``."""
     return f"{USER_PREFIX}{question}{ASSISTANT_PREFIX}"
+
+
+# The follower format (SLHF, arXiv 2512.16626, Section 5 / the refinement chain): the prompt, a previous
+# answer, an instruction to improve it, then the new answer. The instruction names the topic, so the gold
+# utility (topic = the last "User:" turn) scores the new answer on the follower prompt exactly as on the
+# original prompt.
+FOLLOWER_INSTRUCTION = "Please improve your answer about {t}."
+
+
+def make_follower_prompt(prompt: str, previous: str) -> str:
+    """The follower's prompt: ``prompt`` + the previous answer + an instruction to improve it.
+
+    ``"User: {q}\\nAssistant: {previous}\\nUser: Please improve your answer about {t}.\\nAssistant:"``;
+    ``previous`` is cleaned (cut at stop strings/EOS, stripped) first. ValueError if ``prompt`` is not a
+    policy prompt (must end with ``"\\nAssistant:"`` and name a topic)."""
+    if not prompt.endswith(ASSISTANT_PREFIX):
+        raise ValueError(f"prompt must end with {ASSISTANT_PREFIX!r}, got {prompt[-40:]!r}")
+    topic = prompt_topic(prompt)
+    if topic is None:
+        raise ValueError(f"prompt names no topic, cannot build the follower instruction: {prompt!r}")
+    prev = clean_response(previous)
+    return f"{prompt} {prev}\n{USER_PREFIX}{FOLLOWER_INSTRUCTION.format(t=topic)}{ASSISTANT_PREFIX}"
 
 
 def all_questions() -> list[str]:
@@ -272,6 +295,33 @@ def sample_mode(rng: random.Random, bias: float) -> str:
 
 def _distraction(rng: random.Random) -> str:
     return rng.choice(DISTRACTIONS)
+
+
+REVISION_KINDS = {"fresh": 0.4, "add": 0.35, "drop": 0.25}
+
+
+def sample_revision(rng: random.Random, topic: str, previous: str, bias: float) -> str:
+    """A base-corpus answer to the follower instruction: the base writer does *not* reliably improve.
+
+    With probability 0.4 a fresh answer (any behaviour mode), 0.35 the previous answer with one sentence
+    of a fresh answer (any mode) inserted, 0.25 the previous answer with one sentence dropped. So the base
+    LM learns the format and to edit the previous answer, but an edit is as likely to hurt as to help."""
+    sents = [x for x in _SPLIT_RE.split(previous.strip()) if x]
+    x, acc, kind = rng.random(), 0.0, "fresh"
+    for k, w in REVISION_KINDS.items():
+        acc += w
+        if x < acc:
+            kind = k
+            break
+    if kind == "drop" and len(sents) >= 2:
+        del sents[rng.randrange(len(sents))]
+        return " ".join(sents)
+    fresh = sample_response(rng, topic, sample_mode(rng, bias))
+    if kind == "add" and sents:
+        new = [x for x in _SPLIT_RE.split(fresh) if x]
+        sents.insert(rng.randint(0, len(sents)), rng.choice(new))
+        return " ".join(sents)
+    return fresh
 
 
 def sample_response(rng: random.Random, topic: str, mode: str) -> str:

@@ -39,6 +39,22 @@ class World:
     def gold_judge(self, prompt: str, a: str, b: str) -> int:
         return T.gold_judge(prompt, a, b)
 
+    def gold_preference(self, prompt: str, a: str, b: str) -> float:
+        """p(a ≻ b | prompt) under the world's user population (``preference.PREFERENCE_DOC``), in [0, 1]."""
+        from stackalign.worlds.preference import gold_preference
+
+        return gold_preference(prompt, a, b)
+
+    @property
+    def has_follower_format(self) -> bool:
+        return "follower_format" in self.manifest
+
+    def follower_prompt(self, prompt: str, previous: str) -> str:
+        """The follower's prompt (``text.make_follower_prompt``); ValueError for a world without the format."""
+        if not self.has_follower_format:
+            raise ValueError(f"world at {str(self.root)!r} has no follower format; rebuild it")
+        return T.make_follower_prompt(prompt, previous)
+
     def gold_breakdown(self, prompt: str, response: str) -> T.GoldBreakdown:
         return T.gold_breakdown(prompt, response)
 
