@@ -107,3 +107,11 @@ def test_bad_judge_output_is_refused(s):
     z, m = torch.zeros(2, 1), torch.ones(2, 1)
     with pytest.raises(ValueError, match="judge"):
         slhf_loss(z, z, m, z, z, m, torch.tensor(s), SLHFLossConfig())
+
+
+def test_max_at_k_exact():
+    from stackalign.decoding.refine import max_at_k
+
+    assert max_at_k([[0.0, 2.0, 1.0], [3.0, -1.0, 4.0]]) == [1.5, 2.5, 3.0]
+    with pytest.raises(ValueError):
+        max_at_k([])

@@ -1,0 +1,111 @@
+"""Evidence for SLHF on a sandbox world (the issue's (ii)–(iv)): a round robin, cross-model refinement,
+and Max@k over the refinement chain vs i.i.d. samples. All under the world's gold preference / utility.
+
+    python -m stackalign.training.slhf_evidence WORLD SLHF_RUN RLHF_RUN OUT.json [--prompts N]
+
+SLHF_RUN / RLHF_RUN are ``train`` output directories (their ``final/`` models are used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from stackalign.decoding.common import GenerationConfig
+from stackalign.decoding.refine import RefineConfig, max_at_k, refine_chain
+from stackalign.decoding.sampling import sample
+
+
+def _pref(world, xs, a, b) -> float:
+    return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
+
+
+@torch.no_grad()
+def evidence(world, slhf_dir: str, rlhf_dir: str, *, n_prompts: int = 100, k_max: int = 5, seed: int = 0) -> dict:
+    from stackalign.models import load_policy
+
+    t0 = time.perf_counter()
+    xs = world.test_prompts[:n_prompts]
+    base, tok = world.load_policy()
+    slhf, _ = load_policy(Path(slhf_dir) / "final")
+    rlhf, _ = load_policy(Path(rlhf_dir) / "final")
+    gen = GenerationConfig(max_new_tokens=world.max_new_tokens, stop_strings=tuple(world.stop_strings), seed=seed)
+
+    def one(model, prompts, s):
+        return [t[0] for t in sample(model, tok, prompts, 1, replace(gen, seed=s)).texts]
+
+    def follow(model, answers, s):
+        return one(model, [world.follower_prompt(x, y) for x, y in zip(xs, answers)], s)
+
+    # BoN-4 on the proxy RM: a stand-in for "another method's output" (an inference-time method).
+    rm = world.load_reward_model()
+    cand = sample(base, tok, xs, 4, replace(gen, seed=seed + 5))
+    bon = []
+    for i, x in enumerate(xs):
+        sc = rm([x] * 4, cand.texts[i])
+        bon.append(cand.texts[i][int(sc.argmax())])
+    out = {
+        "base": one(base, xs, seed + 1),
+        "rlhf": one(rlhf, xs, seed + 2),
+        "leader": one(slhf, xs, seed + 3),
+        "bon4_proxy": bon,
+    }
+    out["follower"] = follow(slhf, out["leader"], seed + 4)
+    names = ["base", "rlhf", "leader", "follower"]
+    round_robin = {a: {b: _pref(world, xs, out[a], out[b]) for b in names if b != a} for a in names}
+    cross = {}
+    for src in ("base", "rlhf", "bon4_proxy", "leader"):
+        cross[src] = {
+            "slhf_follower": _pref(world, xs, follow(slhf, out[src], seed + 10), out[src]),
+            "base_as_follower": _pref(world, xs, follow(base, out[src], seed + 11), out[src]),
+            "rlhf_as_follower": _pref(world, xs, follow(rlhf, out[src], seed + 12), out[src]),
+        }
+    # Max@k of the gold utility: the chain (leader answer, then k−1 follower steps) vs k i.i.d. samples.
+    chain = refine_chain(slhf, tok, xs, out["leader"], world.follower_prompt, RefineConfig(k_max - 1), gen)
+    base_chain = refine_chain(base, tok, xs, out["base"], world.follower_prompt, RefineConfig(k_max - 1), gen)
+    iid = {n: sample(m, tok, xs, k_max, replace(gen, seed=seed + 20)).texts
+           for n, m in (("leader", slhf), ("base", base), ("rlhf", rlhf))}  # fmt: skip
+
+    def gold(rows):
+        return [[world.gold(x, y) for y in r] for x, r in zip(xs, rows)]
+
+    maxk = {
+        "slhf_chain": [round(v, 4) for v in max_at_k(gold(chain))],
+        "base_chain": [round(v, 4) for v in max_at_k(gold(base_chain))],
+        **{f"{n}_iid": [round(v, 4) for v in max_at_k(gold(r))] for n, r in iid.items()},
+    }
+    mean_gold = {n: round(sum(world.gold(x, y) for x, y in zip(xs, out[n])) / len(xs), 4) for n in out}
+    return {
+        "prompts": len(xs),
+        "round_robin": round_robin,
+        "refine_once_win_rate_vs_source": cross,
+        "max_at_k_gold": maxk,
+        "mean_gold": mean_gold,
+        "cycle_share": world.figures.get("cycle_share"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("world")
+    ap.add_argument("slhf_run")
+    ap.add_argument("rlhf_run")
+    ap.add_argument("out")
+    ap.add_argument("--prompts", type=int, default=100)
+    a = ap.parse_args(argv)
+    from stackalign.worlds import load_world
+
+    res = evidence(load_world(a.world), a.slhf_run, a.rlhf_run, n_prompts=a.prompts)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
