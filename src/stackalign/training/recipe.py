@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from stackalign.runner.recipe import RecipeError, _build, apply_overrides
+from stackalign.config import build as _build
+from stackalign.runner.recipe import RecipeError, apply_overrides
 
 __all__ = [
     "ALGORITHMS",

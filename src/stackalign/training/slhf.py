@@ -1,254 +1,167 @@
-"""SLHF and its RLHF baseline on language models (StackelbergGDA, arXiv 2512.16626, Algorithm 2).
+"""``algorithm: slhf`` — StackelbergGDA on language models (SLHF, arXiv 2512.16626, Algorithm 2), and
+``algorithm: rlhf``, its RLHF baseline.
 
 One model plays leader and follower, told apart by the prompt: the leader answers the world's prompt x,
 the follower answers the world's follower prompt (x, the leader's realised answer y, "Please improve your
-answer about {topic}."). Each step samples a batch of prompts, a leader answer and a follower answer per
-prompt, asks the judge for s = p(y ≻ y' | x), and takes one AdamW step on L_L + κ·L_F
-(``stackalign.training.slhf_loss``). The judge is the world's gold preference (a soft population vote,
-``stackalign.worlds.preference``) or a reward model through σ(r(x, y) − r(x, y')).
+answer about {topic}.", ``World.follower_prompt``). Each step: P prompts (``prompts_per_step``), a leader
+answer and a follower answer per prompt, the judge's s = p(y ≻ y' | x), one AdamW step on L_L + κ·L_F
+(``stackalign.training.slhf_loss``; both leader objectives, eq. 5 the default). The judge is the world's
+gold preference (a soft population vote, ``stackalign.worlds.preference``) or, with ``judge:
+reward_model``, any reward model through σ(r(x, y) − r(x, y')) (the recipe's ``reward_model``, else the
+world's proxy). The loop, checkpoints and kill -9 resume are the shared ``train_loop``: every sample of a
+step comes from ``step_seed(seed, step, ...)`` and the prompts from ``batch_indices``.
 
-The RLHF baseline (``algorithm="rlhf"``) is REINFORCE with a leave-one-out baseline (RLOO) and the k1 KL
-penalty on the world's proxy reward model, on the same prompts, steps, batch and learning rate.
+``rlhf`` is the ``rl`` algorithm with ``shaping: vanilla`` (REINFORCE/RLOO with KL on the proxy reward).
 
-Evaluation (``evaluate``) is under the world's gold preference on test prompts, ties counting half:
-leader_vs_base, follower_vs_leader (the follower refining its own leader's answer), follower_vs_base, and
-the refinement chain's win rate against base after 1, 2, 3 follower steps (§7 of the paper: only the last
-answer is in context).
+Evaluation under the world's gold preference on the evaluation prompts (``eval.limit`` prompts ×
+``eval.samples`` samples; ties count half): leader_vs_base, follower_vs_leader (the follower refining its
+own leader's answer), follower_vs_base, and ``refinement``: the chain's win rate against base after 1, 2,
+3 follower steps (only the last answer in context, the paper's Section 5 procedure).
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import math
-import random
-import time
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable, Sequence
-
+from dataclasses import dataclass, field, replace
 import torch
 
-from stackalign.training.slhf_loss import SLHFLossConfig, check_judge, kl_estimate, slhf_loss
+from stackalign.training.loop import StepOutput, batch_indices, step_seed, train_loop
+from stackalign.training.pg import pad_id_of, prompt_token_ids, response_logprobs, sample_group
+from stackalign.training.rl import RLConfig
+from stackalign.training.rl import train as _rl_train
+from stackalign.training.slhf_loss import SLHFLossConfig, check_judge, slhf_loss
 
-ALGORITHMS = ("slhf", "rlhf")
+__all__ = ["SLHFConfig", "RLHFConfig", "train", "train_rlhf", "evaluate_slhf", "JUDGES"]
+
 JUDGES = ("gold", "reward_model")
 
 
 @dataclass
-class SLHFTrainConfig(SLHFLossConfig):
-    """An SLHF (or RLHF-baseline) run on a sandbox world. Loss fields: see ``SLHFLossConfig``."""
+class SLHFConfig(SLHFLossConfig):
+    """The ``slhf`` algorithm's fields (flat in the recipe beside the common ones); loss fields as in
+    ``SLHFLossConfig`` (τ^L, τ^F, κ, leader objective, KL estimator, baseline)."""
 
-    algorithm: str = field(default="slhf", metadata={"help": "'slhf' (StackelbergGDA) or 'rlhf' (RLOO + KL)."})
-    world: str = field(default="", metadata={"help": "World directory; '' = the cached default world."})
-    steps: int = field(default=100, metadata={"help": "Optimizer steps (>= 1)."})
-    batch_size: int = field(default=16, metadata={"help": "Prompts per step (>= 2)."})
-    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (> 0)."})
-    grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip (> 0)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature during training (> 0)."})
-    max_new_tokens: int = field(default=0, metadata={"help": "Tokens per answer; 0 = the world's default."})
     judge: str = field(
         default="gold",
-        metadata={"help": "'gold': the world's gold preference; 'reward_model': σ(r(y) − r(y')) of reward_model."},
+        metadata={
+            "help": "'gold': the world's gold preference p(y ≻ y'); 'reward_model': σ(r(x,y) − r(x,y')) with "
+            "the recipe's reward_model (null: the world's proxy RM)"
+        },
     )
-    reward_model: str = field(
-        default="", metadata={"help": "Reward model dir/Hub name for judge=reward_model or rlhf; '' = world proxy."}
-    )
-    eval_prompts: int = field(default=100, metadata={"help": "Test prompts in the final evaluation (>= 1)."})
-    seed: int = field(default=0, metadata={"help": "Seed of prompts order, sampling and initialisation."})
+    chain: int = field(default=3, metadata={"help": "refinement-chain length evaluated (summary 'refinement')"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.judge not in JUDGES:
-            raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}")
-        for name, lo in (("steps", 1), ("batch_size", 2), ("eval_prompts", 1), ("max_new_tokens", 0), ("seed", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        for name in ("lr", "grad_clip", "temperature"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+            raise ValueError(f"judge: expected one of {list(JUDGES)}, got {self.judge!r}")
+        if isinstance(self.chain, bool) or not isinstance(self.chain, int) or self.chain < 1:
+            raise ValueError(f"chain: must be an integer >= 1, got {self.chain!r}")
 
 
-# ---------------------------------------------------------------------------------------------------- pieces
-def response_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[Sequence[int]]):
-    """Per-token log-probs of ``responses[i]`` (token ids) after ``prompts[i]``: (B, T) and a (B, T) mask.
-    Right padding; gradients flow when the caller has them enabled."""
-    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    seqs = [list(p) + list(r) for p, r in zip(p_ids, responses)]
-    B, W = len(seqs), max(len(s) for s in seqs)
-    T = max(1, max(len(r) for r in responses))
-    pad = tokenizer.pad_token_id
-    ids = torch.full((B, W), pad, dtype=torch.long)
-    att = torch.zeros((B, W), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
-    dev = next(model.parameters()).device
-    logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(dev))[..., 0]  # (B, W-1)
-    out = torch.zeros((B, T), device=dev)
-    mask = torch.zeros((B, T), device=dev)
-    for i, (p, r) in enumerate(zip(p_ids, responses)):
-        n = len(r)
-        if n:
-            # the token at position len(p)+j is predicted at position len(p)+j−1
-            out[i, :n] = logp[i, len(p) - 1 : len(p) - 1 + n]
-            mask[i, :n] = 1
-    return out, mask
+@dataclass
+class RLHFConfig(RLConfig):
+    """``rlhf``: the ``rl`` algorithm with the unshaped proxy reward (``shaping: vanilla``)."""
 
-
-def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, seed: int,
-             stop_strings: Sequence[str]) -> tuple[list[str], list[list[int]]]:  # fmt: skip
-    """One sample per prompt: (texts, token ids incl. EOS when it ended)."""
-    from stackalign.decoding.common import GenerationConfig
-    from stackalign.decoding.sampling import sample
-
-    cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, stop_strings=tuple(stop_strings), seed=seed
+    shaping: str = field(default="vanilla", metadata={"help": "reward shaping (vanilla: the proxy reward itself)"})
+    preset: str | None = field(default=None, metadata={"help": "SRS preset (unused with vanilla)"})
+    kl_placement: str = field(
+        default="reward", metadata={"help": "KL in the reward (RLHF: E[r] − β KL) or as a loss term"}
     )
-    was = model.training
-    model.eval()
-    res = sample(model, tokenizer, list(prompts), 1, cfg)
-    model.train(was)
+    kl_estimator: str = field(default="k1", metadata={"help": "KL estimator: k1, k2 or k3"})
+
+
+def train_rlhf(ctx) -> dict:
+    return _rl_train(ctx)
+
+
+def make_judge(ctx, cfg: SLHFConfig):
+    """``judge(xs, a, b) -> s`` with s_i = p(a_i ≻ b_i | x_i), a float tensor [B]."""
+    world = ctx.world
+    if cfg.judge == "gold":
+        if world is None:
+            raise ValueError("judge: 'gold' needs a world (or use judge: reward_model)")
+        return lambda xs, a, b: torch.tensor([world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)])
+    rm = ctx.load_reward_model()
+
+    def rm_judge(xs, a, b):
+        with torch.no_grad():
+            return torch.sigmoid(rm(xs, a) - rm(xs, b))
+
+    return rm_judge
+
+
+def _flat(res) -> tuple[list[str], list[list[int]]]:
     return [t[0] for t in res.texts], [ids[0] for ids in res.token_ids]
 
 
-def make_judge(world: Any, cfg: SLHFTrainConfig) -> Callable[[list[str], list[str], list[str]], torch.Tensor]:
-    """s_i = p(a_i ≻ b_i | x_i) under the configured judge."""
-    if cfg.judge == "gold":
-        return lambda xs, a, b: torch.tensor([world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)])
-    rm = _load_rm(world, cfg)
-    return lambda xs, a, b: torch.sigmoid(rm(xs, a) - rm(xs, b))
+def train(ctx) -> dict:
+    """The ``slhf`` algorithm: trains, saves ``final/``, returns the summary's ``eval`` (module docstring)."""
+    cfg: SLHFConfig = ctx.algo
+    c = ctx.config
+    world = ctx.world
+    if world is None or not getattr(world, "has_follower_format", False):
+        where = "none" if world is None else repr(str(world.root))
+        raise ValueError(
+            f"world: SLHF needs a world with the follower format (world {where} has none; rebuild it with "
+            "`stackalign world build`)"
+        )
+    policy, tok = ctx.load_policy()
+    reference = ctx.load_reference()
+    judge = make_judge(ctx, cfg)
+    prompts = ctx.train_prompts()
+    gen = ctx.generation_config()
+    pad = pad_id_of(tok)
 
+    def logps(model, xs, ids):
+        return response_logprobs(model, prompt_token_ids(tok, xs), ids, pad)
 
-def _load_rm(world, cfg):
-    from stackalign.models import load_reward_model
-
-    return load_reward_model(cfg.reward_model) if cfg.reward_model else world.load_reward_model()
-
-
-def _pref(world, xs, a, b) -> float:
-    return sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs)
-
-
-# ---------------------------------------------------------------------------------------------------- train
-def train(cfg: SLHFTrainConfig, out: str | Path, *, world: Any = None, progress: bool = True) -> dict:
-    """Run ``cfg`` into ``out`` (config.json, metrics.jsonl, final/, summary.json, report.md). Returns the
-    summary (the issue's contract for ``algorithm="slhf"``)."""
-    from stackalign.worlds import default_world, load_world
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if world is None:
-        world = load_world(cfg.world) if cfg.world else default_world(progress=progress)
-    if cfg.algorithm == "slhf" and not world.has_follower_format:
-        raise ValueError(f"world: {str(world.root)!r} has no follower format (rebuild it with this stackalign)")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    torch.manual_seed(cfg.seed)
-    model, tok = world.load_policy()
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    judge = make_judge(world, cfg) if cfg.algorithm == "slhf" else None
-    rm = _load_rm(world, cfg) if cfg.algorithm == "rlhf" else None
-    T = cfg.max_new_tokens or world.max_new_tokens
-    gen_kw = dict(max_new_tokens=T, temperature=cfg.temperature, stop_strings=world.stop_strings)
-    rng = random.Random(cfg.seed)
-    prompts = list(world.train_prompts)
-    t0 = time.perf_counter()
-    metrics = open(out / "metrics.jsonl", "w")
-    for step in range(cfg.steps):
-        xs = rng.sample(prompts, cfg.batch_size)
-        seed = cfg.seed * 1_000_003 + step * 2
-        ys, y_ids = generate(model, tok, xs, seed=seed, **gen_kw)
-        lp_l, m_l = response_logprobs(model, tok, xs, y_ids)
+    def step_fn(step: int) -> StepOutput:
+        xs = [prompts[i] for i in batch_indices(len(prompts), c.prompts_per_step, step, c.seed)]
+        ys, y_ids = _flat(sample_group(policy, tok, xs, 1, gen, seed=c.seed, step=step, salt="leader"))
+        fx = [world.follower_prompt(x, y) for x, y in zip(xs, ys)]
+        ys2, y2_ids = _flat(sample_group(policy, tok, fx, 1, gen, seed=c.seed, step=step, salt="follower"))
+        s = check_judge(judge(xs, ys, ys2), len(xs))
+        lp_l, m_l = logps(policy, xs, y_ids)
+        lp_f, m_f = logps(policy, fx, y2_ids)
         with torch.no_grad():
-            ref_l, _ = response_logprobs(ref, tok, xs, y_ids)
-        if cfg.algorithm == "slhf":
-            fx = [world.follower_prompt(x, y) for x, y in zip(xs, ys)]
-            ys2, y2_ids = generate(model, tok, fx, seed=seed + 1, **gen_kw)
-            lp_f, m_f = response_logprobs(model, tok, fx, y2_ids)
-            with torch.no_grad():
-                ref_f, _ = response_logprobs(ref, tok, fx, y2_ids)
-            s = judge(xs, ys, ys2)
-            res = slhf_loss(lp_l, ref_l, m_l, lp_f, ref_f, m_f, s, cfg)
-            loss, stats = res.loss, res.stats
-        else:
-            r = rm(xs, ys).float()
-            if not torch.isfinite(r).all():
-                raise ValueError("reward_model: returned NaN or infinite scores")
-            with torch.no_grad():
-                kl = (kl_estimate(lp_l, ref_l, cfg.kl_estimator) * m_l).sum(-1)
-                R = r - cfg.tau_leader * kl
-                adv = R - (R.sum() - R) / (len(R) - 1)
-            loss = -(adv * (lp_l * m_l).sum(-1)).mean()
-            stats = {"reward": float(r.mean()), "kl_leader": float(kl.mean())}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        row = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": float(gnorm), **stats,
-               "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
-        if progress and ((step + 1) % 10 == 0 or step == 0):
-            print(f"[{cfg.algorithm} {step + 1}/{cfg.steps} {row['seconds']:.0f}s] "
-                  + " ".join(f"{k}={v:.3f}" for k, v in stats.items()), flush=True)  # fmt: skip
-    metrics.close()
-    seconds = time.perf_counter() - t0
-    model.eval()
-    model.save_pretrained(out / "final", safe_serialization=True)
-    tok.save_pretrained(out / "final")
-    ev = evaluate(world, model, tok, ref, n_prompts=cfg.eval_prompts, seed=cfg.seed, max_new_tokens=T,
-                  follower=cfg.algorithm == "slhf")  # fmt: skip
-    summary = {"algorithm": cfg.algorithm, "steps": cfg.steps, "seconds": round(seconds, 2), "eval": ev}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "report.md").write_text(_report(cfg, summary))
-    return summary
+            ref_l, _ = logps(reference, xs, y_ids)
+            ref_f, _ = logps(reference, fx, y2_ids)
+        out = slhf_loss(lp_l, ref_l, m_l, lp_f, ref_f, m_f, s, cfg)
+        return StepOutput(out.loss, out.stats)
+
+    result = train_loop(policy, tok, step_fn, ctx.loop_settings(), ctx.out_dir)
+    ctx.save_final(policy, tok)
+    policy.eval()
+    ev = evaluate_slhf(world, policy, reference, tok, ctx.eval_prompts(), ctx.eval_generation_config(),
+                       samples=c.eval.samples, chain=cfg.chain)  # fmt: skip
+    del result
+    return {"eval": ev}
 
 
 @torch.no_grad()
-def evaluate(world, model, tok, base, *, n_prompts: int = 100, seed: int = 0, max_new_tokens: int = 64,
-             follower: bool = True, chain: int = 3) -> dict:  # fmt: skip
-    """Win rates under the world's gold preference on its first ``n_prompts`` test prompts (one sample
-    each, temperature 1; ties count half). Without ``follower`` only leader_vs_base."""
-    xs = world.test_prompts[:n_prompts]
-    kw = dict(max_new_tokens=max_new_tokens, temperature=1.0, stop_strings=world.stop_strings)
-    ys, _ = generate(model, tok, xs, seed=10_000 + seed, **kw)
-    bs, _ = generate(base, tok, xs, seed=20_000 + seed, **kw)
-    ev: dict[str, Any] = {"leader_vs_base": round(_pref(world, xs, ys, bs), 4)}
-    if not follower:
-        return ev
-    cur, refine = ys, {}
+def evaluate_slhf(world, policy, base, tok, prompts, gen, *, samples: int = 1, chain: int = 3) -> dict:
+    """Win rates (mean soft gold preference, ties count half) over ``prompts`` × ``samples``: leader vs base,
+    follower (refining its own leader's answer) vs leader and vs base, and the refinement chain vs base."""
+    from stackalign.decoding.sampling import sample
+
+    xs = [x for x in prompts for _ in range(samples)]
+
+    def one(model, ps, salt):
+        return [t[0] for t in sample(model, tok, ps, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts]
+
+    def win(a, b):
+        return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
+
+    leader, basel = one(policy, xs, "eval-leader"), one(base, xs, "eval-base")
+    cur, refine, first = leader, {}, None
     for k in range(1, chain + 1):
-        cur, _ = generate(model, tok, [world.follower_prompt(x, y) for x, y in zip(xs, cur)], seed=30_000 + 7 * k + seed, **kw)
-        if k == 1:
-            first = cur
-        refine[str(k)] = round(_pref(world, xs, cur, bs), 4)
-    ev["follower_vs_leader"] = round(_pref(world, xs, first, ys), 4)
-    ev["follower_vs_base"] = refine["1"]
-    ev["refinement"] = refine
-    return ev
+        cur = one(policy, [world.follower_prompt(x, y) for x, y in zip(xs, cur)], f"eval-follower-{k}")
+        first = cur if k == 1 else first
+        refine[str(k)] = win(cur, basel)
+    return {
+        "leader_vs_base": win(leader, basel),
+        "follower_vs_leader": win(first, leader),
+        "follower_vs_base": refine["1"],
+        "refinement": refine,
+    }
 
 
-def _report(cfg: SLHFTrainConfig, s: dict) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in s["eval"].items())
-    return (
-        f"# {cfg.algorithm} run\n\n{s['steps']} steps in {s['seconds']:.0f} s. Win rates under the world's gold "
-        f"preference on test prompts (ties count half):\n\n| metric | value |\n|---|---|\n{rows}\n"
-    )
-
-
-def config_from_dict(d: dict) -> SLHFTrainConfig:
-    """Build the config from a plain dict; unknown keys are refused by name."""
-    names = {f.name for f in fields(SLHFTrainConfig)}
-    bad = sorted(set(d) - names)
-    if bad:
-        raise ValueError(f"unknown SLHF config key(s) {bad}; known: {sorted(names)}")
-    return SLHFTrainConfig(**d)
