@@ -102,3 +102,51 @@ def test_nan_judge_is_refused(micro, tmp_path):
     bad.gold_preference = lambda prompt, a, b: float("nan")
     with pytest.raises(ValueError, match="judge"):
         run_training(_recipe(micro, steps=1), tmp_path / "run", world=bad)
+
+
+def _run_recipe(world, methods):
+    from stackalign.runner.recipe import recipe_from_dict
+
+    return recipe_from_dict(
+        {
+            "world": str(world.root),
+            "prompts": {"source": "world:test", "limit": 3},
+            "generation": {"max_new_tokens": 6, "batch_size": 3},
+            "methods": methods,
+            "evaluation": {"coherence": None, "judge": "gold", "baselines": ["Base"]},
+        }
+    )
+
+
+def test_refine_decoder_in_a_run_recipe(micro, tmp_path):
+    """decoder: refine = the first decoder's answer + N follower steps; with steps: 0 it is that answer."""
+    from stackalign.runner.run import execute
+
+    methods = [
+        {"name": "Base", "decoder": "base"},
+        {"name": "Refine0", "decoder": "refine", "params": {"first": "base", "steps": 0}},
+        {"name": "Refine2", "decoder": "refine", "params": {"first": "base", "steps": 2}},
+        {"name": "SRS-ARGS+refine", "decoder": "refine", "shaping": "srs", "preset": "official-args",
+         "params": {"first": "args", "first_params": {"k": 2}, "steps": 1}},  # fmt: skip
+    ]
+    out = tmp_path / "run"
+    summary = execute(_run_recipe(micro, methods), out, progress=False)
+    assert set(summary["methods"]) == {m["name"] for m in methods}
+    rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    by = {(r["method"], r["prompt_id"]): r for r in rows}
+    for pid in {r["prompt_id"] for r in rows}:
+        assert by[("Refine0", pid)]["response"] == by[("Base", pid)]["response"]  # same seed, no step
+    assert summary["methods"]["Refine2"]["lm_tokens_per_prompt"] > summary["methods"]["Base"]["lm_tokens_per_prompt"]
+
+
+@pytest.mark.parametrize(
+    "params,where",
+    [
+        ({"first": "bon", "first_params": {"n": "x"}}, "first_params"),
+        ({"first": "cd_tokenwise"}, "first"),
+        ({"steps": -1}, "steps"),
+    ],
+)
+def test_refine_bad_params_name_the_path(micro, params, where):
+    with pytest.raises(RecipeError, match=where):
+        _run_recipe(micro, [{"name": "R", "decoder": "refine", "params": params}])

@@ -37,11 +37,13 @@ def refine_chain(
     follower_prompt: Callable[[str, str], str],
     config: RefineConfig | None = None,
     generation: GenerationConfig | None = None,
+    cost: Any = None,
 ) -> list[list[str]]:
     """``chains[i] = [first[i], y_2, ..., y_{steps+1}]`` for prompt i (texts as ``sample`` returns them).
 
     Each step samples one answer per prompt from ``follower`` on ``follower_prompt(prompt, previous)``;
-    step j uses seed ``generation.seed + j`` so the steps are independent but reproducible."""
+    step j uses seed ``generation.seed + j`` so the steps are independent but reproducible. ``cost`` (a
+    ``decoding.common.Cost``), when given, accumulates the follower's LM tokens and calls."""
     from stackalign.decoding.sampling import sample
 
     config = config or RefineConfig()
@@ -52,6 +54,9 @@ def refine_chain(
     for j in range(1, config.steps + 1):
         fps = [follower_prompt(x, c[-1]) for x, c in zip(prompts, chains)]
         res = sample(follower, tokenizer, fps, 1, replace(generation, seed=generation.seed + j))
+        if cost is not None:
+            cost.lm_tokens += res.cost.lm_tokens
+            cost.lm_calls += res.cost.lm_calls
         for c, t in zip(chains, res.texts):
             c.append(t[0])
     return chains

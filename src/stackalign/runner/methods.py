@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 from pydantic import Field
@@ -25,6 +25,7 @@ from stackalign.config import STRICT, ConfigError, help_of, type_name, validate_
 from stackalign.decoding.args import ARGSConfig
 from stackalign.decoding.cd import CDConfig
 from stackalign.decoding.cd_data import CDDataConfig
+from stackalign.decoding.refine import RefineConfig
 from stackalign.decoding.value_head import ValueTrainConfig
 from stackalign.runner.recipe import DECODER_NAMES, MethodConfig, RecipeError
 from stackalign.shaping import PARAMS_USED, Shaper, get_preset, get_shaper
@@ -135,6 +136,27 @@ DECODERS: dict[str, DecoderSpec] = {
         "controlled decoding, blockwise: K blocks of M tokens, keep the best by V",
         _cd_params(False),
     ),
+    "refine": DecoderSpec(
+        "refine",
+        "SLHF refinement (arXiv 2512.16626, Sec. 5): a first answer from another decoder (with this method's "
+        "shaping), then `steps` follower steps on the world's follower prompt; the last answer is returned",
+        (
+            Param(
+                "first",
+                type=Literal["base", "greedy", "bon", "soft_bon", "args"],
+                default="base",
+                help="decoder of the first answer: base | greedy | bon | soft_bon | args",
+            ),
+            Param("first_params", type=dict, default={}, help="the first decoder's params (its own schema)"),
+            Param("steps", (RefineConfig, "steps")),
+            Param(
+                "follower",
+                type=str | None,
+                default=None,
+                help="follower model (dir or Hub name; null: the recipe's policy, e.g. an SLHF run's final/)",
+            ),
+        ),
+    ),
 }
 assert tuple(DECODERS) == DECODER_NAMES
 
@@ -203,6 +225,11 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
                 f"(it reads: {', '.join(PARAMS_USED[m.shaping]) or 'nothing'})"
             )
     plan = MethodPlan(m.name, m.decoder, m.shaping, m.preset, {**dec, **shp}, dec, shp)
+    if m.decoder == "refine":
+        if dec["steps"] < 0:
+            raise RecipeError(f"{where}.params.steps: must be >= 0, got {dec['steps']}")
+        first_method(plan, index)  # validates the first decoder's params (errors name methods[i].params...)
+        return plan
     try:
         if spec.shaped:
             plan.shaper = make_shaper(m, shp, w=dec.get("w"))
@@ -211,6 +238,23 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
         msg = str(e)
         raise RecipeError(f"{where}.params.{msg}" if not msg.startswith(where) else msg) from None
     return plan
+
+
+def first_method(plan: MethodPlan, index: int = 0) -> MethodPlan:
+    """The plan of a refine method's first answer: its ``first`` decoder with ``first_params`` and the refine
+    method's own shaping/preset (so SRS-ARGS + refinement is ``decoder: refine, shaping: srs, first: args``)."""
+    d = plan.decoder_params
+    sub = MethodConfig(
+        name=f"{plan.name}/first",
+        decoder=d["first"],
+        shaping=plan.shaping,
+        preset=plan.preset,
+        params={**d["first_params"], **plan.shaper_params},
+    )
+    try:
+        return resolve_method(sub, index)
+    except RecipeError as e:
+        raise RecipeError(str(e).replace(f"methods[{index}].params", f"methods[{index}].params.first_params")) from None
 
 
 def make_shaper(m: MethodConfig, shaper_params: dict, *, w: float | None = None) -> Shaper | None:
@@ -363,7 +407,41 @@ def make_method(plan: MethodPlan, ctx) -> Generate:
 
     if plan.decoder in ("cd_tokenwise", "cd_blockwise"):
         return _make_cd(plan, configs, ctx, gen)
+    if plan.decoder == "refine":
+        return _make_refine(plan, ctx, gen)
     raise RecipeError(f"methods[{plan.name}].decoder: unknown {plan.decoder!r}")  # pragma: no cover
+
+
+def _make_refine(plan: MethodPlan, ctx, gen) -> Generate:
+    """First answers from the sub-method, then ``steps`` follower steps (``decoding.refine.refine_chain``)."""
+    from stackalign.decoding.common import Cost
+    from stackalign.decoding.refine import refine_chain
+
+    d = plan.decoder_params
+    if ctx.world is None or not getattr(ctx.world, "has_follower_format", False):
+        raise RecipeError(f"methods[{plan.name}]: refine needs a world with the follower format (world: ...)")
+    first = make_method(first_method(plan), ctx)
+    if d["follower"] is None:
+        follower, ftok = ctx.policy, ctx.tokenizer
+    else:
+        from stackalign.models import load_policy
+
+        follower, ftok = load_policy(d["follower"])
+    cfg = RefineConfig(steps=d["steps"])
+
+    def run(prompts: list[str]) -> list[dict]:
+        rows = first(prompts)
+        cost = Cost()
+        chains = refine_chain(
+            follower, ftok, prompts, [r["response"] for r in rows], ctx.world.follower_prompt, cfg, gen, cost
+        )
+        extra = cost.lm_tokens / len(prompts)
+        return [
+            {"response": c[-1], "lm_tokens": r["lm_tokens"] + extra, "rm_tokens": r["rm_tokens"]}
+            for c, r in zip(chains, rows)
+        ]
+
+    return run
 
 
 def _rows(texts: list[str], cost, n_prompts: int) -> list[dict]:

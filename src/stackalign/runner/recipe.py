@@ -31,7 +31,7 @@ import yaml
 
 from stackalign.config import ConfigError, build
 
-DECODER_NAMES = ("base", "greedy", "bon", "soft_bon", "args", "cd_tokenwise", "cd_blockwise")
+DECODER_NAMES = ("base", "greedy", "bon", "soft_bon", "args", "cd_tokenwise", "cd_blockwise", "refine")
 SHAPING_NAMES = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")
 PRESET_NAMES = ("paper", "official-args", "official-cd")
 DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
@@ -100,7 +100,7 @@ class GenerationSettings:
 class MethodConfig:
     name: str = _help("the method's name in tables (default: derived from decoder and shaping)", "")
     decoder: Literal[DECODER_NAMES] = _help(  # type: ignore[valid-type]
-        "base | greedy | bon | soft_bon | args | cd_tokenwise | cd_blockwise", "base"
+        "base | greedy | bon | soft_bon | args | cd_tokenwise | cd_blockwise | refine", "base"
     )
     shaping: Literal[SHAPING_NAMES] = _help(  # type: ignore[valid-type]
         "the reward shaping handed to the decoder: vanilla (raw reward), meanstd, minmax, cap, meansoft, "
