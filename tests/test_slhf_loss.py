@@ -35,18 +35,26 @@ def test_gradient_two_token_paper_objective():
     # Leader reward R^L = s − τ^L·k1(y) + τ^F·k1(y') = 0.3 − 0.2·log(0.25/0.5) + 0.1·log((1/3)/0.5)
     #                   = 0.3 + 0.2·0.693147 − 0.1·0.405465 = 0.398083;   advantage R^L − 0.5 = −0.101917.
     # ∂L_L/∂θ_L = −adv · ∇ log π(0) = −adv · (e_0 − π) = 0.101917 · (0.75, −0.75) = (0.076438, −0.076438).
-    torch.testing.assert_close(g_l, torch.tensor([0.0764378, -0.0764378], dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        g_l, torch.tensor([0.0764378, -0.0764378], dtype=torch.float64), atol=1e-6, rtol=0
+    )
     # Follower reward R^F = (1 − s) − τ^F·k1(y') = 0.7 + 0.1·0.405465 = 0.740547; advantage 0.240547.
     # ∂(κ L_F)/∂θ_F = −κ · adv · (e_1 − ω) = −2 · 0.240547 · (−2/3, 2/3) = (0.320729, −0.320729).
-    torch.testing.assert_close(g_f, torch.tensor([0.3207286, -0.3207286], dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        g_f, torch.tensor([0.3207286, -0.3207286], dtype=torch.float64), atol=1e-6, rtol=0
+    )
     assert out.stats["reward_leader"] == pytest.approx(0.3980829, abs=1e-6)
 
 
 def test_gradient_two_token_code_objective():
     g_l, g_f, _ = _two_token("code")
     # R^L = 0.3 + 0.2·0.693147 = 0.438629; adv = −0.061371; gradient 0.061371 · (0.75, −0.75).
-    torch.testing.assert_close(g_l, torch.tensor([0.0460278, -0.0460278], dtype=torch.float64), atol=1e-6, rtol=0)
-    torch.testing.assert_close(g_f, torch.tensor([0.3207286, -0.3207286], dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        g_l, torch.tensor([0.0460278, -0.0460278], dtype=torch.float64), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        g_f, torch.tensor([0.3207286, -0.3207286], dtype=torch.float64), atol=1e-6, rtol=0
+    )
 
 
 def test_kl_estimators_exact_and_loo_baseline():
@@ -70,9 +78,13 @@ def test_tabular_converges_to_prop1_equilibrium_and_to_code_fixed_point():
     π ∝ π_ref exp(E_{ω*}[p(y ≻ ·)]/τ^L) = (0.566, 0.321, 0.113) instead."""
     P = condorcet_preferences((0.4, 0.35, 0.25))
     pi_star, om_star = slhf_equilibrium(P, tau_leader=0.1, tau_follower=0.1)
-    torch.testing.assert_close(pi_star, torch.tensor([0.5002, 0.3543, 0.1455], dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        pi_star, torch.tensor([0.5002, 0.3543, 0.1455], dtype=torch.float64), atol=1e-3, rtol=0
+    )
     code_fp = torch.softmax((om_star * P).sum(-1) / 0.1, -1)  # uniform π_ref
-    torch.testing.assert_close(code_fp, torch.tensor([0.566, 0.321, 0.113], dtype=torch.float64), atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        code_fp, torch.tensor([0.566, 0.321, 0.113], dtype=torch.float64), atol=2e-3, rtol=0
+    )
     kw = dict(steps=1500, batch=1024, lr=0.5)
     paper = tabular_stackelberg_gda(P, SLHFLossConfig(tau_leader=0.1, tau_follower=0.1, kappa=5.0), **kw)
     torch.testing.assert_close(paper.pi, pi_star, atol=5e-3, rtol=0)

@@ -56,7 +56,10 @@ def test_slhf_run_summary_contract_and_resume(micro, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("judge_mean" in r for r in rows)
     first = _weights(out)
     # the base policy changed (the run trained something)
-    assert any(not torch.equal(first[k], v) for k, v in load_file(str(micro.policy_dir / "model.safetensors")).items())
+    assert any(
+        not torch.equal(first[k], v)
+        for k, v in load_file(str(micro.policy_dir / "model.safetensors")).items()
+    )
     # killed after the step-2 checkpoint: drop what came later, start again -> identical final weights
     ckpts = sorted((out / "checkpoints").iterdir())
     assert [c.name for c in ckpts][-1].endswith("4")
@@ -126,8 +129,13 @@ def test_refine_decoder_in_a_run_recipe(micro, tmp_path):
         {"name": "Base", "decoder": "base"},
         {"name": "Refine0", "decoder": "refine", "params": {"first": "base", "steps": 0}},
         {"name": "Refine2", "decoder": "refine", "params": {"first": "base", "steps": 2}},
-        {"name": "SRS-ARGS+refine", "decoder": "refine", "shaping": "srs", "preset": "official-args",
-         "params": {"first": "args", "first_params": {"k": 2}, "steps": 1}},  # fmt: skip
+        {
+            "name": "SRS-ARGS+refine",
+            "decoder": "refine",
+            "shaping": "srs",
+            "preset": "official-args",
+            "params": {"first": "args", "first_params": {"k": 2}, "steps": 1},
+        },  # fmt: skip
     ]
     out = tmp_path / "run"
     summary = execute(_run_recipe(micro, methods), out, progress=False)
@@ -136,7 +144,10 @@ def test_refine_decoder_in_a_run_recipe(micro, tmp_path):
     by = {(r["method"], r["prompt_id"]): r for r in rows}
     for pid in {r["prompt_id"] for r in rows}:
         assert by[("Refine0", pid)]["response"] == by[("Base", pid)]["response"]  # same seed, no step
-    assert summary["methods"]["Refine2"]["lm_tokens_per_prompt"] > summary["methods"]["Base"]["lm_tokens_per_prompt"]
+    assert (
+        summary["methods"]["Refine2"]["lm_tokens_per_prompt"]
+        > summary["methods"]["Base"]["lm_tokens_per_prompt"]
+    )
 
 
 @pytest.mark.parametrize(

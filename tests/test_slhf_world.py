@@ -45,7 +45,9 @@ def test_preference_is_complementary_share_weighted_vote():
     resp = [B.sample_base_response(rng, P_CHESS, 0.5) for _ in range(30)]
     M = PREF.preference_matrix(P_CHESS, resp)
     shares = [a for _, a in PREF.USER_TYPES]
-    votes = {round(sum(a * c for a, c in zip(shares, cs)), 12) for cs in itertools.product((0, 0.5, 1), repeat=3)}
+    votes = {
+        round(sum(a * c for a, c in zip(shares, cs)), 12) for cs in itertools.product((0, 0.5, 1), repeat=3)
+    }
     for i in range(30):
         for j in range(30):
             assert M[i][j] + M[j][i] == pytest.approx(1.0, abs=1e-12)
@@ -102,7 +104,10 @@ def test_micro_world_has_follower_format_and_figures(micro):
     assert micro.has_follower_format and micro.manifest["version"] == 2
     assert micro.follower_prompt(P_CHESS, " x") == T.make_follower_prompt(P_CHESS, " x")
     f = micro.figures
-    assert 0.0 <= f["cycle_share"] <= 1.0 and f["cycle_tournament"] == {"prompts": 40, "samples_per_prompt": 6}
+    assert 0.0 <= f["cycle_share"] <= 1.0 and f["cycle_tournament"] == {
+        "prompts": 40,
+        "samples_per_prompt": 6,
+    }
     assert 0.0 <= f["base_follower_win_rate"] <= 1.0
     assert micro.manifest["gold_preference"]["user_types"] == dict(PREF.USER_TYPES)
     assert "Follower format" in (micro.root / "README.md").read_text()

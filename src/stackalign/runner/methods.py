@@ -254,7 +254,9 @@ def first_method(plan: MethodPlan, index: int = 0) -> MethodPlan:
     try:
         return resolve_method(sub, index)
     except RecipeError as e:
-        raise RecipeError(str(e).replace(f"methods[{index}].params", f"methods[{index}].params.first_params")) from None
+        raise RecipeError(
+            str(e).replace(f"methods[{index}].params", f"methods[{index}].params.first_params")
+        ) from None
 
 
 def make_shaper(m: MethodConfig, shaper_params: dict, *, w: float | None = None) -> Shaper | None:

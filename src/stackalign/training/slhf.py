@@ -22,6 +22,7 @@ own leader's answer), follower_vs_base, and ``refinement``: the chain's win rate
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+
 import torch
 
 from stackalign.training.loop import StepOutput, batch_indices, step_seed, train_loop
@@ -47,7 +48,9 @@ class SLHFConfig(SLHFLossConfig):
             "the recipe's reward_model (null: the world's proxy RM)"
         },
     )
-    chain: int = field(default=3, metadata={"help": "refinement-chain length evaluated (summary 'refinement')"})
+    chain: int = field(
+        default=3, metadata={"help": "refinement-chain length evaluated (summary 'refinement')"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,7 +64,9 @@ class SLHFConfig(SLHFLossConfig):
 class RLHFConfig(RLConfig):
     """``rlhf``: the ``rl`` algorithm with the unshaped proxy reward (``shaping: vanilla``)."""
 
-    shaping: str = field(default="vanilla", metadata={"help": "reward shaping (vanilla: the proxy reward itself)"})
+    shaping: str = field(
+        default="vanilla", metadata={"help": "reward shaping (vanilla: the proxy reward itself)"}
+    )
     preset: str | None = field(default=None, metadata={"help": "SRS preset (unused with vanilla)"})
     kl_placement: str = field(
         default="reward", metadata={"help": "KL in the reward (RLHF: E[r] − β KL) or as a loss term"}
@@ -146,7 +151,9 @@ def evaluate_slhf(world, policy, base, tok, prompts, gen, *, samples: int = 1, c
     xs = [x for x in prompts for _ in range(samples)]
 
     def one(model, ps, salt):
-        return [t[0] for t in sample(model, tok, ps, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts]
+        return [
+            t[0] for t in sample(model, tok, ps, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts
+        ]
 
     def win(a, b):
         return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
@@ -163,5 +170,3 @@ def evaluate_slhf(world, policy, base, tok, prompts, gen, *, samples: int = 1, c
         "follower_vs_base": refine["1"],
         "refinement": refine,
     }
-
-

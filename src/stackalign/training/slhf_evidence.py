@@ -26,7 +26,9 @@ def _pref(world, xs, a, b) -> float:
 
 
 @torch.no_grad()
-def evidence(world, slhf_dir: str, rlhf_dir: str, *, n_prompts: int = 100, k_max: int = 5, seed: int = 0) -> dict:
+def evidence(
+    world, slhf_dir: str, rlhf_dir: str, *, n_prompts: int = 100, k_max: int = 5, seed: int = 0
+) -> dict:
     from stackalign.models import load_policy
 
     t0 = time.perf_counter()
@@ -34,7 +36,9 @@ def evidence(world, slhf_dir: str, rlhf_dir: str, *, n_prompts: int = 100, k_max
     base, tok = world.load_policy()
     slhf, _ = load_policy(Path(slhf_dir) / "final")
     rlhf, _ = load_policy(Path(rlhf_dir) / "final")
-    gen = GenerationConfig(max_new_tokens=world.max_new_tokens, stop_strings=tuple(world.stop_strings), seed=seed)
+    gen = GenerationConfig(
+        max_new_tokens=world.max_new_tokens, stop_strings=tuple(world.stop_strings), seed=seed
+    )
 
     def one(model, prompts, s):
         return [t[0] for t in sample(model, tok, prompts, 1, replace(gen, seed=s)).texts]

@@ -71,7 +71,9 @@ class SLHFLossConfig:
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
             raise ValueError(f"kappa must be a finite number > 0 (the follower/leader step ratio), got {k!r}")
         if self.leader_objective not in LEADER_OBJECTIVES:
-            raise ValueError(f"leader_objective must be one of {LEADER_OBJECTIVES}, got {self.leader_objective!r}")
+            raise ValueError(
+                f"leader_objective must be one of {LEADER_OBJECTIVES}, got {self.leader_objective!r}"
+            )
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
         if self.baseline not in BASELINES:
@@ -184,7 +186,9 @@ def tabular_stackelberg_gda(
     P = torch.as_tensor(P, dtype=torch.float64)
     n = P.shape[0]
     pi_ref = torch.full((n,), 1.0 / n, dtype=torch.float64) if pi_ref is None else torch.as_tensor(pi_ref)
-    omega_ref = torch.full((n, n), 1.0 / n, dtype=torch.float64) if omega_ref is None else torch.as_tensor(omega_ref)
+    omega_ref = (
+        torch.full((n, n), 1.0 / n, dtype=torch.float64) if omega_ref is None else torch.as_tensor(omega_ref)
+    )
     log_pi_ref, log_om_ref = pi_ref.double().log(), omega_ref.double().log()
     gen = torch.Generator().manual_seed(seed)
     th_l = log_pi_ref.clone().requires_grad_(True)

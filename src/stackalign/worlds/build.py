@@ -565,7 +565,9 @@ def build_into(out: Path, *, seed: int, params: dict, progress: bool) -> dict:
         "max_new_tokens": params["max_new_tokens"],
         "preferred_threshold": T.PREFERRED_THRESHOLD,
         "follower_format": {
-            "template": T.make_follower_prompt(T.make_prompt("How do I get started with chess?"), " {previous}"),
+            "template": T.make_follower_prompt(
+                T.make_prompt("How do I get started with chess?"), " {previous}"
+            ),
             "instruction": T.FOLLOWER_INSTRUCTION,
         },
         "gold_preference": {
