@@ -161,3 +161,17 @@ def test_refine_decoder_in_a_run_recipe(micro, tmp_path):
 def test_refine_bad_params_name_the_path(micro, params, where):
     with pytest.raises(RecipeError, match=where):
         _run_recipe(micro, [{"name": "R", "decoder": "refine", "params": params}])
+
+
+def test_shipped_slhf_train_recipes_validate():
+    import pathlib
+
+    from stackalign.training.recipe import load_train_recipe
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "recipes"
+    for name in ("train-slhf-sandbox.yaml", "train-slhf-qwen-gpu.yaml", "train-rlhf-sandbox.yaml"):
+        r = load_train_recipe(root / name)
+        assert r.algorithm in ("slhf", "rlhf")
+    gpu = load_train_recipe(root / "train-slhf-qwen-gpu.yaml")
+    assert gpu.common.policy == "Qwen/Qwen2.5-0.5B-Instruct" and gpu.algo.judge == "reward_model"
+    assert (gpu.common.lr, gpu.algo.tau_leader, gpu.algo.kappa) == (1e-5, 0.001, 5.0)
