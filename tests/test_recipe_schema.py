@@ -93,6 +93,10 @@ def _non_default(tp_default):
         return (default or 1) + 1
     if "float" in name:
         return (default or 1.0) * 0.5 if default else 0.5
+    if name.startswith("dict"):  # refine.first_params: the first decoder's params (base takes none)
+        return {}
+    if name.startswith("str"):  # refine.follower: a model path (not loaded when resolving)
+        return "some/follower"
     raise AssertionError(f"no probe value for {name}")
 
 

@@ -81,7 +81,9 @@ def test_shipped_recipes_validate():
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[1] / "recipes"
-    files = sorted(f for f in root.glob("*.yaml") if not f.name.startswith("train-"))  # train recipes: own schema
+    files = sorted(
+        f for f in root.glob("*.yaml") if not f.name.startswith("train-")
+    )  # train recipes: own schema
     assert files, "no recipes shipped"
     for f in files:
         load_recipe(f)

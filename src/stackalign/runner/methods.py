@@ -226,8 +226,10 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
             )
     plan = MethodPlan(m.name, m.decoder, m.shaping, m.preset, {**dec, **shp}, dec, shp)
     if m.decoder == "refine":
-        if dec["steps"] < 0:
-            raise RecipeError(f"{where}.params.steps: must be >= 0, got {dec['steps']}")
+        try:
+            _configs(plan, batch_size=1, max_new_tokens=1, seed=0)
+        except ValueError as e:
+            raise RecipeError(f"{where}.params.{e}") from None
         first_method(plan, index)  # validates the first decoder's params (errors name methods[i].params...)
         return plan
     try:
@@ -288,6 +290,8 @@ def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: in
                 text_batch_size=d["text_batch_size"],
             )
         }
+    if plan.decoder == "refine":
+        return {"refine": RefineConfig(steps=d["steps"])}
     if plan.decoder in ("bon", "soft_bon"):
         if d["n"] < 1:
             _bad("n", "must be >= 1", d["n"])
