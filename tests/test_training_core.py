@@ -162,8 +162,10 @@ def test_recipe_validation_names_the_problem(tmp_path):
     assert (r.common.steps, r.algo.shaping, r.common.eval.every) == (3, "vanilla", 1)
     with pytest.raises(RecipeError, match="did you mean 'group_size'"):
         train_recipe_from_dict({"algorithm": "rl", "group_sise": 4})
-    with pytest.raises(RecipeError, match="eval.samples: expected an integer"):
+    with pytest.raises(RecipeError, match="eval.samples: input should be a valid integer"):
         train_recipe_from_dict({"eval": {"samples": "many"}})
+    with pytest.raises(RecipeError, match="eval.limit: must be >= 1"):
+        train_recipe_from_dict({"eval": {"limit": 0}})
     with pytest.raises(RecipeError, match="steps: must be >= 1"):
         train_recipe_from_dict({}, ["steps=0"])
     with pytest.raises(RecipeError, match="algorithm: unknown 'ppo'"):

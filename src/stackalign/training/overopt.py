@@ -95,7 +95,9 @@ def table(runs: list[Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stackalign.training.overopt", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m stackalign.training.overopt", description=__doc__.splitlines()[0]
+    )
     p.add_argument("runs", nargs="+", help="rl run directories")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--table", default=None, help="also write the markdown table here")
