@@ -150,3 +150,16 @@ def test_trl_grpo_two_steps_on_a_tiny_model(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     logged = [h for h in trainer.state.log_history if "rewards/stackalign_srs/mean" in h]
     assert logged, trainer.state.log_history
+
+
+def test_overopt_stats_hand_curve():
+    from stackalign.training.overopt import overopt_stats
+
+    curve = [
+        {"step": 0, "kl": 0.0, "proxy_reward": -1.0, "gold_reward": -0.5},
+        {"step": 10, "kl": 2.0, "proxy_reward": 1.0, "gold_reward": 0.75},
+        {"step": 20, "kl": 6.0, "proxy_reward": 2.5, "gold_reward": 0.25},
+    ]
+    s = overopt_stats({"shaping": "vanilla", "curve": curve})
+    assert (s["best_gold"], s["best_gold_step"], s["kl_at_gold_peak"]) == (0.75, 10, 2.0)
+    assert (s["gold_end"], s["gap_end"], s["kl_end"]) == (0.25, 2.25, 6.0)
