@@ -42,6 +42,18 @@ def _world_of(run: Path) -> str:
     return str(cfg.get("world"))
 
 
+def label_of(run: Path) -> str:
+    """The shaping; for srs/hard its preset, parameter overrides, and "(ref m*)" when the threshold came
+    from reference samples."""
+    cfg = json.loads((run / "config.json").read_text())
+    name = str(cfg.get("shaping"))
+    if name in ("srs", "hard"):
+        name += f" {cfg.get('preset')}" if cfg.get("preset") else ""
+        name += "".join(f" {k}={v}" for k, v in (cfg.get("shaping_params") or {}).items())
+        name += " (ref m*)" if cfg.get("threshold_source") == "reference" else ""
+    return name
+
+
 def plot_overoptimisation(runs: list[Path], out_png: Path) -> Path:
     """One row of two panels (proxy vs KL, gold vs KL) per world; one colour per shaping."""
     import matplotlib
@@ -53,15 +65,16 @@ def plot_overoptimisation(runs: list[Path], out_png: Path) -> Path:
     for r in runs:
         by_world.setdefault(_world_of(r), []).append(r)
     fig, axes = plt.subplots(len(by_world), 2, figsize=(10, 3.6 * len(by_world)), squeeze=False)
-    colors = {"vanilla": "tab:blue", "meanstd": "tab:orange", "srs": "tab:green", "minmax": "tab:purple"}
+    colors = {"vanilla": "tab:blue", "meanstd": "tab:orange", "srs official-cd": "tab:green"}
     for row, (world, rs) in zip(axes, by_world.items()):
         for r in rs:
             s = json.loads((r / "summary.json").read_text())
             c = sorted(s["curve"], key=lambda p: p["step"])
             kl = [max(p["kl"], 0.0) for p in c]  # the k1 estimate can dip below 0 near the start
-            col = colors.get(s["shaping"])
-            row[0].plot(kl, [p["proxy_reward"] for p in c], marker="o", ms=3, label=s["shaping"], color=col)
-            row[1].plot(kl, [p["gold_reward"] for p in c], marker="o", ms=3, label=s["shaping"], color=col)
+            lab = label_of(r)
+            col = colors.get(lab, None)
+            row[0].plot(kl, [p["proxy_reward"] for p in c], marker="o", ms=3, label=lab, color=col)
+            row[1].plot(kl, [p["gold_reward"] for p in c], marker="o", ms=3, label=lab, color=col)
         name = Path(world).name if world not in ("default", "None") else world
         for ax, what in zip(row, ("proxy reward (RM)", "gold reward")):
             ax.set_xlabel("KL(π‖π_ref) (nats, held-out samples)")
@@ -78,17 +91,21 @@ def plot_overoptimisation(runs: list[Path], out_png: Path) -> Path:
 
 def table(runs: list[Path]) -> str:
     lines = [
-        "| world | shaping | base gold | best gold (step) | KL at gold peak | gold at end | proxy at end | "
-        "proxy − gold at end | KL at end |",
+        "| world | shaping | base gold | best gold (step) | KL at gold peak | gold at end (±95% CI) | "
+        "proxy at end | proxy − gold at end | KL at end |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
-        s = overopt_stats(json.loads((r / "summary.json").read_text()))
+        summ = json.loads((r / "summary.json").read_text())
+        s = overopt_stats(summ)
+        ci = summ.get("eval", {}).get("gold_reward_ci95")
         w = _world_of(r)
         w = Path(w).name if w not in ("default", "None") else w
         lines.append(
-            f"| {w} | {s['shaping']} | {s['base_gold']:.3f} | {s['best_gold']:.3f} ({s['best_gold_step']}) | "
-            f"{s['kl_at_gold_peak']:.3f} | {s['gold_end']:.3f} | {s['proxy_end']:.3f} | {s['gap_end']:.3f} | "
+            f"| {w} | {label_of(r)} | {s['base_gold']:.3f} | {s['best_gold']:.3f} ({s['best_gold_step']}) | "
+            f"{s['kl_at_gold_peak']:.3f} | {s['gold_end']:.3f}"
+            + (f" ± {ci:.3f}" if ci is not None else "")
+            + f" | {s['proxy_end']:.3f} | {s['gap_end']:.3f} | "
             f"{s['kl_end']:.3f} |"
         )
     return "\n".join(lines)
