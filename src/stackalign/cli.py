@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume a directory whose recipe changed: drop the rows of changed methods, keep identical ones",
     )
+    run.add_argument("--backend", choices=["serial", "ray"], default=None, help="overrides backend.kind")
+    run.add_argument("--workers", type=int, default=None, help="Ray actors (overrides backend.workers)")
+    run.add_argument(
+        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)"
+    )
     run.add_argument(
         "overrides", nargs="*", help="key=value overrides (dotted keys), before or after options"
     )

@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from stackalign import __version__
 from stackalign.runner.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
@@ -207,7 +205,7 @@ def execute(
     """Run every method of `recipe` on its prompts (resuming), then evaluate. Returns the summary.
 
     Order: the environment check and the run directory's consistency come before any model loads."""
-    from stackalign.runner.methods import make_method, resolve_method
+    from stackalign.runner.methods import resolve_method
     from stackalign.runner.preflight import preflight
 
     plans = [resolve_method(m, i) for i, m in enumerate(recipe.methods)]
@@ -218,46 +216,15 @@ def execute(
     cfg = resolve_config(recipe, prompts)
     reconcile_run_dir(out, cfg, restart_changed=restart_changed)
     write_json_atomic(out / "config.json", cfg)
-    ctx = build_context(recipe, out, world=world, prompts=prompts, stops=stops)
+    from stackalign.runner.backends import Job, run_backend
+
     store = JsonlStore(out / "generations.jsonl")
-    bs = recipe.generation.batch_size
-    for plan in plans:
-        todo = [i for i in range(len(ctx.prompts)) if not store.done(method=plan.name, prompt_id=i)]
-        if not todo:
-            continue
-        generate = make_method(plan, ctx)
-        bar = tqdm(total=len(todo), desc=f"{plan.name:>14s}", disable=not progress, unit="prompt")
-        for start in range(0, len(todo), bs):
-            ids = todo[start : start + bs]
-            prompts = [ctx.prompts[i] for i in ids]
-            t0 = time.perf_counter()
-            outs = generate(prompts)
-            elapsed = time.perf_counter() - t0
-            responses = [o["response"] for o in outs]
-            proxy = ctx.reward(prompts, responses).tolist()
-            rows = []
-            for j, (i, o) in enumerate(zip(ids, outs)):
-                rows.append(
-                    {
-                        "prompt_id": i,
-                        "method": plan.name,
-                        "prompt": prompts[j],
-                        "response": o["response"],
-                        "proxy_reward": float(proxy[j]),
-                        "gold_reward": float(ctx.gold(prompts[j], o["response"])) if ctx.gold else None,
-                        # a batch's wall time is shared equally by its prompts
-                        "seconds": elapsed / len(ids),
-                        "lm_tokens": int(o.get("lm_tokens", 0)),
-                        "rm_tokens": int(o.get("rm_tokens", 0)),
-                    }
-                )
-            store.append(rows)
-            bar.update(len(ids))
-        bar.close()
-    return evaluate(out, recipe=recipe, ctx=ctx)
+    job = Job(recipe, out, world, prompts, stops, plans, store, progress)
+    ctx = run_backend(job)  # the serial backend's loaded models, reused below; None from Ray
+    return evaluate(out, recipe=recipe, ctx=ctx, world=world)
 
 
-def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None) -> dict:
+def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None, world=None) -> dict:
     """Recompute summary.json, report.md and the plots from generations.jsonl."""
     from stackalign.evaluation.summary import format_table, summarize
     from stackalign.runner.report import write_report
@@ -275,7 +242,10 @@ def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None) -> dict:
     if ev.judge == "gold":
         from stackalign.evaluation.judges import GoldJudge
 
-        gold_judge = ctx.gold_judge if ctx is not None else _world_for(recipe).gold_judge
+        if ctx is not None:
+            gold_judge = ctx.gold_judge
+        else:
+            gold_judge = (world if world is not None else _world_for(recipe)).gold_judge
         judge = GoldJudge(gold_judge)
     elif ev.judge == "llm":
         from stackalign.evaluation.judges import LLMJudge
@@ -307,12 +277,22 @@ def _world_for(recipe: Recipe):
 def main(args: argparse.Namespace) -> int:
     from stackalign.evaluation.summary import format_table
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, list(args.overrides or []) + backend_overrides(args))
     out = Path(args.out or Path("runs") / Path(args.recipe).stem)
     summary = execute(recipe, out, restart_changed=getattr(args, "restart_changed", False))
     print(format_table(summary, baselines=recipe.evaluation.baselines))
     print(f"\nresults: {out}/ (summary.json, generations.jsonl, report.md)")
     return 0
+
+
+def backend_overrides(args: argparse.Namespace) -> list[str]:
+    """`--backend/--workers/--address` as recipe overrides (the command line wins over the recipe)."""
+    out = []
+    for flag, key in (("backend", "kind"), ("workers", "workers"), ("address", "address")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"backend.{key}={value}")
+    return out
 
 
 def eval_main(args: argparse.Namespace) -> int:
