@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from stackalign.runner.backends.common import Job, decode_units
-from stackalign.runner.backends.worker import FAULT_ENV, Worker
+from stackalign.runner.backends.worker import DELAY_ENV, FAULT_ENV, Worker
 
 
 def connect(backend) -> bool:
@@ -92,7 +92,7 @@ def run_ray(job: Job) -> None:
     actors = []
     try:
         _check_resources(b)
-        env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
+        env = {k: os.environ[k] for k in (FAULT_ENV, DELAY_ENV) if os.environ.get(k)}
         Actor = ray.remote(
             num_cpus=b.cpus_per_worker,
             num_gpus=b.gpus_per_worker,

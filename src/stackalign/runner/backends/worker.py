@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 
-# Test hook: "MARKER:N" makes the worker process kill itself (SIGKILL) at its N-th decode unit, once per
-# MARKER file (a restarted worker finds the marker and carries on). It simulates a worker lost mid-run.
+# Test hooks (environment variables, handed to the actors by the driver):
+# STACKALIGN_RAY_FAULT="MARKER:N" makes the worker process kill itself (SIGKILL) at its N-th decode unit, once
+# per MARKER file (a restarted worker finds the marker and carries on): a worker lost mid-run.
+# STACKALIGN_RAY_DELAY=S sleeps S seconds before each decode unit: a run slow enough to kill its driver mid-way.
 FAULT_ENV = "STACKALIGN_RAY_FAULT"
+DELAY_ENV = "STACKALIGN_RAY_DELAY"
 
 
 class Worker:
@@ -54,6 +58,8 @@ class Worker:
 
         self._decoded += 1
         _maybe_fault(self._decoded)
+        if os.environ.get(DELAY_ENV):
+            time.sleep(float(os.environ[DELAY_ENV]))
         if pi not in self._generators:
             head = _load_head(head_files) if head_files is not None else None
             self._generators[pi] = make_method(self.plans[pi], self.ctx, head=head)
