@@ -290,8 +290,8 @@ def backend_overrides(args: argparse.Namespace) -> list[str]:
     out = []
     for flag, key in (("backend", "kind"), ("workers", "workers"), ("address", "address")):
         value = getattr(args, flag, None)
-        if value is not None:
-            out.append(f"backend.{key}={value}")
+        if value is not None:  # strings JSON-quoted: an address is never re-read as another YAML type
+            out.append(f"backend.{key}={json.dumps(value)}")
     return out
 
 
