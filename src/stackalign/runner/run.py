@@ -226,12 +226,29 @@ def execute(
 
     store = JsonlStore(out / "generations.jsonl")
     job = Job(recipe, out, world, prompts, stops, plans, store, progress)
-    ctx = run_backend(job)  # the serial backend's loaded models, reused below; None from Ray
-    return evaluate(out, recipe=recipe, ctx=ctx, world=world)
+    done = run_backend(job)  # the serial backend's loaded models, or Ray's coherence scores
+    return evaluate(out, recipe=recipe, ctx=done.ctx, world=world, coherence=done.coherence)
 
 
-def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None, world=None) -> dict:
-    """Recompute summary.json, report.md and the plots from generations.jsonl."""
+def coherence_scorer(recipe: Recipe):
+    """The recipe's coherence scorer (`evaluation.coherence`), or None."""
+    ev = recipe.evaluation
+    if not ev.coherence:
+        return None
+    from stackalign.evaluation.metrics import Coherence
+
+    return Coherence(None if ev.coherence == "minilm" else ev.coherence)
+
+
+def eval_stop_strings(recipe: Recipe) -> tuple[str, ...]:
+    """Where responses are cut before diversity, coherence and the judge."""
+    return tuple(recipe.generation.stop_strings or ()) or ("\n\nHuman:", "###Human:", "\nUser:")
+
+
+def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None, world=None, coherence=None) -> dict:
+    """Recompute summary.json, report.md and the plots from generations.jsonl.
+
+    `coherence`: a scorer to use instead of the recipe's (e.g. one holding scores computed on Ray workers)."""
     from stackalign.evaluation.summary import format_table, summarize
     from stackalign.runner.report import write_report
 
@@ -239,11 +256,8 @@ def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None, world=Non
     if not store.rows:
         raise ValueError(f"{out}: generations.jsonl has no rows to evaluate")
     ev = recipe.evaluation
-    coherence = None
-    if ev.coherence:
-        from stackalign.evaluation.metrics import Coherence
-
-        coherence = Coherence(None if ev.coherence == "minilm" else ev.coherence)
+    if coherence is None:
+        coherence = coherence_scorer(recipe)
     judge = None
     if ev.judge == "gold":
         from stackalign.evaluation.judges import GoldJudge
@@ -260,7 +274,7 @@ def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None, world=Non
     rows = store.rows
     order = {m.name: i for i, m in enumerate(recipe.methods)}
     rows = sorted(rows, key=lambda r: (order.get(r["method"], 1e9), r["prompt_id"]))
-    stops = tuple(recipe.generation.stop_strings or ()) or ("\n\nHuman:", "###Human:", "\nUser:")
+    stops = eval_stop_strings(recipe)
     summary = summarize(
         rows,
         coherence=coherence,

@@ -8,14 +8,14 @@ driver killed at any moment resumes from what it wrote.
 
 from __future__ import annotations
 
-from stackalign.runner.backends.common import Job, decode_rows, decode_units
+from stackalign.runner.backends.common import Done, Job, decode_rows, decode_units
 
-__all__ = ["Job", "decode_rows", "decode_units", "run_backend"]
+__all__ = ["Done", "Job", "decode_rows", "decode_units", "run_backend"]
 
 
-def run_backend(job: Job):
-    """Run every unfinished unit of `job` on its recipe's backend. Returns the serial backend's Context (its
-    loaded models, reused by the evaluation) or None."""
+def run_backend(job: Job) -> Done:
+    """Run every unfinished unit of `job` on its recipe's backend; `Done` carries what the evaluation can
+    reuse (the serial backend's loaded models, the Ray workers' coherence scores)."""
     kind = job.recipe.backend.kind
     if kind == "serial":
         from stackalign.runner.backends.serial import run_serial

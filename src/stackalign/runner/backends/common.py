@@ -24,6 +24,15 @@ class Job:
     progress: bool = True
 
 
+@dataclass
+class Done:
+    """What a backend hands to the evaluation: the serial backend's Context (its models) and/or a coherence
+    scorer holding scores the workers computed."""
+
+    ctx: Any = None
+    coherence: Any = None
+
+
 def decode_units(job: Job) -> list[tuple[int, list[int]]]:
     """(plan index, prompt ids) of every unfinished batch: each method's missing prompts, in order, cut into
     `generation.batch_size` chunks (the serial loop's cut, so both backends decode the same batches)."""

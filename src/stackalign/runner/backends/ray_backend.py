@@ -12,6 +12,9 @@ Phases (each fans out over the pool; the driver appends results as they arrive):
   2. CD value heads: one training task per CD method without a head in `cd_heads/NAME/`; the driver writes
      the returned files (weights first, the config that marks a head complete last).
   3. Decoding: every unfinished (method, prompt batch) unit; rows go to `generations.jsonl`.
+  4. Evaluation scoring: the coherence of every row, in chunks, on the workers' encoders; the driver's
+     evaluation then reads the scores instead of loading the encoder (the gold judge is a cheap function of
+     the world, an LLM judge already runs its calls concurrently).
 
 A unit's result depends only on its inputs (per-prompt seeds; the serial backend's batch cut), so results
 arrive in any order and the rows equal the serial backend's. A dead actor is restarted (`max_restarts`)
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from stackalign.runner.backends.common import Job, decode_units
+from stackalign.runner.backends.common import Done, Job, decode_units
 from stackalign.runner.backends.worker import DELAY_ENV, FAULT_ENV, Worker
 
 
@@ -75,7 +78,7 @@ def _read_head(head_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in head_dir.iterdir() if p.is_file() and ".tmp" not in p.name}
 
 
-def run_ray(job: Job) -> None:
+def run_ray(job: Job) -> Done:
     """Run every unfinished unit of `job` on `backend.workers` Ray actors (see the module docstring)."""
     import ray
     from ray.util import ActorPool
@@ -87,7 +90,7 @@ def run_ray(job: Job) -> None:
     b = job.recipe.backend
     units = decode_units(job)
     if not units:
-        return None
+        return Done()
     started = connect(b)
     actors = []
     try:
@@ -160,9 +163,46 @@ def run_ray(job: Job) -> None:
             job.store.append(rows)
             bar.update(1)
         bar.close()
+        # 4. evaluation scoring: the coherence encoder on the workers, every row of the run directory
+        coherence = _coherence_on(pool, job, b.workers) if job.recipe.evaluation.coherence else None
     finally:
         for a in actors:
             ray.kill(a)
         if started:
             ray.shutdown()
-    return None
+    return Done(coherence=coherence)
+
+
+class PrecomputedCoherence:
+    """A coherence scorer that answers from scores computed elsewhere (pairs it lacks: the recipe's scorer)."""
+
+    def __init__(self, scores: dict[tuple[str, str], float], recipe):
+        self.scores = scores
+        self.recipe = recipe
+
+    def score(self, prompts: list[str], texts: list[str]) -> list[float]:
+        missing = [(p, t) for p, t in zip(prompts, texts) if (p, t) not in self.scores]
+        if missing:  # not expected: the workers scored every row; computed here rather than failing
+            from stackalign.runner.run import coherence_scorer
+
+            values = coherence_scorer(self.recipe).score([p for p, _ in missing], [t for _, t in missing])
+            self.scores.update(zip(missing, map(float, values)))
+        return [self.scores[(p, t)] for p, t in zip(prompts, texts)]
+
+
+def _coherence_on(pool, job: Job, workers: int) -> PrecomputedCoherence:
+    """Score the coherence of every row (prompt, response cut at the evaluation's stop strings) on the pool."""
+    from stackalign.evaluation.metrics import clean_response
+    from stackalign.runner.run import eval_stop_strings
+
+    stops = eval_stop_strings(job.recipe)
+    pairs = sorted({(r["prompt"], clean_response(r["response"], stops)) for r in job.store.rows})
+    size = max(1, -(-len(pairs) // (4 * workers)))  # a few chunks per worker: balance without tiny calls
+    chunks = [pairs[s : s + size] for s in range(0, len(pairs), size)]
+    for k, chunk in enumerate(chunks):
+        pool.submit(lambda a, v: a.coherence.remote(*v), (k, [p for p, _ in chunk], [t for _, t in chunk]))
+    scores: dict[tuple[str, str], float] = {}
+    while pool.has_next():
+        k, values = pool.get_next_unordered()
+        scores.update(zip(chunks[k], values))
+    return PrecomputedCoherence(scores, job.recipe)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from stackalign.runner.backends.common import Job, decode_rows, decode_units
+from stackalign.runner.backends.common import Done, Job, decode_rows, decode_units
 
 
-def run_serial(job: Job):
+def run_serial(job: Job) -> Done:
     """Decode every unfinished unit here, method by method; returns the Context (its models serve the
     evaluation)."""
     from stackalign.runner.methods import make_method
@@ -27,4 +27,4 @@ def run_serial(job: Job):
             job.store.append(decode_rows(ctx, plan.name, generate, ids))
             bar.update(len(ids))
         bar.close()
-    return ctx
+    return Done(ctx=ctx)

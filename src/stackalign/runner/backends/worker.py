@@ -41,6 +41,7 @@ class Worker:
         self.plans = [resolve_method(m, i) for i, m in enumerate(recipe.methods)]
         self._generators: dict[int, object] = {}
         self._decoded = 0
+        self._coherence = None
 
     def ready(self) -> int:
         """The worker's process id (also: the models are loaded)."""
@@ -96,6 +97,15 @@ class Worker:
                 progress=False,
             )
             return pi, {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+    def coherence(self, tag: int, prompts: list[str], texts: list[str]) -> tuple[int, list[float]]:
+        """(tag, the recipe's coherence score of each (prompt, cleaned response) pair); the encoder loads
+        once per worker."""
+        from stackalign.runner.run import coherence_scorer
+
+        if self._coherence is None:
+            self._coherence = coherence_scorer(self.ctx.recipe)
+        return tag, [float(v) for v in self._coherence.score(prompts, texts)]
 
 
 def _load_head(files: dict[str, bytes]):
