@@ -108,9 +108,8 @@ def test_two_workers_write_the_serial_rows_and_a_killed_worker_loses_nothing(
 
 def test_killed_driver_resumes_without_duplicates(micro_world, ray_cluster, serial_out, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        yaml.safe_dump(_data(micro_world))
-    )  # serial in the recipe; the command line asks for Ray
+    # serial in the recipe; the command line asks for Ray. The coherence encoder runs on the worker.
+    recipe.write_text(yaml.safe_dump(_data(micro_world, coherence="minilm" if HAVE_MINILM else None)))
     out = tmp_path / "ray"
     # one worker: the resume is the point here (each actor start costs seconds on a small machine)
     cmd = [sys.executable, "-m", "stackalign", "run", str(recipe), "--backend", "ray", "--workers", "1"]
