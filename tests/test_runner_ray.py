@@ -104,6 +104,8 @@ def test_two_workers_write_the_serial_rows_and_a_killed_worker_loses_nothing(
     ref = serial_out / "cd_offline" / data_dir.name / "shard_00000.jsonl"
     assert offline == sorted(map(json.loads, ref.read_text().splitlines()), key=str)
     assert len(offline) == 6
+    cfg = json.loads((data_dir / "config.json").read_text())
+    assert cfg == json.loads((ref.parent / "config.json").read_text())  # same model, prompts, sampling
 
 
 def test_killed_driver_resumes_without_duplicates(micro_world, ray_cluster, serial_out, tmp_path):

@@ -146,14 +146,11 @@ def run_ray(job: Job) -> Done:
         for pi in to_train:
             data = OfflineData.load(plans_cd[pi].data_dir)
             pool.submit(lambda a, v: a.cd_train.remote(*v), (pi, ray.put(data.rows), data.meta))
-        trained = {}
         while pool.has_next():
             pi, files = pool.get_next_unordered()
-            trained[pi] = files
-            bar.update(1)
-        for pi, files in trained.items():
-            _write_head(plans_cd[pi].head_dir, files)
+            _write_head(plans_cd[pi].head_dir, files)  # at once: a killed driver keeps every finished head
             heads[pi] = files
+            bar.update(1)
         # 3. decoding
         head_refs = {pi: ray.put(files) for pi, files in heads.items()}
         for pi, ids in units:
