@@ -1,0 +1,1 @@
+"""Training-time alignment: the DPO core, seed preferences, SSAPO self-annotation rounds."""
