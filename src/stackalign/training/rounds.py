@@ -75,9 +75,17 @@ class PreferenceConfig:
     samples_per_prompt: int = field(
         default=4, metadata={"help": "K answers sampled per prompt for self-annotation (>= 2)."}
     )
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for self-annotation."})
+    temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature for self-annotation (the paper: 0.7)."}
+    )
     beta: float = field(default=0.1, metadata={"help": "DPO beta (also scales the annotation margins)."})
-    eps: float = field(default=0.05, metadata={"help": "Wasserstein radius of the follower's ball (0 = SPA-like)."})
+    eps: float = field(
+        default=0.3,
+        metadata={
+            "help": "Wasserstein radius of the follower's ball (0 = SPA-like), in units of the space: margins "
+            "beta*(r_w - r_l) or probabilities (the paper's 0.01-0.05)."
+        },
+    )
     space: str = field(
         default="margin",
         metadata={"help": "'margin' (smooth, the theory's) or 'probability' (the official release's) follower."},
@@ -86,11 +94,11 @@ class PreferenceConfig:
     group_size: int | None = field(default=100, metadata={"help": "Pairs per LP (None = one global LP)."})
     pad: float = field(default=0.5, metadata={"help": "Margin space: support = [min - pad, max + pad]."})
     q_box: bool = field(default=False, metadata={"help": "Probability space: the release's box |q_ik| <= eps."})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     batch_size: int = field(default=16, metadata={"help": "Pairs per optimizer step."})
-    seed_epochs: int = field(default=3, metadata={"help": "Passes over the seeds in round 0."})
-    epochs: int = field(default=2, metadata={"help": "Passes over each later round's new pairs."})
+    seed_epochs: int = field(default=8, metadata={"help": "Passes over the seeds in round 0."})
+    epochs: int = field(default=1, metadata={"help": "Passes over each later round's new pairs (the release: 1)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip (0 = off)."})
     save_every: int = field(default=20, metadata={"help": "Optimizer steps between mid-round checkpoints."})
     eval_prompts: int = field(default=200, metadata={"help": "Test prompts for the gold win rate vs base."})
