@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
     sw.set_defaults(func=_handler("stackalign.runner.sweep:main"))
 
+    tr = sub.add_parser("train", help="train a policy from a train recipe (rl, rlhf, slhf, dpo, ssapo)")
+    tr.add_argument("recipe", help="train recipe YAML file")
+    tr.add_argument("--out", required=True, help="run directory (resumes when it holds the same run)")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
+    tr.set_defaults(func=_handler("stackalign.training.run:main"))
+
     ev = sub.add_parser("eval", help="recompute the evaluation of an existing run directory")
     ev.add_argument("run_dir")
     ev.set_defaults(func=_handler("stackalign.runner.run:eval_main"))
