@@ -15,7 +15,7 @@ from stackalign.training.dpo_loss import (
     sequence_logprobs,
 )
 from stackalign.training.preferences import load_pairs, split_round_prompts, validate_pairs
-from stackalign.training.rounds import PreferenceConfig
+from stackalign.training.rounds import SSAPOConfig
 from stackalign.training.self_annotation import annotate_by_implicit_reward, solve_follower
 
 D = torch.float64
@@ -98,7 +98,9 @@ def test_eps_zero_is_exactly_dpo_loss_and_gradient():
     pc, pr, rc, rr = (torch.randn(n, generator=g, dtype=D) for _ in range(4))
     sol = solve_follower(torch.rand(n, generator=g, dtype=D) * 3, eps=0.0)
     assert sol.transport == 0.0 and sol.attacked == 0
-    assert torch.equal(sol.s, torch.ones(n, 1, dtype=D)) and torch.equal(sol.shifts, torch.zeros(n, 1, dtype=D))
+    assert torch.equal(sol.s, torch.ones(n, 1, dtype=D)) and torch.equal(
+        sol.shifts, torch.zeros(n, 1, dtype=D)
+    )
     a, b, c = (pc.clone().requires_grad_(True) for _ in range(3))
     l1 = dpo_loss(a, pr, rc, rr, beta=0.3, s=sol.s, shifts=sol.shifts)
     l2 = dpo_loss(b, pr, rc, rr, beta=0.3)  # plain DPO: bit-identical loss and gradient
@@ -166,11 +168,11 @@ def test_annotation_picks_best_and_worst_by_implicit_reward():
 
 def test_bad_inputs_get_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="eps"):
-        PreferenceConfig(eps=-0.1)
+        SSAPOConfig(eps=-0.1)
     with pytest.raises(ValueError, match="eps"):
         solve_follower([1.0, 2.0], eps=-1.0)
     with pytest.raises(ValueError, match="samples_per_prompt"):
-        PreferenceConfig(samples_per_prompt=1)
+        SSAPOConfig(samples_per_prompt=1)
     with pytest.raises(ValueError, match="empty"):
         validate_pairs([])
     f = tmp_path / "seeds.jsonl"

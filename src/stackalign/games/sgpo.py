@@ -426,7 +426,9 @@ def shifted_dpo_loss(margins: Tensor, s: Tensor, shifts: Tensor) -> Tensor:
     return shifted_dpo_pair_losses(margins, s, shifts).mean()
 
 
-def probability_shifted_pair_losses(margins: Tensor, s: Tensor, shifts: Tensor, floor: float = 1e-6) -> Tensor:
+def probability_shifted_pair_losses(
+    margins: Tensor, s: Tensor, shifts: Tensor, floor: float = 1e-6
+) -> Tensor:
     """The official code's per-pair leader loss (probability space, `loss_type: weighted` of the SSAPO
     release): L_i = sum_k s_ik * -log(max(sigma(margin_i) - d_ik, floor)), shape (N,).
 

@@ -45,7 +45,9 @@ def validate_pairs(pairs: Sequence[dict], *, source: str = "pairs") -> list[dict
             )
         for k in REQUIRED_FIELDS:
             if not isinstance(p[k], str):
-                raise ValueError(f"{source}: pair {i} field {k!r} must be a string, got {type(p[k]).__name__}")
+                raise ValueError(
+                    f"{source}: pair {i} field {k!r} must be a string, got {type(p[k]).__name__}"
+                )
         if not p["prompt"].strip():
             raise ValueError(f"{source}: pair {i} has an empty prompt")
     return pairs

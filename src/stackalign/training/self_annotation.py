@@ -65,7 +65,9 @@ def annotate_by_implicit_reward(
         raise ValueError("annotate_by_implicit_reward: expected one list of samples per prompt (>= 1 prompt)")
     K = len(samples[0])
     if K < 2 or any(len(row) != K for row in samples):
-        raise ValueError(f"K: need the same number >= 2 of samples per prompt, got {[len(r) for r in samples]}")
+        raise ValueError(
+            f"K: need the same number >= 2 of samples per prompt, got {[len(r) for r in samples]}"
+        )
     r = (policy_logps - ref_logps).reshape(P, K)
     if not torch.isfinite(r).all():
         raise ValueError("implicit rewards contain NaN or infinite values")
@@ -153,7 +155,9 @@ def solve_follower(
     if eps == 0:
         # the ball is the centre itself: alpha* = alpha_hat; one atom per pair, no shift (plain DPO)
         s = torch.ones(N, 1, dtype=torch.float64)
-        return FollowerSolution(s, torch.zeros_like(s), space, 0.0, G, 0.0, 0, 0.0, float("nan"), float("nan"))
+        return FollowerSolution(
+            s, torch.zeros_like(s), space, 0.0, G, 0.0, 0, 0.0, float("nan"), float("nan")
+        )
     t0 = time.perf_counter()
     if space == "margin":
         wc = sgpo_follower(x, float(eps), K=pieces, pad=pad, group_size=G)
