@@ -12,20 +12,22 @@ Per round t >= 1 the pairs come from an annotator:
 
 The leader starts from pi_{t-1} and minimises the (weighted, shifted) DPO loss with pi_{t-1} as the frozen
 reference (the release's choice), ``epochs`` passes over the round's new pairs only (as the release does).
-One optimizer runs through all rounds; the schedule is fixed in advance: round 0 has
-ceil(seed_pairs / batch_size) * seed_epochs steps, every later round ceil(prompts_per_round / batch_size) *
-epochs steps (a round with fewer pairs, when some prompts' samples were identical, cycles through them).
-The recipe's ``steps`` is therefore not used; ``summary.json`` reports the scheduled total.
+Each round is its own run of the shared trainer (`stackalign.training.loop.train_loop`) in
+``rounds/round_T/``, with a fresh AdamW, as each round of the release is a new DPO launch from pi_{t-1}. The
+schedule is fixed in advance: round 0 has ceil(seed_pairs / batch_size) * seed_epochs steps, every later round
+ceil(prompts_per_round / batch_size) * epochs steps (a round with fewer pairs, when some prompts' samples were
+all identical, cycles through them). The recipe's ``steps`` is therefore not used; ``summary.json`` reports
+the scheduled total.
 
-Resume (kill -9 at any moment): the trainer restores the policy, optimizer and the reference (an extra model
-of the checkpoint) and ``algo_state`` (the current round). A round's pairs are written to
-``rounds/round_T/pairs.jsonl`` before its first step and read back on resume; the reference's log-probs are
-recomputed from the restored reference; all sampling and data order are pure functions of (seed, round,
-step), so the resumed weights are bit-identical to an uninterrupted run on CPU.
+Resume (kill -9 at any moment): finished rounds (``done.json`` and ``model/`` present) are skipped; the
+current round's trainer resumes from its latest checkpoint; pi_{t-1} is read back from the previous round's
+``model/``, the round's pairs from ``pairs.jsonl`` (written before its first step). All sampling and data
+order are pure functions of (seed, round, step), so the resumed weights are bit-identical on CPU.
 
-Layout added to the trainer's (``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``final/``,
-``summary.json``): ``base_eval.jsonl`` (the base policy's evaluation samples, drawn once), and per round
-``rounds/round_T/pairs.jsonl``, ``stats.json`` (annotation and LP timings) and ``done.json`` (its evaluation).
+Layout (besides the trainer's ``config.json``, ``final/``, ``summary.json``): ``metrics.jsonl`` (all rounds,
+global step numbers, written at the end), ``base_eval.jsonl`` (the base policy's evaluation samples, drawn
+once), and per round ``rounds/round_T/`` with ``pairs.jsonl``, ``stats.json`` (annotation and LP timings),
+``metrics.jsonl``, ``checkpoints/``, ``model/`` (pi_T) and ``done.json`` (its evaluation).
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
     policy, tok = ctx.load_policy()
     policy.eval()  # no dropout: the loss is deterministic given the weights
     base = ctx.load_reference()  # pi_ref of the implicit reward (the initial policy)
-    ref = _frozen_copy(policy)  # the leader's reference pi_{t-1}; checkpointed, restored on resume
+    ref = _frozen_copy(policy)  # the leader's reference pi_{t-1}, reloaded at the start of each round
     pad = pad_id_of(tok)
 
     seeds = load_pairs(algo.seeds_file) if algo.seeds_file else None
@@ -301,9 +303,8 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
         )
         return pairs, stats
 
-    cache: dict = {}  # the current round's tensors (rebuilt from disk and the restored reference on resume)
-
-    def load_round(t: int) -> None:
+    def round_data(t: int) -> dict:
+        """Round t's tensors: token ids, the reference's log-probs (pi_{t-1} is frozen), the worst case."""
         pairs = make_pairs(t)
         data = _tensorize(tok, pairs)
         N = len(pairs)
@@ -318,42 +319,55 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
                 S[i, : len(p["s"])] = torch.tensor(p["s"], dtype=torch.float64)
                 D[i, : len(p["shifts"])] = torch.tensor(p["shifts"], dtype=torch.float64)
             wc = (S.float(), D.float())
-        cache.clear()
-        cache.update(t=t, data=data, n=N, ref_c=torch.cat(rc), ref_r=torch.cat(rr), wc=wc)
+        return dict(data=data, n=N, ref_c=torch.cat(rc), ref_r=torch.cat(rr), wc=wc)
 
-    state = {"round": 0}
+    from stackalign.training.loop import StepOutput, save_model_dir
 
-    def step_fn(step: int):
-        from stackalign.training.loop import StepOutput
+    offset = 0
+    for t in range(n_rounds + 1):
+        rdir = out / "rounds" / f"round_{t}"
+        if (rdir / "done.json").is_file() and (rdir / "model").is_dir():
+            offset += sched[t]
+            continue
+        if t > 0:  # pi_{t-1}: the previous round's final weights (also after a restart)
+            prev, _ = ctx.load_policy(str(out / "rounds" / f"round_{t - 1}" / "model"))
+            policy.load_state_dict(prev.state_dict())
+            del prev
+        ref.load_state_dict(policy.state_dict())  # the leader's reference for this round: pi_{t-1}
+        cur = round_data(t)
+        rseed = step_seed(common.seed, t, "round")
 
-        t = next(i for i, e in enumerate(ends) if step <= e)
-        if t != state["round"]:  # entering round t: evaluate pi_{t-1}, freeze it as the reference
-            evaluate(state["round"])
-            ref.load_state_dict(policy.state_dict())
-            state["round"] = t
-        if cache.get("t") != t:
-            load_round(t)
-        first = ends[t - 1] + 1 if t > 0 else 1
-        idx = batch_indices(cache["n"], algo.batch_size, step - first + 1, step_seed(common.seed, t, "round"))
-        pc, pr = _pair_logps(policy, cache["data"], idx, pad, device)
-        kw = {}
-        if cache["wc"] is not None:
-            S, D = cache["wc"]
-            kw = dict(s=S[idx].to(device), shifts=D[idx].to(device), space=algo.space)
-        rc, rr = cache["ref_c"][idx], cache["ref_r"][idx]
-        loss = dpo_loss(pc, pr, rc, rr, beta=algo.beta, **kw)
-        with torch.no_grad():
-            m = algo.beta * ((pc - rc) - (pr - rr))
-        return StepOutput(
-            loss, {"round": t, "margin": float(m.mean()), "accuracy": float((m > 0).float().mean())}
-        )
+        def step_fn(step: int, t=t, cur=cur, rseed=rseed) -> StepOutput:
+            idx = batch_indices(cur["n"], algo.batch_size, step, rseed)
+            pc, pr = _pair_logps(policy, cur["data"], idx, pad, device)
+            kw = {}
+            if cur["wc"] is not None:
+                S, D = cur["wc"]
+                kw = dict(s=S[idx].to(device), shifts=D[idx].to(device), space=algo.space)
+            rc, rr = cur["ref_c"][idx], cur["ref_r"][idx]
+            loss = dpo_loss(pc, pr, rc, rr, beta=algo.beta, **kw)
+            with torch.no_grad():
+                m = algo.beta * ((pc - rc) - (pr - rr))
+            return StepOutput(
+                loss, {"round": t, "margin": float(m.mean()), "accuracy": float((m > 0).float().mean())}
+            )
 
-    settings = replace(ctx.loop_settings(), steps=ends[-1])
-    train_loop(policy, tok, step_fn, settings, out, algo_state=state, extra_models={"reference": ref})
-    final_eval = evaluate(n_rounds)
+        # a fresh optimizer per round, as each round of the release is a new DPO run from pi_{t-1}
+        settings = replace(ctx.loop_settings(), steps=sched[t], seed=rseed % (2**31))
+        train_loop(policy, tok, step_fn, settings, rdir, algo_state={"round": t})
+        evaluate(t)
+        save_model_dir(policy, tok, rdir / "model")
+        offset += sched[t]
+    # one metrics.jsonl over all rounds (global step numbers) for the trainer's plots
+    rows = []
+    off = 0
+    for t in range(n_rounds + 1):
+        for r in _read_jsonl(out / "rounds" / f"round_{t}" / "metrics.jsonl"):
+            rows.append({**r, "step": r["step"] + off, "round_step": r["step"]})
+        off += sched[t]
+    save_pairs(rows, out / "metrics.jsonl")
     ctx.save_final(policy, tok)
     rounds = [
         json.loads((out / "rounds" / f"round_{t}" / "done.json").read_text()) for t in range(n_rounds + 1)
     ]
-    rounds[-1]["eval"] = final_eval
-    return {"rounds": rounds, "eval": final_eval, "steps": ends[-1]}
+    return {"rounds": rounds, "eval": rounds[-1]["eval"], "steps": ends[-1]}
