@@ -19,10 +19,10 @@ def micro_world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world"), preset="micro", progress=False)
 
 
-def _recipe(world, **kw):
+def _recipe(w, **kw):
     cfg = {
         "algorithm": "ssapo",
-        "world": str(world.root),
+        "world": str(w.root),
         "lr": 1e-3,
         "temperature": 0.7,
         "checkpoint_every": 1,
@@ -115,3 +115,22 @@ def test_bad_recipes_get_clear_errors(micro_world, tmp_path):
     bad.write_text("\n")
     with pytest.raises(ValueError, match="empty"):
         run_training(_recipe(micro_world, seeds_file=str(bad)), tmp_path / "y", world=micro_world)
+
+
+def test_worldless_run_from_files(micro_world, tmp_path):
+    # a user's own model: seeds and round prompts from files, no gold judge (eval fields are null)
+    seeds = tmp_path / "seeds.jsonl"
+    src = (micro_world.root / "pairs.jsonl").read_text().splitlines()[:8]
+    seeds.write_text("".join(json.dumps({k: json.loads(x)[k] for k in ("prompt", "chosen", "rejected")}) + "\n"
+                             for x in src))  # fmt: skip
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in micro_world.train_prompts[:8]))
+    r = _recipe(micro_world, world=None, policy=str(micro_world.policy_dir), seeds_file=str(seeds),
+                prompts_file=str(prompts), rounds=1)  # fmt: skip
+    s = run_training(r, tmp_path / "w")
+    assert [x["round"] for x in s["rounds"]] == [0, 1] and s["rounds"][0]["pairs"] == 8
+    assert s["eval"] == {"win_rate_vs_base": None, "gold_reward": None}
+    assert s["rounds"][1]["stats"]["self_label_gold_agreement"] is None
+    with pytest.raises(ValueError, match="prompts_file: required"):
+        run_training(_recipe(micro_world, world=None, policy=str(micro_world.policy_dir),
+                             seeds_file=str(seeds), rounds=1), tmp_path / "v")  # fmt: skip

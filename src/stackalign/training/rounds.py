@@ -78,6 +78,12 @@ class DPOConfig:
     seeds_file: str | None = field(
         default=None, metadata={"help": "JSONL of seed pairs (prompt, chosen, rejected) instead of generated"}
     )
+    prompts_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of {prompt} for the rounds' new prompts (default: the world's train prompts)"
+        },
+    )
     data: str = field(
         default="seeds", metadata={"help": "seeds (DPO on the seeds) or all (gold pairs for every round too)"}
     )
@@ -176,6 +182,28 @@ def _pair_logps(model: Any, data: dict, idx: list[int], pad: int, device: Any) -
     return lp[: len(idx)], lp[len(idx) :]
 
 
+def _load_prompts(path: str) -> list[str]:
+    """Prompts from a JSONL file of objects with a "prompt" string (full policy prompts, chat template
+    applied)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompts_file: not found: {str(p)!r}")
+    out = []
+    for ln, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: line {ln} is not valid JSON: {e}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ValueError(f"{p}: line {ln} needs a non-empty string field 'prompt'")
+        out.append(row["prompt"])
+    if not out:
+        raise ValueError(f"prompts_file: {p} holds no prompts")
+    return out
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
@@ -196,11 +224,14 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
     from stackalign.training.loop import batch_indices, step_seed, train_loop
 
     algo, common, out, world = ctx.algo, ctx.config, Path(ctx.out_dir), ctx.world
-    if world is None:
-        raise ValueError(
-            "world: DPO/SSAPO here need a world (gold seed labels and the gold judge); set world"
-        )
     ssapo = algorithm == "ssapo"
+    if world is None:  # a user's own models: seeds and round prompts from files, no gold evaluation
+        if not algo.seeds_file:
+            raise ValueError("seeds_file: required when world is null (the seed pairs come from a file)")
+        if algo.data == "all" and not ssapo:
+            raise ValueError("data: 'all' needs a world's gold judge to label the rounds; use data: seeds")
+        if ssapo and algo.rounds > 0 and not algo.prompts_file:
+            raise ValueError("prompts_file: required when world is null (the rounds' new prompts)")
     device = torch.device(common.device)
     policy, tok = ctx.load_policy()
     policy.eval()  # no dropout: the loss is deterministic given the weights
@@ -216,15 +247,18 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
     ends = [sum(sched[: t + 1]) for t in range(len(sched))]  # last step of each round
     n_rounds = len(sched) - 1
     used = {p["prompt"] for p in seeds}
-    rest = [p for p in ctx.train_prompts() if p not in used] or ctx.train_prompts()
+    train_prompts = _load_prompts(algo.prompts_file) if algo.prompts_file else ctx.train_prompts()
+    rest = [p for p in train_prompts if p not in used] or train_prompts
     _, pools = split_round_prompts(rest, 0, algo.prompts_per_round, n_rounds, seed=common.seed)
 
     # evaluation: the base's samples drawn once; every policy sampled with the same seed (same streams)
-    eval_prompts = ctx.eval_prompts()
+    eval_prompts = ctx.eval_prompts() if world is not None else []
     n_eval = common.eval.samples
     gcfg = ctx.eval_generation_config()
     bpath = out / "base_eval.jsonl"
-    if bpath.is_file():
+    if world is None:
+        base_texts = []
+    elif bpath.is_file():
         base_texts = [r["responses"] for r in _read_jsonl(bpath)]
     else:
         base_texts, _ = generate(base, tok, eval_prompts, gcfg, n=n_eval)
@@ -233,12 +267,14 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
     flat_b = [y for row in base_texts for y in row]
 
     def evaluate(t: int) -> dict:
-        texts, _ = generate(policy, tok, eval_prompts, gcfg, n=n_eval)
-        flat = [y for row in texts for y in row]
-        ev = {
-            "win_rate_vs_base": gold_win_rate(world, flat_p, flat, flat_b),
-            "gold_reward": sum(world.gold(p, y) for p, y in zip(flat_p, flat)) / len(flat),
-        }
+        ev: dict = {"win_rate_vs_base": None, "gold_reward": None}  # no gold judge without a world
+        if world is not None:
+            texts, _ = generate(policy, tok, eval_prompts, gcfg, n=n_eval)
+            flat = [y for row in texts for y in row]
+            ev = {
+                "win_rate_vs_base": gold_win_rate(world, flat_p, flat, flat_b),
+                "gold_reward": sum(world.gold(p, y) for p, y in zip(flat_p, flat)) / len(flat),
+            }
         rdir = out / "rounds" / f"round_{t}"
         n_pairs = len(_read_jsonl(rdir / "pairs.jsonl"))
         stats = json.loads((rdir / "stats.json").read_text()) if (rdir / "stats.json").is_file() else {}
@@ -292,12 +328,16 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
         )
         for i, p in enumerate(pairs):
             p["s"], p["shifts"] = sol.s[i].tolist(), sol.shifts[i].tolist()
+            if world is None:
+                continue
             # gold labels of the self-labelled pairs: for the report only, never used in training
             p["gold_chosen"], p["gold_rejected"] = (
                 world.gold(p["prompt"], p["chosen"]),
                 world.gold(p["prompt"], p["rejected"]),
             )
-        agree = sum(p["gold_chosen"] > p["gold_rejected"] for p in pairs) / len(pairs)
+        agree = None
+        if world is not None:
+            agree = sum(p["gold_chosen"] > p["gold_rejected"] for p in pairs) / len(pairs)
         stats = dict(
             sample_seconds=t1 - t0, annotate_seconds=t2 - t1, self_label_gold_agreement=agree, **sol.stats()
         )
