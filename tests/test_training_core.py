@@ -162,8 +162,10 @@ def test_recipe_validation_names_the_problem(tmp_path):
     assert (r.common.steps, r.algo.shaping, r.common.eval.every) == (3, "vanilla", 1)
     with pytest.raises(RecipeError, match="did you mean 'group_size'"):
         train_recipe_from_dict({"algorithm": "rl", "group_sise": 4})
-    with pytest.raises(RecipeError, match="eval.samples: expected an integer"):
+    with pytest.raises(RecipeError, match="eval.samples: input should be a valid integer"):
         train_recipe_from_dict({"eval": {"samples": "many"}})
+    with pytest.raises(RecipeError, match="eval.limit: must be >= 1"):
+        train_recipe_from_dict({"eval": {"limit": 0}})
     with pytest.raises(RecipeError, match="steps: must be >= 1"):
         train_recipe_from_dict({}, ["steps=0"])
     with pytest.raises(RecipeError, match="algorithm: unknown 'ppo'"):
@@ -251,3 +253,54 @@ def test_kill9_and_resume_gives_bit_identical_weights(micro_world, tmp_path):
     from stackalign.models import load_policy
 
     load_policy(tmp_path / "b" / "final")
+
+
+def test_reference_thresholds_are_the_shapers_threshold_of_reference_samples_and_cached(
+    micro_world, tmp_path
+):
+    import stackalign.training.rl as rl
+    from stackalign.decoding.common import GenerationConfig
+    from stackalign.training.pg import sample_group
+
+    ref, tok = micro_world.load_policy()
+    rm = micro_world.load_reward_model()
+    shaper = rl.make_shaper(rl.RLConfig())
+    gen = GenerationConfig(max_new_tokens=10, stop_strings=tuple(micro_world.stop_strings))
+    prompts = micro_world.train_prompts[:3]
+    kw = dict(reference=ref, tokenizer=tok, reward_model=rm, shaper=shaper, n=5, gen_config=gen, seed=7)
+    m = rl.reference_thresholds(prompts, cache_path=tmp_path / "m.json", **kw)
+    res = sample_group(ref, tok, prompts, 5, gen, seed=7, step=0, salt="reference")
+    r = rm(*res.flat()).double().view(3, 5)
+    torch.testing.assert_close(m, shaper.threshold(r))
+    # a second call reads the cache instead of sampling again
+    orig = rl.sample_group
+    rl.sample_group = None  # would fail if called
+    try:
+        torch.testing.assert_close(rl.reference_thresholds(prompts, cache_path=tmp_path / "m.json", **kw), m)
+    finally:
+        rl.sample_group = orig
+
+
+def test_rl_end_to_end_with_reference_thresholds_and_kl_loss_term(micro_world, tmp_path):
+    from stackalign.training import run_training
+
+    recipe = train_recipe_from_dict(
+        yaml.safe_load(_micro_recipe(micro_world, tmp_path / "r.yaml").read_text()),
+        [
+            "steps=2",
+            "threshold_source=reference",
+            "reference_samples=4",
+            "kl_placement=loss",
+            "kl_estimator=k2",
+        ],
+    )
+    s = run_training(recipe, tmp_path / "run", world=micro_world)
+    assert s["algorithm"] == "rl" and s["shaping"] == "srs"
+    assert set(s["eval"]) >= {"gold_reward", "proxy_reward", "kl", "base_gold_reward"}
+    assert [c["step"] for c in s["curve"]] == [0, 2] and s["curve"][0]["kl"] == 0.0
+    assert set(s["curve"][1]) == {"step", "kl", "proxy_reward", "gold_reward"}
+    assert len(json.loads((tmp_path / "run" / "reference_thresholds.json").read_text())) == 4  # 2 steps x 2
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["kl_loss"] > 0  # the k2 loss term is active once the policy moved
+    for f in ("config.json", "summary.json", "report.md", "training_curves.png", "final/model.safetensors"):
+        assert (tmp_path / "run" / f).exists(), f

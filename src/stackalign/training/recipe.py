@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from stackalign.runner.recipe import RecipeError, _build, apply_overrides
+from stackalign.config import build
+from stackalign.runner.recipe import RecipeError, apply_overrides
 
 __all__ = [
     "ALGORITHMS",
@@ -69,15 +70,15 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"eval.limit: must be >= 1 or null, got {self.limit}")
+            raise ValueError(f"limit: must be >= 1 or null, got {self.limit}")
         if self.samples < 1:
-            raise ValueError(f"eval.samples: must be >= 1, got {self.samples}")
+            raise ValueError(f"samples: must be >= 1, got {self.samples}")
         if self.temperature < 0:
-            raise ValueError(f"eval.temperature: must be >= 0, got {self.temperature}")
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
         if self.temperature == 0 and self.samples != 1:
-            raise ValueError("eval.samples: greedy evaluation (temperature 0) draws 1 sample per prompt")
+            raise ValueError("samples: greedy evaluation (temperature 0) draws 1 sample per prompt")
         if self.every < 0:
-            raise ValueError(f"eval.every: must be >= 0, got {self.every}")
+            raise ValueError(f"every: must be >= 0, got {self.every}")
         if self.prompts not in ("world:test", "world:val", "world:train"):
             raise ValueError(
                 f"eval.prompts: expected world:test, world:val or world:train, got {self.prompts!r}"
@@ -219,12 +220,10 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
             close = difflib.get_close_matches(str(k), allowed, n=1)
             hints.append(f"{k}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise RecipeError(f"unknown key(s) {', '.join(hints)} for algorithm {name!r}; allowed: {allowed}")
-    try:
-        common = _build(TrainConfig, {k: v for k, v in data.items() if k in common_names}, "")
-        algo = _build(algo_cls, {k: v for k, v in data.items() if k in algo_names}, "")
-    except RecipeError:
-        raise
-    except (ValueError, TypeError) as e:  # __post_init__ range checks name their field
+    try:  # stackalign.config: strict types, range checks of __post_init__, the path in every message
+        common = build(TrainConfig, {k: v for k, v in data.items() if k in common_names})
+        algo = build(algo_cls, {k: v for k, v in data.items() if k in algo_names})
+    except ValueError as e:
         raise RecipeError(str(e)) from None
     return ResolvedRecipe(common, algo, train_fn)
 
