@@ -195,3 +195,14 @@ def test_round_prompt_pools_are_disjoint_and_seeded():
     flat = seed_pool + [p for pool in pools for p in pool]
     assert len(flat) == len(set(flat)) == 46
     assert split_round_prompts(ps, 10, 12, 3, seed=4) == (seed_pool, pools)
+
+
+def test_grouped_lp_is_feasible_for_the_global_one_so_its_value_is_lower():
+    from stackalign.training.lp_bench import lp_timing
+
+    rows = lp_timing([60], [None, 20, 7], eps=0.3)
+    glob, *grouped = rows
+    assert glob["group_size"] is None and [r["group_size"] for r in grouped] == [20, 7]
+    for r in grouped:  # merged group solutions are feasible globally: value <= the global optimum
+        assert r["worst_case_value"] <= glob["worst_case_value"] + 1e-9
+    assert grouped[1]["worst_case_value"] < glob["worst_case_value"] - 1e-6  # and smaller groups do lose some
