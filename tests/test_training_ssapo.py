@@ -92,6 +92,13 @@ def test_ssapo_micro_run_contract_and_mid_round_resume(micro_world, tmp_path, mo
     from stackalign.models import load_policy
 
     load_policy(tmp_path / "b" / "final")  # final/ is usable as a run recipe's policy
+    # a restart after every round finished (final/ lost) rebuilds final/ from the last round's model
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "final")
+    c = run_training(_recipe(micro_world), tmp_path / "b", world=micro_world)
+    wc = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wc[k]) for k in wa) and c["eval"] == a["eval"]
 
 
 def test_dpo_seeds_is_one_round_and_eps_zero_has_no_transport(micro_world, tmp_path):

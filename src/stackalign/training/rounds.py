@@ -244,7 +244,6 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
         seeds = seed_pairs(world, algo.seed_pairs, label_noise=algo.label_noise, seed=common.seed)
     seeds = validate_pairs(seeds, source="seed pairs")
     sched = round_schedule(algo, len(seeds), ssapo)
-    ends = [sum(sched[: t + 1]) for t in range(len(sched))]  # last step of each round
     n_rounds = len(sched) - 1
     used = {p["prompt"] for p in seeds}
     train_prompts = _load_prompts(algo.prompts_file) if algo.prompts_file else ctx.train_prompts()
@@ -363,12 +362,12 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
 
     from stackalign.training.loop import StepOutput, save_model_dir
 
-    offset = 0
+    trained_last = False
     for t in range(n_rounds + 1):
         rdir = out / "rounds" / f"round_{t}"
         if (rdir / "done.json").is_file() and (rdir / "model").is_dir():
-            offset += sched[t]
             continue
+        trained_last = t == n_rounds
         if t > 0:  # pi_{t-1}: the previous round's final weights (also after a restart)
             prev, _ = ctx.load_policy(str(out / "rounds" / f"round_{t - 1}" / "model"))
             policy.load_state_dict(prev.state_dict())
@@ -397,7 +396,6 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
         train_loop(policy, tok, step_fn, settings, rdir, algo_state={"round": t})
         evaluate(t)
         save_model_dir(policy, tok, rdir / "model")
-        offset += sched[t]
     # one metrics.jsonl over all rounds (global step numbers) for the trainer's plots
     rows = []
     off = 0
@@ -406,8 +404,11 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
             rows.append({**r, "step": r["step"] + off, "round_step": r["step"]})
         off += sched[t]
     save_pairs(rows, out / "metrics.jsonl")
+    if not trained_last:  # restarted after the last round finished: final/ is that round's model
+        last, _ = ctx.load_policy(str(out / "rounds" / f"round_{n_rounds}" / "model"))
+        policy.load_state_dict(last.state_dict())
     ctx.save_final(policy, tok)
     rounds = [
         json.loads((out / "rounds" / f"round_{t}" / "done.json").read_text()) for t in range(n_rounds + 1)
     ]
-    return {"rounds": rounds, "eval": rounds[-1]["eval"], "steps": ends[-1]}
+    return {"rounds": rounds, "eval": rounds[-1]["eval"], "steps": sum(sched)}
