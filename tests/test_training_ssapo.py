@@ -104,6 +104,9 @@ def test_ssapo_micro_run_contract_and_mid_round_resume(micro_world, tmp_path, mo
 def test_dpo_seeds_is_one_round_and_eps_zero_has_no_transport(micro_world, tmp_path):
     d = run_training(_recipe(micro_world, algorithm="dpo", data="seeds"), tmp_path / "d", world=micro_world)
     assert d["algorithm"] == "dpo" and [r["round"] for r in d["rounds"]] == [0] and d["steps"] == 2
+    assert (tmp_path / "d" / "rounds.png").is_file() and "rounds.png" in (
+        tmp_path / "d" / "report.md"
+    ).read_text()
     s = run_training(_recipe(micro_world, eps=0.0, rounds=1), tmp_path / "s", world=micro_world)
     assert s["rounds"][1]["stats"]["transport"] == 0.0 and s["rounds"][1]["stats"]["attacked"] == 0
 

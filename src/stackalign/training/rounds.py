@@ -411,4 +411,26 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
     rounds = [
         json.loads((out / "rounds" / f"round_{t}" / "done.json").read_text()) for t in range(n_rounds + 1)
     ]
+    if world is not None:
+        _plot_rounds(rounds, out / "rounds.png", algorithm)
     return {"rounds": rounds, "eval": rounds[-1]["eval"], "steps": sum(sched)}
+
+
+def _plot_rounds(rounds: list[dict], path: Path, algorithm: str) -> None:
+    """Gold win rate vs base and gold utility per round (report.md lists it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3))
+    ax[0].plot(t, [r["eval"]["win_rate_vs_base"] for r in rounds], "o-")
+    ax[0].axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax[0].set(xlabel="round", ylabel="gold win rate vs base", xticks=t)
+    ax[1].plot(t, [r["eval"]["gold_reward"] for r in rounds], "o-")
+    ax[1].set(xlabel="round", ylabel="gold utility", xticks=t)
+    fig.suptitle(algorithm)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
