@@ -219,8 +219,15 @@ def _train_cmd(recipe: Path, out: Path) -> list[str]:
 def test_kill9_and_resume_gives_bit_identical_weights(micro_world, tmp_path):
     recipe = _micro_recipe(micro_world, tmp_path / "r.yaml")
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    # the uninterrupted run
-    subprocess.run(_train_cmd(recipe, tmp_path / "a"), env=env, check=True, capture_output=True)
+    # the uninterrupted run, in this process (one thread, like the subprocesses)
+    from stackalign.training import load_train_recipe, run_training
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_training(load_train_recipe(recipe), tmp_path / "a", world=micro_world)
+    finally:
+        torch.set_num_threads(threads)
     # the same run, killed after its first checkpoint (mid-step), then restarted with the same command
     proc = subprocess.Popen(
         _train_cmd(recipe, tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

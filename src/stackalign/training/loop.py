@@ -200,6 +200,8 @@ def save_model_dir(model: Any, tokenizer: Any, path: str | Path) -> Path:
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+    for stale in path.parent.glob(f".tmp-{path.name}-*"):  # left by a process killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     return path
 
 

@@ -65,14 +65,17 @@ def plot_overoptimisation(runs: list[Path], out_png: Path) -> Path:
     for r in runs:
         by_world.setdefault(_world_of(r), []).append(r)
     fig, axes = plt.subplots(len(by_world), 2, figsize=(10, 3.6 * len(by_world)), squeeze=False)
-    colors = {"vanilla": "tab:blue", "meanstd": "tab:orange", "srs official-cd": "tab:green"}
+    # one colour per label across all panels (tab10 order: vanilla, meanstd, srs, then the rest)
+    labels = list(dict.fromkeys(label_of(r) for r in runs))
+    palette = plt.get_cmap("tab10").colors
+    colors = {lab: palette[i % len(palette)] for i, lab in enumerate(labels)}
     for row, (world, rs) in zip(axes, by_world.items()):
         for r in rs:
             s = json.loads((r / "summary.json").read_text())
             c = sorted(s["curve"], key=lambda p: p["step"])
             kl = [max(p["kl"], 0.0) for p in c]  # the k1 estimate can dip below 0 near the start
             lab = label_of(r)
-            col = colors.get(lab, None)
+            col = colors[lab]
             row[0].plot(kl, [p["proxy_reward"] for p in c], marker="o", ms=3, label=lab, color=col)
             row[1].plot(kl, [p["gold_reward"] for p in c], marker="o", ms=3, label=lab, color=col)
         name = Path(world).name if world not in ("default", "None") else world

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from stackalign.config import build
+from stackalign.config import build as _build
 from stackalign.runner.recipe import RecipeError, apply_overrides
 
 __all__ = [
@@ -221,8 +221,8 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
             hints.append(f"{k}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise RecipeError(f"unknown key(s) {', '.join(hints)} for algorithm {name!r}; allowed: {allowed}")
     try:  # stackalign.config: strict types, range checks of __post_init__, the path in every message
-        common = build(TrainConfig, {k: v for k, v in data.items() if k in common_names})
-        algo = build(algo_cls, {k: v for k, v in data.items() if k in algo_names})
+        common = _build(TrainConfig, {k: v for k, v in data.items() if k in common_names})
+        algo = _build(algo_cls, {k: v for k, v in data.items() if k in algo_names})
     except ValueError as e:
         raise RecipeError(str(e)) from None
     return ResolvedRecipe(common, algo, train_fn)
