@@ -1,4 +1,4 @@
-"""SGPO's follower: the worst-case distribution of DPO margins in a Wasserstein-1 ball (SPEC §5; research/sgpo.md §2-4).
+"""SGPO's follower: the worst-case distribution of DPO margins in a Wasserstein-1 ball (arXiv 2502.18099, Sections 2-3).
 
 SGPO (Chu et al., arXiv 2502.18099) plays the policy (leader) against an adversary (follower) that moves
 the empirical distribution of DPO margins xi_i = beta [log pi/pi_ref (y_w) - log pi/pi_ref (y_l)] within
@@ -42,7 +42,8 @@ Grouping (Section 3.4): `group_size=G` solves consecutive groups of G pairs sepa
 merges them (the merged distribution is still within eps; the value is a lower bound of the global one).
 
 The leader's use of the worst case: `shifted_dpo_loss(margins, s, shifts)` = mean_i sum_k s_ik l(margin_i - d_ik),
-the smooth margin-space loss recommended in research/sgpo.md §4.
+the smooth margin-space form of the leader loss of Section 3.3 (`shifted_dpo_pair_losses` per pair);
+`probability_shifted_pair_losses` is the official release's probability-space form.
 """
 
 from __future__ import annotations
