@@ -22,7 +22,7 @@ attention mask, randomness is per prompt).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,10 +54,11 @@ from stackalign.decoding.rm_cache import (
     supports_incremental,
 )
 from stackalign.decoding.sampling import lm_forward
+from stackalign.shaping.resolve import describe_shaper, resolve_shaper
 
 Tensor = torch.Tensor
 
-__all__ = ["ARGSConfig", "args_generate", "resolve_shaper", "make_scorer"]
+__all__ = ["ARGSConfig", "args_generate", "make_scorer"]
 
 RM_MODES = ("auto", "fast", "reference", "text")
 RM_CACHES = ("auto", "tree", "repeat")
@@ -112,18 +113,6 @@ class ARGSConfig:
                 raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
 
 
-def resolve_shaper(shaper: Any) -> Callable | None:
-    """None / a callable pass through; a string is a preset ("paper", "official-args", "official-cd") or a
-    shaper name ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")."""
-    if shaper is None or callable(shaper):
-        return shaper
-    if isinstance(shaper, str):
-        from stackalign.shaping import PRESETS, get_preset, get_shaper
-
-        return get_preset(shaper) if shaper in PRESETS else get_shaper(shaper)
-    raise ValueError(f"shaper: expected None, a name or a callable, got {shaper!r}")
-
-
 def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
     """The candidate scorer for ``config.rm_mode`` / ``config.rm_cache`` (see ``rm_cache.py``)."""
     why_not = supports_incremental(policy_tokenizer, rm)
@@ -147,14 +136,6 @@ def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
         )
         strategy = "tree" if impl in ("eager", "sdpa") and not sliding else "repeat"
     return TreeScorer(rm) if strategy == "tree" else RepeatScorer(rm)
-
-
-def _describe(shaper: Any) -> Any:
-    if shaper is None:
-        return None
-    if dataclasses.is_dataclass(shaper):
-        return dataclasses.asdict(shaper)
-    return repr(shaper)
 
 
 @torch.no_grad()
@@ -250,7 +231,7 @@ def args_generate(
         "beta": beta,
         "w": w,
         "scorer": scorer_name,
-        "shaper": _describe(shaper),
+        "shaper": describe_shaper(shaper),
         "per_prompt_threshold": m_all is not None,
         "generation": generation.to_dict(),
     }

@@ -6,6 +6,7 @@
 """
 
 from stackalign.shaping.presets import PRESETS, Preset, get_preset
+from stackalign.shaping.resolve import describe_shaper, resolve_shaper
 from stackalign.shaping.shapers import SHAPERS, Shaper, effective_budget, get_shaper
 from stackalign.shaping.threshold import F_value, stackelberg_threshold, threshold_from_log_gamma
 
@@ -16,7 +17,9 @@ __all__ = [
     "Shaper",
     "F_value",
     "effective_budget",
+    "describe_shaper",
     "get_preset",
+    "resolve_shaper",
     "get_shaper",
     "stackelberg_threshold",
     "threshold_from_log_gamma",
