@@ -246,14 +246,6 @@ def test_w_defaults_to_the_shapers_beta():
 
 
 # ------------------------------------------------------------------------------------------ micro world
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    worlds = pytest.importorskip("stackalign.worlds")
-    if not hasattr(worlds, "build_world"):
-        pytest.skip("stackalign.worlds.build_world not available")
-    return worlds.build_world(tmp_path_factory.mktemp("micro"), preset="micro", progress=False)
-
-
 def test_micro_world_fast_equals_reference(micro):
     policy, tok = micro.load_policy()
     rm = micro.load_reward_model()

@@ -118,7 +118,9 @@ class ARGSLogitsProcessor(_Base):
         self.shaper = resolve_shaper(shaper)
         self.tokenizer = tokenizer if tokenizer is not None else getattr(self.rm, "tokenizer", None)
         if self.tokenizer is None:
-            raise ValueError("tokenizer: a text-level reward needs the policy's tokenizer to decode candidates")
+            raise ValueError(
+                "tokenizer: a text-level reward needs the policy's tokenizer to decode candidates"
+            )
         self.pad_id = getattr(self.tokenizer, "pad_token_id", None)
         eos = getattr(self.tokenizer, "eos_token_id", None)
         # the ids generate() may feed a finished row (its pad_token_id defaults to the EOS id)
@@ -180,7 +182,9 @@ class ARGSLogitsProcessor(_Base):
             raise ValueError(f"ARGSLogitsProcessor cannot run inside this generate() mode: {why}")
         self.reset()
         if self.k > len(self.tokenizer):
-            raise ValueError(f"k: {self.k} candidates but the vocabulary has only {len(self.tokenizer)} tokens")
+            raise ValueError(
+                f"k: {self.k} candidates but the vocabulary has only {len(self.tokenizer)} tokens"
+            )
         prompt_ids = [self._strip_left_pad(row) for row in input_ids.tolist()]
         prompts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in prompt_ids]
         self.scorer = make_scorer(self.tokenizer, self.rm, self.config)
@@ -219,4 +223,3 @@ class ARGSLogitsProcessor(_Base):
         keep = hit.nonzero().squeeze(-1)
         self.scorer.select(keep)
         self._rows = self._rows[keep]
-
