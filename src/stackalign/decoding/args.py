@@ -52,6 +52,7 @@ from stackalign.decoding.rm_cache import (
     TextScorer,
     TreeScorer,
     supports_incremental,
+    tree_mask_unsupported,
 )
 from stackalign.decoding.sampling import lm_forward
 from stackalign.shaping.resolve import describe_shaper, resolve_shaper
@@ -117,25 +118,28 @@ def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
     """The candidate scorer for ``config.rm_mode`` / ``config.rm_cache`` (see ``rm_cache.py``)."""
     why_not = supports_incremental(policy_tokenizer, rm)
     mode = config.rm_mode
+    reason = None  # why an automatic choice fell back from the fastest scorer (recorded in the run's meta)
     if mode == "auto":
         mode = "fast" if why_not is None else "text"
+        reason = None if why_not is None else f"text scoring: {why_not}"
     if mode in ("fast", "reference") and why_not is not None:
         raise ValueError(
             f"rm_mode={mode!r} scores token ids and needs the reward model to share the policy's tokenizer, "
             f"but {why_not}; use rm_mode='text' (or 'auto')"
         )
     if mode == "text":
-        return TextScorer(rm, policy_tokenizer, config.text_batch_size)
-    if mode == "reference":
-        return FullRecomputeScorer(rm, config.reference_chunk_size)
-    strategy = config.rm_cache
-    if strategy == "auto":
-        impl = getattr(rm.model.config, "_attn_implementation", "sdpa") or "sdpa"
-        sliding = getattr(rm.model.config, "sliding_window", None) and any(
-            t != "full_attention" for t in (getattr(rm.model.config, "layer_types", None) or ["sliding"])
-        )
-        strategy = "tree" if impl in ("eager", "sdpa") and not sliding else "repeat"
-    return TreeScorer(rm) if strategy == "tree" else RepeatScorer(rm)
+        scorer: Scorer = TextScorer(rm, policy_tokenizer, config.text_batch_size)
+    elif mode == "reference":
+        scorer = FullRecomputeScorer(rm, config.reference_chunk_size)
+    else:
+        strategy = config.rm_cache
+        if strategy == "auto":
+            why_not_tree = tree_mask_unsupported(rm.model)
+            strategy = "tree" if why_not_tree is None else "repeat"
+            reason = None if why_not_tree is None else f"repeat-and-select: {why_not_tree}"
+        scorer = TreeScorer(rm) if strategy == "tree" else RepeatScorer(rm)
+    scorer.reason = reason
+    return scorer
 
 
 @torch.no_grad()
@@ -200,11 +204,11 @@ def args_generate(
     cost = Cost()
     texts: list[str] = []
     token_ids: list[list[int]] = []
-    scorer_name = None
+    scorer_name = scorer_reason = None
     with Timer(cost, device):
         for s in range(0, len(prompts), config.batch_size):
             scorer = make_scorer(tokenizer, rm, config)
-            scorer_name = scorer.name
+            scorer_name, scorer_reason = scorer.name, scorer.reason
             rows = _decode_batch(
                 policy,
                 scorer,
@@ -231,6 +235,7 @@ def args_generate(
         "beta": beta,
         "w": w,
         "scorer": scorer_name,
+        "scorer_reason": scorer_reason,
         "shaper": describe_shaper(shaper),
         "per_prompt_threshold": m_all is not None,
         "generation": generation.to_dict(),

@@ -13,7 +13,7 @@ The official code runs the k candidates against a k-times tiled KV cache and the
 the chosen token to advance its real cache. Here the candidate pass is reused, so each step costs one LM
 forward of k query tokens and nothing else:
 
-  * lookahead="tree" (default): the k candidates go in as one query of length k at the same position,
+  * lookahead="tree" (what "auto", the default, picks when it can): the k candidates go in as one query of length k at the same position,
     with a 4D additive mask that lets candidate i see the (unpadded) prefix and itself only. Afterwards
     the chosen candidate's key/value entry is moved into the first new cache slot and the cache is cut
     back to prefix + 1. The cache stays batch x L (no k-times copy); the chosen candidate's logits are
@@ -37,7 +37,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -81,14 +81,20 @@ class CDConfig:
     )
     num_blocks: int = field(default=4, metadata={"help": "blockwise: K continuations per block"})
     block_size: int = field(default=8, metadata={"help": "blockwise: M tokens per block"})
-    lookahead: str = field(default="tree", metadata={"help": "tokenwise cache strategy: 'tree' or 'repeat'"})
+    lookahead: str = field(
+        default="auto",
+        metadata={
+            "help": "tokenwise cache strategy: 'tree', 'repeat', or 'auto' (tree unless the model has "
+            "sliding-window layers or an attention kernel without 4D masks; the run's meta records why)"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
 
     def __post_init__(self) -> None:
         if self.mode not in ("tokenwise", "blockwise"):
             raise ValueError(f"mode: expected 'tokenwise' or 'blockwise', got {self.mode!r}")
-        if self.lookahead not in ("tree", "repeat"):
-            raise ValueError(f"lookahead: expected 'tree' or 'repeat', got {self.lookahead!r}")
+        if self.lookahead not in ("auto", "tree", "repeat"):
+            raise ValueError(f"lookahead: expected 'auto', 'tree' or 'repeat', got {self.lookahead!r}")
         for name in ("top_k", "num_blocks", "block_size", "batch_size"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
@@ -397,6 +403,12 @@ def controlled_decode(
         raise ValueError("controlled_decode: a value_head is required unless mode='tokenwise' and lam=0")
     if cfg.mode == "blockwise" and gen.greedy:
         raise ValueError("blockwise CD samples its blocks from the base: generation.temperature must be > 0")
+    lookahead_reason = None
+    if cfg.lookahead == "auto":
+        from stackalign.decoding.rm_cache import tree_mask_unsupported
+
+        lookahead_reason = tree_mask_unsupported(model)
+        cfg = replace(cfg, lookahead="tree" if lookahead_reason is None else "repeat")
     device = model_device(model)
     if value_head is not None:
         hidden = model.config.get_text_config().hidden_size
@@ -430,6 +442,7 @@ def controlled_decode(
     meta = {
         "decoder": f"cd_{cfg.mode}",
         "cd": asdict(cfg),
+        "lookahead_reason": lookahead_reason,
         "generation": gen.to_dict(),
         "value_evals": value_evals,
         "new_tokens": sum(len(t) for t in token_ids),

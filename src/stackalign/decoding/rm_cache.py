@@ -57,6 +57,7 @@ __all__ = [
     "FullRecomputeScorer",
     "TextScorer",
     "supports_incremental",
+    "tree_mask_unsupported",
     "crop_cache",
 ]
 
@@ -90,6 +91,23 @@ def supports_incremental(policy_tokenizer: Any, rm: Any) -> str | None:
     return None
 
 
+def tree_mask_unsupported(model: Any) -> str | None:
+    """None if ``model`` can run k candidates under a 4D tree mask over one KV cache, else why not.
+
+    Needs eager or SDPA attention (FlashAttention / flex kernels take no arbitrary 4D additive mask) and
+    no sliding-window layer (a sliding layer's cache keeps only the last ``window`` entries and HF builds
+    its window mask itself, so cropping k candidates back out is not exact)."""
+    cfg = model.config
+    impl = getattr(cfg, "_attn_implementation", None) or "sdpa"
+    if impl not in ("eager", "sdpa"):
+        return f"attention implementation {impl!r} takes no 4D tree mask"
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if window and (types is None or any(t != "full_attention" for t in types)):
+        return f"sliding-window attention layers (window {window})"
+    return None
+
+
 def crop_cache(cache: Any, length: int) -> None:
     """Keep the first ``length`` positions of every layer of a DynamicCache (version-independent crop)."""
     for layer in cache.layers:
@@ -111,6 +129,7 @@ class Scorer:
 
     def __init__(self) -> None:
         self.cost = Cost()
+        self.reason: str | None = None  # why this scorer was chosen over a faster one (set by make_scorer)
 
     def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
         raise NotImplementedError
