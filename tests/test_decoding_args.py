@@ -168,6 +168,8 @@ def test_per_prompt_threshold_is_used():
         args_generate(policy, tok, rm, PROMPTS, None, GEN, shaper=srs, thresholds=[0.0, 1.0])
     with pytest.raises(ValueError, match="need a shaper"):
         args_generate(policy, tok, rm, PROMPTS, None, GEN, thresholds=[0.0] * 3)
+    with pytest.raises(ValueError, match="need a shaper that uses them"):  # meanstd has no threshold
+        args_generate(policy, tok, rm, PROMPTS, None, GEN, shaper="meanstd", thresholds=[0.0] * 3)
 
 
 def test_reward_weight_steers_decoding():

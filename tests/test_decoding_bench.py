@@ -39,11 +39,11 @@ def test_bench_sample_table(capsys):
     assert "shared_prefill" in text and "hf_over_shared" in text
 
 
-def test_bench_cd_dispatches_to_cd_bench(monkeypatch):
+def test_bench_cd_dispatches_to_bench_cd(monkeypatch):
     seen = {}
-    fake = types.ModuleType("stackalign.decoding.cd_bench")
+    fake = types.ModuleType("stackalign.bench.cd")
     fake.main = lambda args: seen.setdefault("which", args.which) and 0
-    monkeypatch.setitem(sys.modules, "stackalign.decoding.cd_bench", fake)
+    monkeypatch.setitem(sys.modules, "stackalign.bench.cd", fake)
     assert bench.main(_ns("cd")) == 0
     assert seen == {"which": "cd"}
 

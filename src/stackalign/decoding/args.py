@@ -9,7 +9,7 @@ At every step, for every row:
 3. shape the rewards: ``s = shaper(r, weights=softmax(l), threshold=m)``. With no per-prompt threshold the
    shaper computes its threshold over the k candidates, weighted by their base probabilities (the
    ``official-args`` preset); with ``thresholds=`` (one per prompt, e.g. a Monte Carlo estimate from
-   :mod:`stackalign.decoding.threshold`) it uses that m instead. No shaper = vanilla ARGS (raw r);
+   :mod:`stackalign.decoding.mc`) it uses that m instead. No shaper = vanilla ARGS (raw r);
 4. fuse ``l_j + w * s_j`` with ``w = 1/beta``; greedy takes the argmax, stochastic samples from
    ``softmax(fused / temperature)`` over the k candidates;
 5. the row ends at an EOS / end-of-turn id or a stop string (unless ``ignore_eos``); finished rows leave the
@@ -184,8 +184,11 @@ def args_generate(
         raise ValueError(f"k: {config.k} candidates but the vocabulary has only {len(tokenizer)} tokens")
     m_all = None
     if thresholds is not None:
-        if shaper is None:
-            raise ValueError("thresholds: per-prompt thresholds need a shaper that uses them (e.g. 'srs')")
+        if shaper is None or not getattr(shaper, "uses_threshold", True):
+            raise ValueError(
+                f"thresholds: per-prompt thresholds need a shaper that uses them ('srs', 'hard' or a preset), "
+                f"got {describe_shaper(shaper)!r}"
+            )
         m_all = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
         if m_all.numel() != len(prompts):
             raise ValueError(f"thresholds: got {m_all.numel()} values for {len(prompts)} prompts")
