@@ -205,51 +205,14 @@ class _Tokenwise(_Run):
         self.dtype = next(self.model.parameters()).dtype
         self.k = min(cfg.top_k, batch.logits.shape[-1])
         if cfg.lookahead == "tree":
-            for layer in batch.cache.layers:
-                if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
-                    raise ValueError(
-                        "tokenwise CD lookahead='tree' needs a plain dynamic KV cache; this model's cache has "
-                        f"{type(layer).__name__} layers. Use lookahead='repeat'."
-                    )
-            # The tree mask, kept incrementally: `prefix` (b, 1, 1, L) hides the left padding of the cached
-            # prefix, `own` (1, 1, k, k) lets candidate i see itself only. SDPA takes a boolean mask
-            # (True = attend; cheaper on CPU); other attention kernels add a float bias (0 or min).
-            self.bool_mask = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
-            eye = torch.eye(self.k, dtype=torch.bool, device=batch.device)
-            self.prefix = self._mask_value(batch.mask.bool())[:, None, None, :]
-            self.own = self._mask_value(eye)[None, None]
-            self.grow = self._mask_value(torch.ones(1, 1, 1, 1, dtype=torch.bool, device=batch.device))
+            from stackalign.decoding.tree import TreeLookahead, check_plain_cache
+
+            check_plain_cache(batch.cache, "Use lookahead='repeat' (or 'auto').")
+            self.tree = TreeLookahead(
+                self.model.base_model, batch.cache, batch.mask, batch.mask.sum(-1), self.dtype
+            )
         else:
             batch.cache.batch_repeat_interleave(self.k)
-
-    def _mask_value(self, allowed: Tensor) -> Tensor:
-        if self.bool_mask:
-            return allowed
-        neg = torch.finfo(self.dtype).min
-        return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(~allowed, neg)
-
-    def _tree_hidden(self, cand: Tensor) -> Tensor:
-        """Hidden states (b, k, H) of every row's k candidates: one query of k tokens at the same position;
-        candidate i attends to the row's unpadded prefix and to itself only."""
-        b, k = cand.shape
-        past = self.prefix.shape[-1]
-        attn = torch.cat([self.prefix.expand(b, 1, k, past), self.own.expand(b, 1, k, k)], dim=-1)
-        return final_hidden(self.model, cand, attn, self.b.next_position().expand(b, k), self.b.cache)
-
-    def _tree_keep(self, choice: Tensor, past: int) -> None:
-        """Move the chosen candidate's K/V entry into slot `past` and drop the other k - 1 new entries."""
-        n = choice.shape[0]
-        src = past + (int(choice[0]) if n == 1 else choice)  # one row: a plain slice, no gather
-        rows = torch.arange(n, device=choice.device) if n > 1 else None
-        for layer in self.b.cache.layers:
-            for name in ("keys", "values"):
-                t = getattr(layer, name)
-                if rows is None:
-                    t[:, :, past].copy_(t[:, :, src])
-                else:
-                    t[:, :, past] = t[rows, :, src]
-                setattr(layer, name, t[:, :, : past + 1])
-        self.prefix = torch.cat([self.prefix, self.grow.expand(n, 1, 1, 1)], dim=-1)
 
     def _repeat_hidden(self, cand: Tensor) -> Tensor:
         """Hidden states (b, k, H): the k candidates as k rows of one token against the k-times tiled cache."""
@@ -265,8 +228,7 @@ class _Tokenwise(_Run):
         # row, and argmax / softmax over the row ignore it, so it is never computed.
         top_logits, cand = batch.logits.topk(k, dim=-1)  # (n, k)
         top_logp = top_logits / cfg.score_temperature
-        past = batch.mask.shape[1]
-        h = self._tree_hidden(cand) if cfg.lookahead == "tree" else self._repeat_hidden(cand)
+        h = self.tree.forward(cand) if cfg.lookahead == "tree" else self._repeat_hidden(cand)
         self.cost.lm_tokens += n * k
         self.cost.lm_calls += 1
         score = top_logp
@@ -285,7 +247,7 @@ class _Tokenwise(_Run):
             rows = torch.arange(n, device=batch.device)
             chosen_h, tokens = h[rows, choice], cand[rows, choice].tolist()
         if cfg.lookahead == "tree":
-            self._tree_keep(choice, past)
+            self.tree.keep_choice(choice)  # the chosen candidate's K/V entry becomes the next cache slot
         else:
             batch.cache.batch_select_indices(
                 (torch.arange(n, device=batch.device) * k + choice).repeat_interleave(k)
@@ -304,7 +266,9 @@ class _Tokenwise(_Run):
         if len(keep) < len(batch.rows):
             index = None
             if self.cfg.lookahead == "tree":
-                self.prefix = self.prefix[keep]
+                self.tree.select(
+                    torch.tensor(keep, dtype=torch.long, device=batch.device), cache=False
+                )  # drop() selects it
             else:
                 kk = torch.tensor(keep, device=batch.device)
                 index = (kk[:, None] * self.k + torch.arange(self.k, device=batch.device)).flatten()

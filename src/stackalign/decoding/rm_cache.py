@@ -15,7 +15,8 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
   chosen token and itself only, and all k candidates get the same position id. The score head is applied to
   the backbone's hidden state at every candidate position (a decoder classifier's head is per position; HF
   pools afterwards). Then the cache is cropped back to prefix + chosen token. Cost per step: k+1 RM tokens
-  per row, O(L) cache memory, no cache copies.
+  per row, O(L) cache memory, no cache copies. The tree step itself is
+  :class:`stackalign.decoding.tree.TreeLookahead`, shared with controlled decoding's lookahead.
 * :class:`RepeatScorer` (fast fallback): repeat-and-select. Repeat the prefix cache k times
   (``batch_repeat_interleave``), feed the k candidates as a batch of one-token queries, and keep the chosen
   copy (``batch_select_indices``). k RM tokens per step, but a k-fold cache copy every step and k x memory.
@@ -58,7 +59,6 @@ __all__ = [
     "TextScorer",
     "supports_incremental",
     "tree_mask_unsupported",
-    "crop_cache",
 ]
 
 
@@ -106,20 +106,6 @@ def tree_mask_unsupported(model: Any) -> str | None:
     if window and (types is None or any(t != "full_attention" for t in types)):
         return f"sliding-window attention layers (window {window})"
     return None
-
-
-def crop_cache(cache: Any, length: int) -> None:
-    """Keep the first ``length`` positions of every layer of a DynamicCache (version-independent crop)."""
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
-
-
-def _plain_dynamic(cache: Any) -> bool:
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 
 
 class Scorer:
@@ -186,70 +172,37 @@ class _CachedScorer(Scorer):
 
 
 class TreeScorer(_CachedScorer):
-    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask."""
+    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask
+    (:class:`stackalign.decoding.tree.TreeLookahead`, the lookahead CD uses too)."""
 
     name = "tree"
 
     def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
-        super().start(prompt_ids, prompts)
-        if not _plain_dynamic(self.cache):
-            raise ValueError(
-                "tree scoring needs a plain DynamicCache (no sliding-window layers); use rm_cache='repeat'"
-            )
-        self.pending: Tensor | None = None  # chosen token not yet in the cache, [R]
-        self.neg = torch.finfo(self.dtype).min
-        # additive mask over the cached columns (0 = visible, min = padding), kept in step with self.mask
-        self.past = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.device)
-        self.past.masked_fill_(self.mask == 0, self.neg)
-        self.mask = None  # superseded by self.past
-        self._trees: dict[tuple[int, int], Tensor] = {}
-        self._pos: dict[tuple[int, int], Tensor] = {}
+        from stackalign.decoding.tree import TreeLookahead, check_plain_cache
 
-    def _tree(self, off: int, k: int) -> Tensor:
-        """Additive [q, q] mask of the new tokens: each sees itself, and all see the chosen token (col 0)."""
-        key = (off, k)
-        if key not in self._trees:
-            q = off + k
-            allowed = torch.eye(q, dtype=torch.bool, device=self.device)
-            if off:
-                allowed[:, 0] = True
-            t = torch.zeros(q, q, dtype=self.dtype, device=self.device)
-            self._trees[key] = t.masked_fill_(~allowed, self.neg)
-        return self._trees[key]
+        super().start(prompt_ids, prompts)
+        check_plain_cache(self.cache, "Use rm_cache='repeat'.")
+        self.pending: Tensor | None = None  # chosen token not yet in the cache, [R]
+        self.tree = TreeLookahead(self.backbone, self.cache, self.mask, self.next_pos, self.dtype)
+        self.mask = self.next_pos = None  # superseded by the lookahead's own bookkeeping
 
     def score(self, cands: Tensor) -> Tensor:
         R, k = cands.shape
-        cands = cands.to(self.device)
         off = 0 if self.pending is None else 1
-        q = off + k
-        L = self.past.shape[1]
-        mask4d = torch.cat(
-            [self.past[:, None, None, :].expand(R, 1, q, L), self._tree(off, k).expand(R, 1, q, q)], dim=-1
-        )
-        ids = cands if not off else torch.cat([self.pending[:, None], cands], dim=1)
-        pos = self.next_pos[:, None] + self._offsets(off, k)
-        scores = self._run(ids, mask4d, pos, self.cache)
-        self._count(R * q)
-        crop_cache(self.cache, L + off)  # drop the k candidates, keep the chosen token
-        if off:
-            self.past = torch.cat([self.past, self.past.new_zeros(R, 1)], dim=1)
-            self.next_pos = self.next_pos + 1
-            self.pending = None
+        hidden = self.tree.forward(cands.to(self.device), self.pending)
+        scores = self.head(hidden)[..., 0].float()
+        self.cost.rm_calls += 1
+        self._count(R * (off + k))
+        self.tree.keep_pending()  # drop the k candidates, keep the chosen token
+        self.pending = None
         return scores[:, off:]
-
-    def _offsets(self, off: int, k: int) -> Tensor:
-        """Position offsets of the new tokens: chosen token at +0, every candidate at +off."""
-        if (off, k) not in self._pos:
-            self._pos[(off, k)] = torch.tensor([0] * off + [off] * k, device=self.device)
-        return self._pos[(off, k)]
 
     def advance(self, tokens: Tensor, index: Tensor) -> None:
         self.pending = tokens.to(self.device)
 
     def select(self, keep: Tensor) -> None:
         keep = keep.to(self.device)
-        self.cache.batch_select_indices(keep)
-        self.past, self.next_pos = self.past[keep], self.next_pos[keep]
+        self.tree.select(keep)
         if self.pending is not None:
             self.pending = self.pending[keep]
 

@@ -36,7 +36,7 @@ def tiny_config(family: str, vocab_size: int, *, sliding_window: int | None = No
         sizes = dict(n_positions=256, n_embd=32, n_layer=2, n_head=2)
         return tf.GPT2Config(**{"vocab_size": vocab_size, "bos_token_id": None, **sizes, **kw})
     c = {"vocab_size": vocab_size, "bos_token_id": None, "max_position_embeddings": 256, **_COMMON}
-    if sliding_window is not None:
+    if sliding_window is not None and family in SLIDING_FAMILIES:  # the others have no window to set
         c["sliding_window"] = sliding_window
     if family == "llama":
         return tf.LlamaConfig(**{**c, **kw})
