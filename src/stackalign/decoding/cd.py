@@ -46,6 +46,7 @@ from stackalign.decoding.common import (
     Cost,
     DecodeResult,
     GenerationConfig,
+    LiveRows,
     StopChecker,
     Timer,
     encode_prompts,
@@ -57,6 +58,7 @@ from stackalign.decoding.common import (
     prompt_generators,
     resolve_eos_ids,
     row_uniforms,
+    run_steps,
     sample_rows,
 )
 
@@ -154,7 +156,7 @@ class _Batch:
     def __init__(self, model, prompt_ids: list[list[int]], pad: int, cost: Cost):
         from transformers import DynamicCache
 
-        self.model = model
+        self.model, self.pad = model, pad
         self.lm_head = _LMHead(model)
         self.device = model_device(model)
         ids, self.mask = left_pad(prompt_ids, pad, self.device)
@@ -221,7 +223,8 @@ class _Tokenwise(_Run):
         pos = self.b.next_position().repeat_interleave(k, dim=0)
         return final_hidden(self.model, cand.reshape(b * k, 1), mask, pos, self.b.cache).view(b, k, -1)
 
-    def step(self) -> None:
+    def step(self) -> Tensor:
+        """Advance every live row by one token; returns the tokens [n]."""
         cfg, k, batch = self.cfg, self.k, self.b
         n = batch.logits.shape[0]
         # log p_i = logit_i / T - logsumexp(logits / T): the second term is the same for every candidate of a
@@ -242,10 +245,10 @@ class _Tokenwise(_Run):
             choice = score.argmax(dim=-1)
         if n == 1:  # one row: plain indexing with a Python int (fewer, cheaper ops than gathers)
             c = int(choice[0])
-            chosen_h, tokens = h[:, c], [int(cand[0, c])]
+            chosen_h, tokens = h[:, c], cand[:, c]
         else:
             rows = torch.arange(n, device=batch.device)
-            chosen_h, tokens = h[rows, choice], cand[rows, choice].tolist()
+            chosen_h, tokens = h[rows, choice], cand[rows, choice]
         if cfg.lookahead == "tree":
             self.tree.keep_choice(choice)  # the chosen candidate's K/V entry becomes the next cache slot
         else:
@@ -254,29 +257,23 @@ class _Tokenwise(_Run):
             )
         batch.logits = batch.lm_head(chosen_h)  # the candidate pass is the next step's pass
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(n, 1)], dim=-1)
-        self._record(tokens)
+        return tokens
 
-    def _record(self, tokens: list[int]) -> None:
-        batch, keep, eos = self.b, [], self.eos
-        for j, t in enumerate(tokens):
-            ids = batch.tokens[batch.rows[j]]
-            ids.append(t)
-            if not (t in eos or len(ids) >= self.gen.max_new_tokens or self.stop.hits_stop_string(ids)):
-                keep.append(j)
-        if len(keep) < len(batch.rows):
-            index = None
-            if self.cfg.lookahead == "tree":
-                self.tree.select(
-                    torch.tensor(keep, dtype=torch.long, device=batch.device), cache=False
-                )  # drop() selects it
-            else:
-                kk = torch.tensor(keep, device=batch.device)
-                index = (kk[:, None] * self.k + torch.arange(self.k, device=batch.device)).flatten()
-            batch.drop(keep, index)
+    def select(self, keep: Tensor) -> None:
+        """Rows ``keep`` (batch positions) stay; the others have finished."""
+        batch, index = self.b, None
+        if self.cfg.lookahead == "tree":
+            self.tree.select(keep, cache=False)  # batch.drop selects the cache
+        else:  # the cache holds k copies of each row
+            index = (keep[:, None] * self.k + torch.arange(self.k, device=batch.device)).flatten()
+        batch.drop(keep.tolist(), index)
 
     def run(self) -> None:
-        while self.b.rows:
-            self.step()
+        """The shared step loop (:func:`decoding.common.run_steps`); the candidate pass is the forward."""
+        batch = self.b
+        rows = LiveRows(len(batch.rows), self.gen.max_new_tokens, batch.pad, batch.device)
+        run_steps(rows, self.stop, self.gen.max_new_tokens, lambda step: self.step(), self.select)
+        batch.tokens = rows.outputs()
 
 
 # --------------------------------------------------------------------------------------------- blockwise
