@@ -62,7 +62,7 @@ def test_generate_equals_args_generate_with_eos(arch, shaper, rm_cache):
 
 
 def test_rm_cache_is_incremental_across_steps():
-    """k+1 RM tokens per row and step after the prompt prefill (tree scorer), not a full recompute; the
+    """k RM tokens per row and step after the prompt prefill (tree scorer), not a full recompute; the
     processor is reused by a second generate call, which starts a new decode."""
     policy, rm, tok = make_models("llama")
     k = 4
@@ -71,7 +71,7 @@ def test_rm_cache_is_incremental_across_steps():
     for _ in range(2):
         assert _hf(policy, tok, proc, PROMPTS, UNUSED) == ref
         n_prompt = sum(len(tok(p)["input_ids"]) for p in PROMPTS)
-        assert proc.cost.rm_tokens == n_prompt + len(PROMPTS) * (k + (k + 1) * (T - 1))
+        assert proc.cost.rm_tokens == n_prompt + len(PROMPTS) * k * T  # k per step: the chosen one is reused
     # a different batch on the same processor
     assert _hf(policy, tok, proc, PROMPTS[1:], UNUSED) == ref[1:]
 

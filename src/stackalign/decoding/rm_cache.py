@@ -10,12 +10,12 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
     cost                          RM tokens and calls spent
 
 * :class:`TreeScorer` (fast, default when the RM shares the policy's tokenizer). ONE RM KV cache holds each
-  row's prefix. Each step runs a single RM forward whose query is ``[last chosen token, c_1 .. c_k]`` with a
-  4D "tree" attention mask: the chosen token sees the prefix and itself, candidate j sees the prefix, the
-  chosen token and itself only, and all k candidates get the same position id. The score head is applied to
-  the backbone's hidden state at every candidate position (a decoder classifier's head is per position; HF
-  pools afterwards). Then the cache is cropped back to prefix + chosen token. Cost per step: k+1 RM tokens
-  per row, O(L) cache memory, no cache copies. The tree step itself is
+  row's prefix. Each step runs a single RM forward whose query is the k candidates with a 4D "tree"
+  attention mask: candidate j sees the prefix and itself only, and all k candidates get the same position
+  id. The score head is applied to the backbone's hidden state at every candidate position (a decoder
+  classifier's head is per position; HF pools afterwards). When a candidate is chosen, its cache column
+  (computed with exactly the context it will have) is moved next to the prefix and the other k - 1 are
+  cropped. Cost per step: k RM tokens per row, O(L) cache memory, one column copy per layer. The step is
   :class:`stackalign.decoding.tree.TreeLookahead`, shared with controlled decoding's lookahead.
 * :class:`RepeatScorer` (fast fallback): repeat-and-select. Repeat the prefix cache k times
   (``batch_repeat_interleave``), feed the k candidates as a batch of one-token queries, and keep the chosen
@@ -28,7 +28,7 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
   and score ``format_rm_input(prompt, response)`` in batches.
 
 Why a tree mask over one cache rather than repeat-and-select by default: both are exact, but the tree step
-reads one cache instead of writing k copies of it, so memory stays O(L) and per-step work is ~(k+1) query
+reads one cache instead of writing k copies of it, so memory stays O(L) and per-step work is k query
 tokens regardless of the prefix length; repeat-and-select copies O(k L) cache entries every step.
 """
 
@@ -173,7 +173,12 @@ class _CachedScorer(Scorer):
 
 class TreeScorer(_CachedScorer):
     """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask
-    (:class:`stackalign.decoding.tree.TreeLookahead`, the lookahead CD uses too)."""
+    (:class:`stackalign.decoding.tree.TreeLookahead`, the lookahead CD uses too).
+
+    k RM tokens per row and step, not k + 1: the chosen candidate's keys and values were computed when it
+    was scored (it saw the prefix and itself, at its final position), exactly what appending it would
+    compute, so :meth:`advance` moves that cache column into place instead of running the token again.
+    """
 
     name = "tree"
 
@@ -182,29 +187,28 @@ class TreeScorer(_CachedScorer):
 
         super().start(prompt_ids, prompts)
         check_plain_cache(self.cache, "Use rm_cache='repeat'.")
-        self.pending: Tensor | None = None  # chosen token not yet in the cache, [R]
         self.tree = TreeLookahead(self.backbone, self.cache, self.mask, self.next_pos, self.dtype)
         self.mask = self.next_pos = None  # superseded by the lookahead's own bookkeeping
+        self.scored = False
 
     def score(self, cands: Tensor) -> Tensor:
         R, k = cands.shape
-        off = 0 if self.pending is None else 1
-        hidden = self.tree.forward(cands.to(self.device), self.pending)
-        scores = self.head(hidden)[..., 0].float()
+        if self.scored:  # scored again without advancing: forget the previous candidates
+            self.tree.discard()
+        hidden = self.tree.forward(cands.to(self.device))
         self.cost.rm_calls += 1
-        self._count(R * (off + k))
-        self.tree.keep_pending()  # drop the k candidates, keep the chosen token
-        self.pending = None
-        return scores[:, off:]
+        self._count(R * k)
+        self.scored = True
+        return self.head(hidden)[..., 0].float()
 
     def advance(self, tokens: Tensor, index: Tensor) -> None:
-        self.pending = tokens.to(self.device)
+        if not self.scored:
+            raise RuntimeError("TreeScorer.advance: no scored candidates to choose from (call score first)")
+        self.tree.keep_choice(index)
+        self.scored = False
 
     def select(self, keep: Tensor) -> None:
-        keep = keep.to(self.device)
         self.tree.select(keep)
-        if self.pending is not None:
-            self.pending = self.pending[keep]
 
 
 class RepeatScorer(_CachedScorer):

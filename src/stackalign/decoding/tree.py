@@ -2,18 +2,14 @@
 
 Both lookaheads of the project use it: the reward-model scorer of ARGS (:class:`rm_cache.TreeScorer`)
 and the tokenwise lookahead of controlled decoding (:mod:`stackalign.decoding.cd`). Each step the query
-is ``[p, c_1 .. c_k]`` per row, where ``p`` is an optional pending token (the token chosen at the previous
-step that the cache has not seen yet) and ``c_j`` the k candidates:
+is the k candidates ``c_1 .. c_k`` of every row; candidate ``c_j`` sees the row's (unpadded) cached prefix
+and itself only, and all k share the row's next position id, so each is computed exactly as if it alone
+followed the prefix.
 
-* ``p`` sees the row's (unpadded) cached prefix and itself, at the row's next position;
-* candidate ``c_j`` sees the prefix, ``p`` and itself only, at the position after ``p``: all k candidates
-  share one position id, so each is scored exactly as if it alone followed the prefix.
-
-Afterwards the cache must hold prefix + the chosen token only. :meth:`TreeLookahead.keep_pending` crops
-the k candidate entries (the pending token stays: ARGS's RM, which scores the candidates but is fed the
-chosen one at the next step); :meth:`TreeLookahead.keep_choice` moves the chosen candidate's key/value
-entry into the first new slot and crops the rest (CD, whose candidate pass is also the chosen token's
-forward). Cost per step: ``k (+1)`` query tokens per row, O(L) cache memory, no cache copies.
+When a candidate is chosen (:meth:`TreeLookahead.keep_choice`), its key/value entry — computed with
+exactly the context it will keep — is moved into the first new cache slot and the other k - 1 entries are
+cropped, so the chosen token never runs through the model again. Cost per step: k query tokens per row,
+O(L) cache memory, one column copy per layer, no cache copies.
 
 Needs a plain dynamic cache and an attention kernel that takes a 4D mask (eager or SDPA): see
 :func:`stackalign.decoding.rm_cache.tree_mask_unsupported` for the rule the decoders use to fall back to
@@ -67,9 +63,8 @@ class TreeLookahead:
         self.past = self._value(attention_mask.bool())  # [R, L] over the cached columns
         self.next_pos = next_pos.to(self.device)
         self._one = self._value(torch.ones(1, 1, dtype=torch.bool, device=self.device))
-        self._trees: dict[tuple[int, int], Tensor] = {}
-        self._offs: dict[tuple[int, int], Tensor] = {}
-        self.calls = 0
+        self._trees: dict[int, Tensor] = {}
+        self._L: int | None = None  # cache length before the candidates of the pending forward
 
     def _value(self, allowed: Tensor) -> Tensor:
         if self.bool_mask:
@@ -77,64 +72,45 @@ class TreeLookahead:
         neg = torch.finfo(self.dtype).min
         return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(~allowed, neg)
 
-    def _tree(self, off: int, k: int) -> Tensor:
-        """[q, q] mask of the new tokens: each sees itself; with a pending token (off=1) all see column 0."""
-        key = (off, k)
-        if key not in self._trees:
-            allowed = torch.eye(off + k, dtype=torch.bool, device=self.device)
-            if off:
-                allowed[:, 0] = True
-            self._trees[key] = self._value(allowed)
-        return self._trees[key]
+    def _own(self, k: int) -> Tensor:
+        """[k, k] mask of the candidates: each sees itself, not its siblings."""
+        if k not in self._trees:
+            self._trees[k] = self._value(torch.eye(k, dtype=torch.bool, device=self.device))
+        return self._trees[k]
 
-    def _offsets(self, off: int, k: int) -> Tensor:
-        """Position offsets of the new tokens: pending token at +0, every candidate at +off."""
-        key = (off, k)
-        if key not in self._offs:
-            self._offs[key] = torch.tensor([0] * off + [off] * k, device=self.device)
-        return self._offs[key]
-
-    def forward(self, cands: Tensor, pending: Tensor | None = None) -> Tensor:
-        """Hidden states [R, off + k, H] of ``[pending, c_1..c_k]`` (``pending`` [R] or None, ``cands``
-        [R, k]); the cache grows by off + k entries until :meth:`keep_pending` / :meth:`keep_choice`."""
+    def forward(self, cands: Tensor) -> Tensor:
+        """Hidden states [R, k, H] of the candidates ``cands`` [R, k]; the cache holds k more entries until
+        :meth:`keep_choice` or :meth:`discard`."""
+        if self._L is not None:
+            raise RuntimeError(
+                "TreeLookahead.forward: the previous candidates were neither kept nor discarded"
+            )
         R, k = cands.shape
-        off = 0 if pending is None else 1
-        q, L = off + k, self.past.shape[1]
-        past, tree = self.past[:, None, None, :].expand(R, 1, q, L), self._tree(off, k).expand(R, 1, q, q)
-        mask = torch.cat([past, tree], dim=-1)
-        ids = cands if not off else torch.cat([pending[:, None], cands], dim=1)
+        L = self.past.shape[1]
+        mask = torch.cat(
+            [self.past[:, None, None, :].expand(R, 1, k, L), self._own(k).expand(R, 1, k, k)], dim=-1
+        )
         kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": True, self._cache_kw: self.cache}
         if self._takes_pos:
-            kwargs["position_ids"] = self.next_pos[:, None] + self._offsets(off, k)
-        out = self.backbone(input_ids=ids, **kwargs)
-        self.calls += 1
+            kwargs["position_ids"] = self.next_pos[:, None].expand(R, k)
+        out = self.backbone(input_ids=cands, **kwargs)
         if output_cache(out) is not self.cache:  # defensive: some models return a new object
             self.cache = output_cache(out)
-        self._L, self._off = L, off
+        self._L = L
         return out.last_hidden_state
 
-    def _grow(self, R: int) -> None:
-        self.past = torch.cat([self.past, self._one.expand(R, 1)], dim=1)
-        self.next_pos = self.next_pos + 1
-
-    def keep_pending(self) -> None:
-        """Drop the k candidate entries; the pending token (if any) stays in the cache."""
-        L, off = self._L, self._off
+    def discard(self) -> None:
+        """Drop the candidates of the last :meth:`forward` (none chosen)."""
         for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = layer.keys[..., : L + off, :]
-                layer.values = layer.values[..., : L + off, :]
-        if off:
-            self._grow(self.past.shape[0])
+            layer.keys, layer.values = layer.keys[..., : self._L, :], layer.values[..., : self._L, :]
+        self._L = None
 
     def keep_choice(self, choice: Tensor) -> None:
-        """Keep candidate ``choice`` [R] of each row (no pending token was fed): move its K/V entry into the
-        first new slot and drop the other k - 1."""
+        """Keep candidate ``choice`` [R] of each row: move its K/V entry into the first new slot and drop the
+        other k - 1."""
         L, n = self._L, choice.shape[0]
-        if self._off:
-            raise ValueError("keep_choice: this step fed a pending token; use keep_pending")
-        src = L + (int(choice[0]) if n == 1 else choice)  # one row: a plain slice, no gather
-        rows = torch.arange(n, device=choice.device) if n > 1 else None
+        src = L + (int(choice[0]) if n == 1 else choice.to(self.device))  # one row: a plain slice, no gather
+        rows = torch.arange(n, device=self.device) if n > 1 else None
         for layer in self.cache.layers:
             for name in ("keys", "values"):
                 t = getattr(layer, name)
@@ -143,7 +119,9 @@ class TreeLookahead:
                 else:
                     t[:, :, L] = t[rows, :, src]
                 setattr(layer, name, t[:, :, : L + 1])
-        self._grow(n)
+        self.past = torch.cat([self.past, self._one.expand(n, 1)], dim=1)
+        self.next_pos = self.next_pos + 1
+        self._L = None
 
     def select(self, keep: Tensor, cache: bool = True) -> None:
         """Keep only rows ``keep`` (finished rows leave the batch); ``cache=False`` when the caller selects
