@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_handler("stackalign.runner.run:eval_main"))
 
     bench = sub.add_parser("bench", help="speed benchmarks (ratios measured in one process)")
-    bench.add_argument("which", choices=["args", "cd", "sample"])
+    bench.add_argument("which", choices=["args", "cd", "generate", "sample"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--world", default=None, help="world directory (default: the cached default world)")
     bench.add_argument("--prompts", type=int, default=4, help="number of prompts")

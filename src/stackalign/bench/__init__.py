@@ -8,6 +8,7 @@
   ``identical`` (reference and fast ARGS chose the same greedy tokens).
 * ``bench sample``: N = 10 samples per prompt with a shared prompt prefill vs HF ``num_return_sequences``;
   ratio ``hf_over_shared``.
+* ``bench generate``: ARGS inside HF ``generate`` vs ``args_generate`` (:mod:`stackalign.bench.generate`).
 * ``bench cd``: implemented in :mod:`stackalign.bench.cd`; shared pieces in :mod:`stackalign.bench.common`.
 
 Every variant is warmed up before timing; timed runs are repeated and the fastest is kept (the usual
@@ -172,8 +173,12 @@ def main(args: argparse.Namespace) -> int:
         out = bench_args(**kwargs)
     elif which == "sample":
         out = bench_sample(**kwargs)
+    elif which == "generate":
+        from stackalign.bench.generate import bench_generate
+
+        out = bench_generate(**kwargs)
     else:
-        raise ValueError(f"unknown benchmark {which!r}; choose args, cd or sample")
+        raise ValueError(f"unknown benchmark {which!r}; choose args, cd, generate or sample")
     if getattr(args, "json", False):
         print(json.dumps(out))
     else:
