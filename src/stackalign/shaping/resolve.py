@@ -10,13 +10,30 @@ Decoders call :func:`resolve_shaper` once and record :func:`describe_shaper` in 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["resolve_shaper", "describe_shaper"]
+import torch
+
+__all__ = ["Shaping", "resolve_shaper", "describe_shaper"]
 
 
-def resolve_shaper(shaper: Any) -> Callable | None:
+@runtime_checkable
+class Shaping(Protocol):
+    """What a decoder may call: ``rewards`` [R, n] (float), ``weights`` [R, n] (the base policy's
+    probabilities of the n candidates, rows summing to 1; None = uniform), ``threshold`` [R] (a per-row
+    leader threshold m; None = the shaping computes its own, or uses none) -> shaped rewards [R, n].
+    Optional attributes decoders read: ``beta`` (ARGS's default fusion weight is 1/beta) and
+    ``uses_threshold`` (False: per-prompt thresholds would be ignored, so decoders refuse them)."""
+
+    def __call__(
+        self,
+        rewards: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        threshold: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+
+def resolve_shaper(shaper: Any) -> Shaping | None:
     """None / a callable pass through; a string is a preset ("paper", "official-args", "official-cd") or a
     shaper name ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")."""
     if shaper is None or callable(shaper):
