@@ -120,7 +120,7 @@ def best_of_n(
         samples: reuse these responses (a SampleResult or P lists of N texts) instead of sampling.
         rewards: their rewards ``[P, N]`` (scored with ``rm`` when omitted).
     """
-    from stackalign.decoding.args import resolve_shaper
+    from stackalign.shaping.resolve import resolve_shaper
 
     config = config or GenerationConfig()
     shaper = resolve_shaper(shaper)

@@ -10,12 +10,13 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
     cost                          RM tokens and calls spent
 
 * :class:`TreeScorer` (fast, default when the RM shares the policy's tokenizer). ONE RM KV cache holds each
-  row's prefix. Each step runs a single RM forward whose query is ``[last chosen token, c_1 .. c_k]`` with a
-  4D "tree" attention mask: the chosen token sees the prefix and itself, candidate j sees the prefix, the
-  chosen token and itself only, and all k candidates get the same position id. The score head is applied to
-  the backbone's hidden state at every candidate position (a decoder classifier's head is per position; HF
-  pools afterwards). Then the cache is cropped back to prefix + chosen token. Cost per step: k+1 RM tokens
-  per row, O(L) cache memory, no cache copies.
+  row's prefix. Each step runs a single RM forward whose query is the k candidates with a 4D "tree"
+  attention mask: candidate j sees the prefix and itself only, and all k candidates get the same position
+  id. The score head is applied to the backbone's hidden state at every candidate position (a decoder
+  classifier's head is per position; HF pools afterwards). When a candidate is chosen, its cache column
+  (computed with exactly the context it will have) is moved next to the prefix and the other k - 1 are
+  cropped. Cost per step: k RM tokens per row, O(L) cache memory, one column copy per layer. The step is
+  :class:`stackalign.decoding.tree.TreeLookahead`, shared with controlled decoding's lookahead.
 * :class:`RepeatScorer` (fast fallback): repeat-and-select. Repeat the prefix cache k times
   (``batch_repeat_interleave``), feed the k candidates as a batch of one-token queries, and keep the chosen
   copy (``batch_select_indices``). k RM tokens per step, but a k-fold cache copy every step and k x memory.
@@ -27,7 +28,7 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
   and score ``format_rm_input(prompt, response)`` in batches.
 
 Why a tree mask over one cache rather than repeat-and-select by default: both are exact, but the tree step
-reads one cache instead of writing k copies of it, so memory stays O(L) and per-step work is ~(k+1) query
+reads one cache instead of writing k copies of it, so memory stays O(L) and per-step work is k query
 tokens regardless of the prefix length; repeat-and-select copies O(k L) cache entries every step.
 """
 
@@ -57,7 +58,7 @@ __all__ = [
     "FullRecomputeScorer",
     "TextScorer",
     "supports_incremental",
-    "crop_cache",
+    "tree_mask_unsupported",
 ]
 
 
@@ -90,18 +91,21 @@ def supports_incremental(policy_tokenizer: Any, rm: Any) -> str | None:
     return None
 
 
-def crop_cache(cache: Any, length: int) -> None:
-    """Keep the first ``length`` positions of every layer of a DynamicCache (version-independent crop)."""
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
+def tree_mask_unsupported(model: Any) -> str | None:
+    """None if ``model`` can run k candidates under a 4D tree mask over one KV cache, else why not.
 
-
-def _plain_dynamic(cache: Any) -> bool:
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+    Needs eager or SDPA attention (FlashAttention / flex kernels take no arbitrary 4D additive mask) and
+    no sliding-window layer (a sliding layer's cache keeps only the last ``window`` entries and HF builds
+    its window mask itself, so cropping k candidates back out is not exact)."""
+    cfg = model.config
+    impl = getattr(cfg, "_attn_implementation", None) or "sdpa"
+    if impl not in ("eager", "sdpa"):
+        return f"attention implementation {impl!r} takes no 4D tree mask"
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if window and (types is None or any(t != "full_attention" for t in types)):
+        return f"sliding-window attention layers (window {window})"
+    return None
 
 
 class Scorer:
@@ -111,6 +115,7 @@ class Scorer:
 
     def __init__(self) -> None:
         self.cost = Cost()
+        self.reason: str | None = None  # why this scorer was chosen over a faster one (set by make_scorer)
 
     def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
         raise NotImplementedError
@@ -167,72 +172,43 @@ class _CachedScorer(Scorer):
 
 
 class TreeScorer(_CachedScorer):
-    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask."""
+    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask
+    (:class:`stackalign.decoding.tree.TreeLookahead`, the lookahead CD uses too).
+
+    k RM tokens per row and step, not k + 1: the chosen candidate's keys and values were computed when it
+    was scored (it saw the prefix and itself, at its final position), exactly what appending it would
+    compute, so :meth:`advance` moves that cache column into place instead of running the token again.
+    """
 
     name = "tree"
 
     def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
-        super().start(prompt_ids, prompts)
-        if not _plain_dynamic(self.cache):
-            raise ValueError(
-                "tree scoring needs a plain DynamicCache (no sliding-window layers); use rm_cache='repeat'"
-            )
-        self.pending: Tensor | None = None  # chosen token not yet in the cache, [R]
-        self.neg = torch.finfo(self.dtype).min
-        # additive mask over the cached columns (0 = visible, min = padding), kept in step with self.mask
-        self.past = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.device)
-        self.past.masked_fill_(self.mask == 0, self.neg)
-        self.mask = None  # superseded by self.past
-        self._trees: dict[tuple[int, int], Tensor] = {}
-        self._pos: dict[tuple[int, int], Tensor] = {}
+        from stackalign.decoding.tree import TreeLookahead, check_plain_cache
 
-    def _tree(self, off: int, k: int) -> Tensor:
-        """Additive [q, q] mask of the new tokens: each sees itself, and all see the chosen token (col 0)."""
-        key = (off, k)
-        if key not in self._trees:
-            q = off + k
-            allowed = torch.eye(q, dtype=torch.bool, device=self.device)
-            if off:
-                allowed[:, 0] = True
-            t = torch.zeros(q, q, dtype=self.dtype, device=self.device)
-            self._trees[key] = t.masked_fill_(~allowed, self.neg)
-        return self._trees[key]
+        super().start(prompt_ids, prompts)
+        check_plain_cache(self.cache, "Use rm_cache='repeat'.")
+        self.tree = TreeLookahead(self.backbone, self.cache, self.mask, self.next_pos, self.dtype)
+        self.mask = self.next_pos = None  # superseded by the lookahead's own bookkeeping
+        self.scored = False
 
     def score(self, cands: Tensor) -> Tensor:
         R, k = cands.shape
-        cands = cands.to(self.device)
-        off = 0 if self.pending is None else 1
-        q = off + k
-        L = self.past.shape[1]
-        mask4d = torch.cat(
-            [self.past[:, None, None, :].expand(R, 1, q, L), self._tree(off, k).expand(R, 1, q, q)], dim=-1
-        )
-        ids = cands if not off else torch.cat([self.pending[:, None], cands], dim=1)
-        pos = self.next_pos[:, None] + self._offsets(off, k)
-        scores = self._run(ids, mask4d, pos, self.cache)
-        self._count(R * q)
-        crop_cache(self.cache, L + off)  # drop the k candidates, keep the chosen token
-        if off:
-            self.past = torch.cat([self.past, self.past.new_zeros(R, 1)], dim=1)
-            self.next_pos = self.next_pos + 1
-            self.pending = None
-        return scores[:, off:]
-
-    def _offsets(self, off: int, k: int) -> Tensor:
-        """Position offsets of the new tokens: chosen token at +0, every candidate at +off."""
-        if (off, k) not in self._pos:
-            self._pos[(off, k)] = torch.tensor([0] * off + [off] * k, device=self.device)
-        return self._pos[(off, k)]
+        if self.scored:  # scored again without advancing: forget the previous candidates
+            self.tree.discard()
+        hidden = self.tree.forward(cands.to(self.device))
+        self.cost.rm_calls += 1
+        self._count(R * k)
+        self.scored = True
+        return self.head(hidden)[..., 0].float()
 
     def advance(self, tokens: Tensor, index: Tensor) -> None:
-        self.pending = tokens.to(self.device)
+        if not self.scored:
+            raise RuntimeError("TreeScorer.advance: no scored candidates to choose from (call score first)")
+        self.tree.keep_choice(index)
+        self.scored = False
 
     def select(self, keep: Tensor) -> None:
-        keep = keep.to(self.device)
-        self.cache.batch_select_indices(keep)
-        self.past, self.next_pos = self.past[keep], self.next_pos[keep]
-        if self.pending is not None:
-            self.pending = self.pending[keep]
+        self.tree.select(keep)
 
 
 class RepeatScorer(_CachedScorer):
