@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .intervals import DEFAULT_BOOTSTRAP, bootstrap_ci, paired_diff_ci, rate_ci
 from .judges import Judge, win_tie
 from .metrics import DEFAULT_STOP_STRINGS, clean_response, diversity
 
-__all__ = ["format_table", "plot_sweep", "summarize", "sweep_series"]
+__all__ = ["format_paired", "format_table", "plot_sweep", "significance", "summarize", "sweep_series"]
 
 _REQUIRED = ("prompt_id", "prompt", "method", "response")
 _NUMERIC = ("proxy_reward", "gold_reward", "seconds", "lm_tokens", "rm_tokens")
@@ -67,6 +68,10 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _as_list(t: tuple[float, ...] | None) -> list[float] | None:
+    return None if t is None else [float(v) for v in t]
+
+
 def summarize(
     rows: Iterable[Mapping[str, Any]],
     *,
@@ -76,6 +81,9 @@ def summarize(
     clean: bool = True,
     stop_strings: Iterable[str] = DEFAULT_STOP_STRINGS,
     judge_workers: int = 1,
+    ci_level: float = 0.95,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    ci_seed: int = 0,
 ) -> dict[str, Any]:
     """Aggregate rows per method into the ``summary.json`` shape (SPEC §6).
 
@@ -89,6 +97,19 @@ def summarize(
     Responses are cut at ``stop_strings`` first (``clean=True``) for diversity, coherence and the judge.
     Win-tie pairs a method's rows with the baseline's rows of the same ``prompt_id``; prompts only one of
     them has are skipped (the count ``n`` says how many pairs were judged).
+
+    Uncertainty (percentile bootstrap over prompts, ``n_boot`` resamples, seeded by ``ci_seed`` so the
+    summary is deterministic; see :mod:`.intervals`):
+
+    * ``ci``: ``{FIELD: [lo, hi]}``, the ``ci_level`` interval of every per-prompt mean above
+      (``proxy_reward``, ``gold_reward``, ``coherence``, ``seconds_per_prompt``, ``lm_tokens_per_prompt``,
+      ``rm_tokens_per_prompt``); ``None`` where the mean is ``None``. ``diversity`` is a corpus statistic,
+      not a mean over prompts, and has no interval.
+    * ``paired``: ``{BASELINE: {"gold_diff": [mean, lo, hi], "proxy_diff": [mean, lo, hi],
+      "win_tie": [rate, lo, hi], "n": pairs}}``: the per-prompt difference method − baseline on the prompts
+      both have (paired bootstrap, so prompt difficulty cancels) and the win-or-tie rate over the judged
+      pairs (unparseable verdicts excluded, as in ``win_tie``). A difference is significant at ``ci_level``
+      when its interval excludes 0; a win-tie rate when its interval excludes 0.5.
     """
     rows = _validate(rows)
     if isinstance(baselines, str):
@@ -127,12 +148,22 @@ def summarize(
             "rm_tokens_per_prompt": _mean(r.get("rm_tokens") for r in mrows),
             "n": len(mrows),
         }
+        boot = dict(level=ci_level, n_boot=n_boot, seed=ci_seed)
+        per_prompt = {
+            "proxy_reward": [r.get("proxy_reward") for r in mrows],
+            "gold_reward": [r.get("gold_reward") for r in mrows],
+            "coherence": [coh[(name, r["prompt_id"])] for r in mrows] if coh else [],
+            "seconds_per_prompt": [r.get("seconds") for r in mrows],
+            "lm_tokens_per_prompt": [r.get("lm_tokens") for r in mrows],
+            "rm_tokens_per_prompt": [r.get("rm_tokens") for r in mrows],
+        }
+        entry["ci"] = {
+            key: _as_list(bootstrap_ci([v for v in vals if v is not None], **boot))
+            for key, vals in per_prompt.items()
+        }
+        entry["paired"] = {}
         for b in baselines:
             if b == name:
-                continue
-            if judge is None:
-                entry["win_tie"][b] = None
-                entry["win_tie_counts"][b] = None
                 continue
             base = {r["prompt_id"]: r for r in by_method[b]}
             pairs = [(r, base[r["prompt_id"]]) for r in mrows if r["prompt_id"] in base]
@@ -141,6 +172,19 @@ def summarize(
                     raise ValueError(
                         f"prompt_id {r['prompt_id']!r} has different prompt text for {name!r} and {b!r}"
                     )
+            paired: dict[str, Any] = {"n": len(pairs)}
+            for key in ("gold_reward", "proxy_reward"):
+                both = [
+                    (r[key], rb[key]) for r, rb in pairs if r.get(key) is not None and rb.get(key) is not None
+                ]
+                diff = paired_diff_ci([a for a, _ in both], [c for _, c in both], **boot) if both else None
+                paired[key.replace("_reward", "_diff")] = _as_list(diff)
+            paired["win_tie"] = None
+            entry["paired"][b] = paired
+            if judge is None:
+                entry["win_tie"][b] = None
+                entry["win_tie_counts"][b] = None
+                continue
             result = win_tie(
                 judge,
                 [r["prompt"] for r, _ in pairs],
@@ -150,6 +194,8 @@ def summarize(
             )
             entry["win_tie"][b] = result.rate
             entry["win_tie_counts"][b] = result.to_dict()
+            hits = [j.outcome >= 0 for j in result.judgements if j.outcome is not None]
+            paired["win_tie"] = _as_list(rate_ci(hits, **boot)) if hits else None
         methods[name] = entry
     return {"methods": methods}
 
@@ -160,14 +206,72 @@ def summarize(
 
 
 def _fmt(v: Any, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
+    if v is None:
+        return "n/a"
+    if isinstance(v, tuple):  # (value, lo, hi)
+        return f"{format(v[0], spec)} [{format(v[1], spec)}, {format(v[2], spec)}]"
+    return format(v, spec)
 
 
-def format_table(summary: Mapping[str, Any], *, baselines: Sequence[str] | None = None) -> str:
+def significance(interval: Sequence[float] | None, null: float) -> str:
+    """``"+"`` / ``"-"`` when ``[_, lo, hi]`` lies wholly above / below ``null``; ``"="`` when it covers it."""
+    if interval is None:
+        return "n/a"
+    lo, hi = interval[1], interval[2]
+    return "+" if lo > null else "-" if hi < null else "="
+
+
+def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None = None) -> str:
+    """A markdown table of each method's paired comparison with each baseline, with significance.
+
+    Columns: pairs, the gold (else proxy) reward difference method − baseline with its 95% interval, and the
+    win-tie rate with its interval. The ``sig`` columns say ``+`` (the interval lies above 0, resp. 0.5: the
+    method is significantly better), ``-`` (significantly worse) or ``=`` (not significant).
+    """
+    methods: Mapping[str, Mapping[str, Any]] = summary.get("methods", {})
+    rows = []
+    use_gold = any(
+        (p or {}).get("gold_diff") is not None for m in methods.values() for p in (m.get("paired") or {}).values()
+    )
+    key, label = ("gold_diff", "gold diff") if use_gold else ("proxy_diff", "proxy diff")
+    for name, m in methods.items():
+        for b, p in (m.get("paired") or {}).items():
+            if baselines is not None and b not in baselines:
+                continue
+            d, wt = p.get(key), p.get("win_tie")
+            rows.append(
+                [
+                    name,
+                    b,
+                    str(p.get("n", "")),
+                    _fmt(None if d is None else tuple(d), "+.3f"),
+                    significance(d, 0.0),
+                    _fmt(None if wt is None else tuple(100.0 * v for v in wt), ".1f"),
+                    significance(wt, 0.5),
+                ]
+            )
+    if not rows:
+        return "(no paired comparisons)"
+    header = ["method", "vs", "pairs", f"{label} [95% CI]", "sig", "win-tie % [95% CI]", "sig"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        parts = [c.ljust(w) for c, w in zip(cells[:2], widths[:2])]
+        parts += [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "|" + "|".join(["-" * (w + 2) for w in widths[:2]] + ["-" * (w + 1) + ":" for w in widths[2:]]) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def format_table(
+    summary: Mapping[str, Any], *, baselines: Sequence[str] | None = None, intervals: bool = True
+) -> str:
     """A markdown table of a summary, column-aligned so it also reads well in a terminal.
 
     Win-tie is shown in percent, one column per baseline. Columns with no value for any method (e.g. gold
-    reward without a gold judge) are left out.
+    reward without a gold judge) are left out. With ``intervals`` (and a summary that has them), rewards,
+    coherence and win-tie carry their 95% bootstrap interval: ``0.752 [0.731, 0.770]``.
     """
     methods: Mapping[str, Mapping[str, Any]] = summary.get("methods", {})
     if not methods:
@@ -177,17 +281,32 @@ def format_table(summary: Mapping[str, Any], *, baselines: Sequence[str] | None 
         order = list(methods)
         baselines = sorted(seen, key=lambda b: (order.index(b) if b in order else len(order), b))
 
+    def with_ci(key: str) -> Callable[[Mapping[str, Any]], Any]:
+        def get(m: Mapping[str, Any]) -> Any:
+            v = m.get(key)
+            if v is None or not intervals:
+                return v
+            ci = (m.get("ci") or {}).get(key)
+            return v if ci is None else (v, ci[0], ci[1])
+
+        return get
+
     columns: list[tuple[str, Callable[[Mapping[str, Any]], Any], str]] = [
-        ("proxy reward", lambda m: m.get("proxy_reward"), ".3f"),
-        ("gold reward", lambda m: m.get("gold_reward"), ".3f"),
+        ("proxy reward", with_ci("proxy_reward"), ".3f"),
+        ("gold reward", with_ci("gold_reward"), ".3f"),
         ("diversity", lambda m: m.get("diversity"), ".3f"),
-        ("coherence", lambda m: m.get("coherence"), ".3f"),
+        ("coherence", with_ci("coherence"), ".3f"),
     ]
     for b in baselines:
 
         def wt(m: Mapping[str, Any], b: str = b) -> Any:
             r = (m.get("win_tie") or {}).get(b)
-            return None if r is None else 100.0 * r
+            if r is None:
+                return None
+            p = ((m.get("paired") or {}).get(b) or {}).get("win_tie")
+            if p is None or not intervals:
+                return 100.0 * r
+            return (100.0 * r, 100.0 * p[1], 100.0 * p[2])
 
         columns.append((f"win-tie vs {b} (%)", wt, ".1f"))
     columns += [
