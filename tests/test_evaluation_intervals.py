@@ -156,3 +156,22 @@ def test_paired_without_judge_or_gold():
     assert p["proxy_diff"] == pytest.approx([0.4, 0.4, 0.4], abs=1e-9)
     assert s["methods"]["better"]["ci"]["gold_reward"] is None
     assert "proxy diff" in format_paired(s)
+
+
+def test_sweep_intervals_and_plots_with_error_bars(tmp_path):
+    from stackalign.evaluation.summary import plot_sweep, sweep_intervals, sweep_series
+    from stackalign.runner.report import plot_methods
+
+    judge = GoldJudge(lambda p, a, b: (a > b) - (a < b))
+    per = {
+        w: summarize(rows_for(n=8, shift=w), judge=judge, baselines=["base"], n_boot=200) for w in (0.5, 2.0)
+    }
+    x, series = sweep_series(per, baseline="base")
+    errs = sweep_intervals(per, baseline="base")
+    assert errs["gold_reward"]["better"][1] == tuple(per[2.0]["methods"]["better"]["ci"]["gold_reward"])
+    wt = per[0.5]["methods"]["better"]["paired"]["base"]["win_tie"]
+    assert errs["win_tie vs base"]["better"][0] == (wt[1], wt[2])
+    assert errs["win_tie vs base"]["base"] == [None, None]
+    png = plot_sweep(x, series, tmp_path / "s.png", errors=errs)
+    assert png.stat().st_size > 1000
+    assert plot_methods(per[2.0], tmp_path / "m.png").stat().st_size > 1000

@@ -20,7 +20,9 @@ from .intervals import DEFAULT_BOOTSTRAP, bootstrap_ci, paired_diff_ci, rate_ci
 from .judges import Judge, win_tie
 from .metrics import DEFAULT_STOP_STRINGS, clean_response, diversity
 
-__all__ = ["format_paired", "format_table", "plot_sweep", "significance", "summarize", "sweep_series"]
+__all__ = [
+    "format_paired", "format_table", "plot_sweep", "significance", "summarize", "sweep_intervals", "sweep_series",
+]  # fmt: skip
 
 _REQUIRED = ("prompt_id", "prompt", "method", "response")
 _NUMERIC = ("proxy_reward", "gold_reward", "seconds", "lm_tokens", "rm_tokens")
@@ -231,7 +233,9 @@ def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None
     methods: Mapping[str, Mapping[str, Any]] = summary.get("methods", {})
     rows = []
     use_gold = any(
-        (p or {}).get("gold_diff") is not None for m in methods.values() for p in (m.get("paired") or {}).values()
+        (p or {}).get("gold_diff") is not None
+        for m in methods.values()
+        for p in (m.get("paired") or {}).values()
     )
     key, label = ("gold_diff", "gold diff") if use_gold else ("proxy_diff", "proxy diff")
     for name, m in methods.items():
@@ -260,7 +264,9 @@ def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None
         parts += [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
         return "| " + " | ".join(parts) + " |"
 
-    rule = "|" + "|".join(["-" * (w + 2) for w in widths[:2]] + ["-" * (w + 1) + ":" for w in widths[2:]]) + "|"
+    rule = (
+        "|" + "|".join(["-" * (w + 2) for w in widths[:2]] + ["-" * (w + 1) + ":" for w in widths[2:]]) + "|"
+    )
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
@@ -375,6 +381,33 @@ def sweep_series(
     return {name: [float(x) for x in xs] for name in names}, series
 
 
+def sweep_intervals(
+    summaries: Mapping[float, Mapping[str, Any]], *, baseline: str | None = None
+) -> dict[str, dict[str, list[tuple[float, float] | None]]]:
+    """The 95% intervals matching :func:`sweep_series`'s series: ``{metric: {method: [(lo, hi) | None]}}``.
+
+    Rewards use each method's ``ci``; ``win_tie vs BASELINE`` uses the paired win-tie interval. Pass the
+    result as ``errors=`` to :func:`plot_sweep` to draw error bars.
+    """
+    xs = sorted(summaries)
+    _, series = sweep_series(summaries, baseline=baseline)
+    out: dict[str, dict[str, list[tuple[float, float] | None]]] = {}
+    for metric, per_method in series.items():
+        out[metric] = {}
+        for name in per_method:
+            bars: list[tuple[float, float] | None] = []
+            for x in xs:
+                m = summaries[x].get("methods", {}).get(name) or {}
+                if metric.startswith("win_tie"):
+                    iv = ((m.get("paired") or {}).get(baseline) or {}).get("win_tie")
+                    bars.append(None if iv is None else (iv[1], iv[2]))
+                else:
+                    iv = (m.get("ci") or {}).get(metric)
+                    bars.append(None if iv is None else (iv[0], iv[1]))
+            out[metric][name] = bars
+    return out
+
+
 def plot_sweep(
     x: Mapping[str, Sequence[float]] | Sequence[float],
     series: Mapping[str, Mapping[str, Sequence[float | None]]],
@@ -385,6 +418,7 @@ def plot_sweep(
     chosen_x: float | None = None,
     logx: bool = False,
     dpi: int = 120,
+    errors: Mapping[str, Mapping[str, Sequence[tuple[float, float] | None]]] | None = None,
 ) -> Path:
     """Plot metrics against 1/β, one panel per metric and one line per method; save a PNG at ``path``.
 
@@ -396,6 +430,8 @@ def plot_sweep(
             value at all is skipped, so a run without a gold judge just has no gold panel.
         chosen_x: draw a dotted vertical line at the 1/β picked for the comparison.
         logx: logarithmic x axis (for geometric sweeps).
+        errors: optional ``{metric: {method: [(lo, hi) | None, ...]}}`` intervals drawn as error bars
+            (:func:`sweep_intervals` makes them from summaries).
 
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
     """
@@ -435,6 +471,16 @@ def plot_sweep(
             xs = xs_for(name, len(vals))
             ys = [math.nan if v is None else float(v) for v in vals]
             ax.plot(xs, ys, marker="o", ms=4, lw=1.6, label=name, color=colors[name])
+            bars = (errors or {}).get(metric, {}).get(name)
+            if bars is not None:
+                pts = [(xv, yv, b) for xv, yv, b in zip(xs, ys, bars) if b is not None and not math.isnan(yv)]
+                if pts:
+                    ax.errorbar(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        yerr=[[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]],
+                        fmt="none", ecolor=colors[name], elinewidth=1.0, capsize=2.5, alpha=0.8,
+                    )  # fmt: skip
         if metric.startswith("win_tie"):
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
             ax.set_ylim(0.0, 1.0)

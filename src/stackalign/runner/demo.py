@@ -35,8 +35,32 @@ def demo_recipe_path() -> Path:
     return Path(str(resources.files("stackalign") / "recipes" / "sandbox.yaml"))
 
 
+def significance_sentence(summary: dict) -> str:
+    """Which SRS methods differ significantly from their baselines (gold difference excluding 0, win-tie
+    excluding 0.5), in words."""
+    from stackalign.evaluation.summary import significance
+
+    sig, nonsig = [], []
+    for name, m in summary["methods"].items():
+        for b, p in (m.get("paired") or {}).items():
+            d = p.get("gold_diff") or p.get("proxy_diff")
+            s_d, s_w = significance(d, 0.0), significance(p.get("win_tie"), 0.5)
+            label = f"{name} vs {b}"
+            if "+" in (s_d, s_w) or "-" in (s_d, s_w):
+                word = "better" if "+" in (s_d, s_w) and "-" not in (s_d, s_w) else "worse"
+                if "+" in (s_d, s_w) and "-" in (s_d, s_w):
+                    word = "mixed"
+                sig.append(f"{label} ({word}: diff {s_d}, win-tie {s_w})")
+            else:
+                nonsig.append(label)
+    out = "Significant at 95%: " + ("; ".join(sig) if sig else "none") + "."
+    if nonsig:
+        out += " Not significant: " + ", ".join(nonsig) + "."
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
-    from stackalign.evaluation.summary import format_table
+    from stackalign.evaluation.summary import format_paired, format_table
     from stackalign.runner.run import execute
 
     t0 = time.perf_counter()
@@ -77,6 +101,9 @@ def main(args: argparse.Namespace) -> int:
     summary = execute(recipe, out, world=world)
     print()
     print(format_table(summary, baselines=recipe.evaluation.baselines))
+    print("\nPaired against each baseline (95% bootstrap intervals over prompts):\n")
+    print(format_paired(summary, baselines=recipe.evaluation.baselines))
+    print("\n" + significance_sentence(summary))
     print(
         f"\n[demo] done in {time.perf_counter() - t0:.0f} s. Report: {out}/report.md, plot: {out}/methods.png"
     )
