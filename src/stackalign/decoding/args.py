@@ -286,17 +286,27 @@ def _decode_batch(
     )
     rows = LiveRows(R, T, pad, device)
     k = config.k
+    apply = getattr(shaper, "apply", None)  # a stackalign Shaper: the unchecked fast path
+    if m is not None:
+        m = m.to(device)
     for step in range(T):
         top_logits, cands = logits.topk(k, dim=-1)  # [R', k]
         rewards = scorer.score(cands).to(device)
+        # One check per step (a NaN reward would otherwise be silently argmax'ed); the shaper's own input
+        # checks are skipped below (``apply``): these rewards are checked, and softmax weights are valid.
+        if not bool(torch.isfinite(rewards).all()):
+            raise ValueError(f"the reward model returned NaN or infinite scores at step {step}")
         if shaper is None:
             shaped = rewards
         else:
             weights = top_logits.double().softmax(-1)
-            if m is None:
+            m_live = None if m is None else m[rows.active]
+            if apply is not None:
+                shaped = apply(rewards.double(), weights, m_live)
+            elif m_live is None:
                 shaped = shaper(rewards, weights)
             else:
-                shaped = shaper(rewards, weights, threshold=m[rows.active.cpu()].to(rewards.device))
+                shaped = shaper(rewards, weights, threshold=m_live)
             shaped = torch.as_tensor(shaped, device=device).to(top_logits.dtype)
         fused = top_logits + w * shaped
         if gens is None:
