@@ -117,7 +117,7 @@ def test_rm_token_cost_of_fast_mode():
     gen = GenerationConfig(max_new_tokens=T, ignore_eos=True)
     res = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=k, rm_mode="fast", rm_cache="tree"), gen)
     n_prompt = sum(len(tok(p)["input_ids"]) for p in PROMPTS)
-    assert res.cost.rm_tokens == n_prompt + len(PROMPTS) * (k + (k + 1) * (T - 1))  # at most k+1 per step
+    assert res.cost.rm_tokens == n_prompt + len(PROMPTS) * k * T  # exactly k per step: the chosen one is reused
     assert res.cost.lm_tokens == n_prompt + len(PROMPTS) * (T - 1)
     ref = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=k, rm_mode="reference"), gen)
     lengths = [len(tok(p)["input_ids"]) for p in PROMPTS]

@@ -11,11 +11,11 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
 
 * :class:`TreeScorer` (fast, default when the RM shares the policy's tokenizer). ONE RM KV cache holds each
   row's prefix. Each step runs a single RM forward whose query is ``[last chosen token, c_1 .. c_k]`` with a
-  4D "tree" attention mask: the chosen token sees the prefix and itself, candidate j sees the prefix, the
-  chosen token and itself only, and all k candidates get the same position id. The score head is applied to
-  the backbone's hidden state at every candidate position (a decoder classifier's head is per position; HF
-  pools afterwards). Then the cache is cropped back to prefix + chosen token. Cost per step: k+1 RM tokens
-  per row, O(L) cache memory, no cache copies.
+  4D "tree" attention mask: candidate j sees the prefix and itself only, and all k candidates get the same
+  position id. The score head is applied to the backbone's hidden state at every candidate position (a
+  decoder classifier's head is per position; HF pools afterwards). When a candidate is chosen, its cache
+  column (computed with exactly the context it will have) is moved next to the prefix and the other k - 1
+  are cropped. Cost per step: k RM tokens per row, O(L) cache memory, one column copy per layer.
 * :class:`RepeatScorer` (fast fallback): repeat-and-select. Repeat the prefix cache k times
   (``batch_repeat_interleave``), feed the k candidates as a batch of one-token queries, and keep the chosen
   copy (``batch_select_indices``). k RM tokens per step, but a k-fold cache copy every step and k x memory.
@@ -27,7 +27,7 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
   and score ``format_rm_input(prompt, response)`` in batches.
 
 Why a tree mask over one cache rather than repeat-and-select by default: both are exact, but the tree step
-reads one cache instead of writing k copies of it, so memory stays O(L) and per-step work is ~(k+1) query
+reads one cache instead of writing k copies of it, so memory stays O(L) and per-step work is k query
 tokens regardless of the prefix length; repeat-and-select copies O(k L) cache entries every step.
 """
 
@@ -167,7 +167,12 @@ class _CachedScorer(Scorer):
 
 
 class TreeScorer(_CachedScorer):
-    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask."""
+    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask.
+
+    k RM tokens per row and step, not k + 1: the chosen candidate's keys and values were computed when it was
+    scored (it saw the prefix and itself, at its final position), exactly what appending it would compute, so
+    :meth:`advance` moves that cache column into place instead of running the token through the RM again.
+    """
 
     name = "tree"
 
@@ -177,62 +182,53 @@ class TreeScorer(_CachedScorer):
             raise ValueError(
                 "tree scoring needs a plain DynamicCache (no sliding-window layers); use rm_cache='repeat'"
             )
-        self.pending: Tensor | None = None  # chosen token not yet in the cache, [R]
         self.neg = torch.finfo(self.dtype).min
-        # additive mask over the cached columns (0 = visible, min = padding), kept in step with self.mask
+        # additive mask over the cached columns (0 = visible, min = padding), kept in step with the cache
         self.past = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.device)
         self.past.masked_fill_(self.mask == 0, self.neg)
         self.mask = None  # superseded by self.past
-        self._trees: dict[tuple[int, int], Tensor] = {}
-        self._pos: dict[tuple[int, int], Tensor] = {}
+        self.scored: int | None = None  # cache length before the candidates of the last score()
+        self._trees: dict[int, Tensor] = {}
 
-    def _tree(self, off: int, k: int) -> Tensor:
-        """Additive [q, q] mask of the new tokens: each sees itself, and all see the chosen token (col 0)."""
-        key = (off, k)
-        if key not in self._trees:
-            q = off + k
-            allowed = torch.eye(q, dtype=torch.bool, device=self.device)
-            if off:
-                allowed[:, 0] = True
-            t = torch.zeros(q, q, dtype=self.dtype, device=self.device)
-            self._trees[key] = t.masked_fill_(~allowed, self.neg)
-        return self._trees[key]
+    def _tree(self, k: int) -> Tensor:
+        """Additive [k, k] mask of the candidates: each sees itself (and the prefix), not its siblings."""
+        if k not in self._trees:
+            t = torch.zeros(k, k, dtype=self.dtype, device=self.device)
+            self._trees[k] = t.masked_fill_(~torch.eye(k, dtype=torch.bool, device=self.device), self.neg)
+        return self._trees[k]
 
     def score(self, cands: Tensor) -> Tensor:
         R, k = cands.shape
-        cands = cands.to(self.device)
-        off = 0 if self.pending is None else 1
-        q = off + k
         L = self.past.shape[1]
+        if self.scored is not None:  # scored again without advancing: forget the previous candidates
+            crop_cache(self.cache, L)
         mask4d = torch.cat(
-            [self.past[:, None, None, :].expand(R, 1, q, L), self._tree(off, k).expand(R, 1, q, q)], dim=-1
+            [self.past[:, None, None, :].expand(R, 1, k, L), self._tree(k).expand(R, 1, k, k)], dim=-1
         )
-        ids = cands if not off else torch.cat([self.pending[:, None], cands], dim=1)
-        pos = self.next_pos[:, None] + self._offsets(off, k)
-        scores = self._run(ids, mask4d, pos, self.cache)
-        self._count(R * q)
-        crop_cache(self.cache, L + off)  # drop the k candidates, keep the chosen token
-        if off:
-            self.past = torch.cat([self.past, self.past.new_zeros(R, 1)], dim=1)
-            self.next_pos = self.next_pos + 1
-            self.pending = None
-        return scores[:, off:]
-
-    def _offsets(self, off: int, k: int) -> Tensor:
-        """Position offsets of the new tokens: chosen token at +0, every candidate at +off."""
-        if (off, k) not in self._pos:
-            self._pos[(off, k)] = torch.tensor([0] * off + [off] * k, device=self.device)
-        return self._pos[(off, k)]
+        pos = self.next_pos[:, None].expand(R, k)  # every candidate sits at the row's next position
+        scores = self._run(cands.to(self.device), mask4d, pos, self.cache)
+        self._count(R * k)
+        self.scored = L
+        return scores
 
     def advance(self, tokens: Tensor, index: Tensor) -> None:
-        self.pending = tokens.to(self.device)
+        if self.scored is None:
+            raise RuntimeError("TreeScorer.advance: no scored candidates to choose from (call score first)")
+        L = self.scored
+        rows = torch.arange(index.shape[0], device=self.device)
+        col = index.to(self.device) + L
+        for layer in self.cache.layers:  # the chosen candidate's column becomes column L; then drop the rest
+            layer.keys[:, :, L] = layer.keys[rows, :, col]
+            layer.values[:, :, L] = layer.values[rows, :, col]
+        crop_cache(self.cache, L + 1)
+        self.past = torch.cat([self.past, self.past.new_zeros(self.past.shape[0], 1)], dim=1)
+        self.next_pos = self.next_pos + 1
+        self.scored = None
 
     def select(self, keep: Tensor) -> None:
         keep = keep.to(self.device)
         self.cache.batch_select_indices(keep)
         self.past, self.next_pos = self.past[keep], self.next_pos[keep]
-        if self.pending is not None:
-            self.pending = self.pending[keep]
 
 
 class RepeatScorer(_CachedScorer):
