@@ -76,15 +76,19 @@ def test_run_writes_results_and_resumes_without_duplicates(micro_world, tmp_path
     assert path.read_text().startswith("".join(kept))
 
 
-def test_changed_config_in_same_dir_is_refused(micro_world, tmp_path):
+def test_changed_prompt_set_in_same_dir_is_refused(micro_world, tmp_path):
     from stackalign.runner.recipe import RecipeError
-    from stackalign.runner.run import _check_same_run, resolve_config
+    from stackalign.runner.run import reconcile_run_dir, resolve_config
 
     out = tmp_path / "run"
     out.mkdir()
-    cfg = resolve_config(_recipe(micro_world))
+    cfg = resolve_config(_recipe(micro_world), ["p0", "p1"])
     (out / "config.json").write_text(json.dumps(cfg))
-    _check_same_run(out, cfg)  # same config: fine
-    other = resolve_config(_recipe(micro_world, limit=3))
+    (out / "generations.jsonl").write_text(json.dumps({"method": "ARGS", "prompt_id": 0}) + "\n")
+    reconcile_run_dir(out, cfg)  # same config: fine
+    other = resolve_config(_recipe(micro_world, limit=3), ["p0", "p1"])
     with pytest.raises(RecipeError, match="prompts"):
-        _check_same_run(out, other)
+        reconcile_run_dir(out, other)
+    edited = resolve_config(_recipe(micro_world), ["p0", "p1 edited"])
+    with pytest.raises(RecipeError, match="prompt_set"):
+        reconcile_run_dir(out, edited)

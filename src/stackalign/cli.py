@@ -48,8 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe")
     run.add_argument("recipe", help="recipe YAML file")
     run.add_argument("--out", default=None, help="results directory")
-    run.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
+    run.add_argument(
+        "--restart-changed",
+        action="store_true",
+        help="resume a directory whose recipe changed: drop the rows of changed methods, keep identical ones",
+    )
+    run.add_argument(
+        "overrides", nargs="*", help="key=value overrides (dotted keys), before or after options"
+    )
     run.set_defaults(func=_handler("stackalign.runner.run:main"))
+
+    rc = sub.add_parser("recipe", help="check a recipe, or print the recipe schema")
+    rsub = rc.add_subparsers(dest="recipe_command", required=True)
+    rck = rsub.add_parser("check", help="validate a recipe (and the machine for it) and print it resolved")
+    rck.add_argument("recipe", help="recipe YAML file")
+    rck.add_argument("--no-env", action="store_true", help="skip the machine checks (packages, paths, judge)")
+    rck.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
+    rck.set_defaults(func=_handler("stackalign.runner.schema:check_main"))
+    rsc = rsub.add_parser("schema", help="every recipe field: type, default and help")
+    rsc.add_argument("--markdown", action="store_true", help="print the README's recipe reference")
+    rsc.set_defaults(func=_handler("stackalign.runner.schema:schema_main"))
 
     sw = sub.add_parser(
         "sweep", help="the paper's protocol: sweep the vanilla method's 1/beta on validation prompts"
@@ -92,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `key=value` overrides may follow options (`run R --out D a.b=1`)
+        stray = [e for e in extra if e.startswith("-") or "=" not in e]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = list(args.overrides or []) + extra
     if args.version:
         from stackalign import __version__
 

@@ -64,6 +64,18 @@ class JsonlStore:
                 self._done.add(k)
                 self.rows.append(row)
 
+    def rewrite(self, rows: list[dict]) -> None:
+        """Replace the file's rows with `rows` atomically (a temporary file renamed over it)."""
+        tmp = self.path.with_suffix(f"{self.path.suffix}.tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self.rows, self._done = [], set()
+        self._load()
+
 
 def write_json_atomic(path: str | Path, obj, *, indent: int | None = 2) -> None:
     """Write JSON to a temporary file and rename it over `path` (never a half-written file).

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
@@ -67,31 +67,45 @@ RM_CACHES = ("auto", "tree", "repeat")
 class ARGSConfig:
     """ARGS settings (generation length, stopping and seed come from :class:`GenerationConfig`).
 
-    Attributes:
-        k: candidates per step (top-k of the policy's logits).
-        beta: follower KL strength; the reward weight is ``w = 1/beta``. None = the shaper's ``beta`` when it
-            has one (so SRS's gamma and the fusion weight agree), else 2.0 (w = 0.5, the official value).
-        mode: "greedy" (argmax of the fused score) or "stochastic" (sample from softmax(fused/temperature)).
-        temperature: temperature of the stochastic mode (ARGS uses 0.7).
-        rm_mode: "fast" (incremental RM cache; needs a shared tokenizer), "reference" (the official algorithm:
-            full RM recompute of every candidate each step), "text" (decode and score text), or "auto"
-            (fast when possible, else text).
-        rm_cache: fast-mode strategy: "tree" (4D tree mask over one cache), "repeat" (repeat-and-select), or
-            "auto" (tree unless the model's attention cannot take custom masks).
-        reference_chunk_size: candidates per RM forward in reference mode (the official code uses 5).
-        batch_size: prompts decoded together.
-        text_batch_size: RM batch size in text mode.
-    """
+    Each field is documented where it is declared; the help texts feed `stackalign recipe schema`."""
 
-    k: int = 10
-    beta: float | None = None
-    mode: str = "greedy"
-    temperature: float = 0.7
-    rm_mode: str = "auto"
-    rm_cache: str = "auto"
-    reference_chunk_size: int = 5
-    batch_size: int = 8
-    text_batch_size: int = 32
+    k: int = field(default=10, metadata={"help": "candidates per step (top-k of the policy's logits)"})
+    beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "follower KL strength; the reward weight is w = 1/beta. None = the shaper's beta when it "
+            "has one (so SRS's gamma and the fusion weight agree), else 2.0 (w = 0.5, the official value)"
+        },
+    )
+    mode: Literal["greedy", "stochastic"] = field(
+        default="greedy",
+        metadata={
+            "help": "greedy (argmax of logit + w*reward) or stochastic (sample from its softmax/temperature)"
+        },
+    )
+    temperature: float = field(
+        default=0.7, metadata={"help": "temperature of the stochastic mode (ARGS: 0.7)"}
+    )
+    rm_mode: Literal["auto", "fast", "reference", "text"] = field(
+        default="auto",
+        metadata={
+            "help": "fast (incremental reward-model cache; needs a shared tokenizer), reference (the official "
+            "algorithm: full RM recompute of every candidate each step), text (decode and score text), or auto "
+            "(fast when possible, else text)"
+        },
+    )
+    rm_cache: Literal["auto", "tree", "repeat"] = field(
+        default="auto",
+        metadata={
+            "help": "fast-mode strategy: tree (4D tree mask over one cache), repeat (repeat-and-select), or auto "
+            "(tree unless the model's attention cannot take custom masks)"
+        },
+    )
+    reference_chunk_size: int = field(
+        default=5, metadata={"help": "candidates per RM forward in reference mode (the official code: 5)"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
+    text_batch_size: int = field(default=32, metadata={"help": "reward-model batch size in text mode"})
 
     def __post_init__(self) -> None:
         if not (isinstance(self.k, int) and self.k >= 1):

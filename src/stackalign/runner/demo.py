@@ -70,6 +70,9 @@ def main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--world: no such directory {args.world!r}")
         overrides.append(f"world={Path(args.world).resolve()}")
     recipe = load_recipe(demo_recipe_path(), overrides)
+    from stackalign.runner.preflight import preflight
+
+    preflight(recipe)  # a missing optional package stops the demo here, before any generation
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     world = _world(recipe)
     print(f"[demo] world: {world.root}; {len(recipe.methods)} methods; results -> {out}/", flush=True)

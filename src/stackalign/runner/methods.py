@@ -1,71 +1,314 @@
 """Recipe methods -> generate functions: a method is a *configuration* of a decoder and a shaping.
 
-`make_method(method_config, ctx)` returns `generate(prompts) -> [{"response", "lm_tokens", "rm_tokens"}]`
-(one dict per prompt). Decoders know nothing about which shaping they get, and shapings know nothing about
-models: SRS-ARGS = ARGS x the `srs` shaper (with a preset), SRS-CD = CD x a value head trained on
-SRS-shaped targets.
-
-Method `params` by decoder (anything else is an error naming the key):
-    base / greedy    -                                    (base = sampling at the recipe temperature)
-    bon, soft_bon    n (samples), beta (soft-BoN temperature)
-    args             k, w (= 1/beta), mode (greedy|stochastic), rm_mode (auto|fast|reference|text)
-    cd_tokenwise     k, lam, n_samples, train_prompts, width, max_epochs, temperature
-    cd_blockwise     lam, n_samples, train_prompts, width, max_epochs, num_blocks, block_size
-and shaping parameters (B, beta, alpha, gamma_cap, budget_stretch, cap) for the shaper.
+Each decoder's recipe `params` schema is built from the library's own config dataclasses (`ARGSConfig`,
+`CDConfig`, `CDDataConfig`, `ValueTrainConfig`, `Shaper`), so a default or a help text is written once, where
+the field is declared. `resolve_method` validates a method completely (no model is touched) and returns a
+`MethodPlan`: the resolved params (every default filled in, as `config.json` records them) and the constructed
+configs. `make_method(plan, ctx)` turns a plan into `generate(prompts) -> [{"response", "lm_tokens",
+"rm_tokens"}]`. Decoders know nothing about which shaping they get, and shapings know nothing about models:
+SRS-ARGS = ARGS x the `srs` shaper (with a preset), SRS-CD = CD x a value head trained on SRS-shaped targets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, field
+from typing import Any
 
-from stackalign.runner.recipe import MethodConfig, RecipeError
-from stackalign.shaping import Shaper, get_preset, get_shaper
+import pydantic
+from pydantic import Field
 
-SHAPER_KEYS = {f.name for f in fields(Shaper)} - {"kind"}
-DECODER_KEYS = {
-    "base": set(),
-    "greedy": set(),
-    "bon": {"n"},
-    "soft_bon": {"n", "beta_select"},
-    "args": {"k", "w", "mode", "rm_mode"},
-    "cd_tokenwise": {"k", "lam", "n_samples", "train_prompts", "width", "max_epochs", "temperature"},
-    "cd_blockwise": {"lam", "n_samples", "train_prompts", "width", "max_epochs", "num_blocks", "block_size"},
-}
+from stackalign.config import STRICT, ConfigError, help_of, type_name, validate_with
+from stackalign.decoding.args import ARGSConfig
+from stackalign.decoding.cd import CDConfig
+from stackalign.decoding.cd_data import CDDataConfig
+from stackalign.decoding.value_head import ValueTrainConfig
+from stackalign.runner.recipe import DECODER_NAMES, MethodConfig, RecipeError
+from stackalign.shaping import PARAMS_USED, Shaper, get_preset, get_shaper
 
 Generate = Callable[[list[str]], list[dict]]
 
 
-def _split_params(m: MethodConfig) -> tuple[dict, dict]:
-    allowed = DECODER_KEYS[m.decoder] | SHAPER_KEYS
-    unknown = sorted(set(m.params) - allowed)
-    if unknown:
-        raise RecipeError(f"methods[{m.name}].params: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    dec = {k: v for k, v in m.params.items() if k in DECODER_KEYS[m.decoder]}
-    shp = {k: v for k, v in m.params.items() if k in SHAPER_KEYS}
-    return dec, shp
+@dataclass(frozen=True)
+class Param:
+    """One key of a decoder's recipe params: a field of a library config (`source=(Class, "field")`, whose
+    default and help text are used), or a setting of the runner's own (`type`, `default`, `help`)."""
+
+    key: str
+    source: tuple[type, str] | None = None
+    type: Any = None
+    default: Any = None
+    help: str = ""
+
+    def spec(self) -> tuple[Any, Any, str]:
+        """(type, default, help) of this key."""
+        if self.source is None:
+            return self.type, self.default, self.help
+        cls, name = self.source
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        hints = __import__("typing").get_type_hints(cls)
+        return hints[name], f.default, help_of(cls, name)
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    name: str
+    help: str
+    params: tuple[Param, ...] = ()
+    shaped: bool = True  # takes a reward shaping (and its parameters)
+
+
+def _cd_params(tokenwise: bool) -> tuple[Param, ...]:
+    mode = (
+        (
+            Param("k", (CDConfig, "top_k")),
+            Param("temperature", (CDConfig, "score_temperature")),
+            Param("do_sample", (CDConfig, "do_sample")),
+            Param("lookahead", (CDConfig, "lookahead")),
+        )
+        if tokenwise
+        else (Param("num_blocks", (CDConfig, "num_blocks")), Param("block_size", (CDConfig, "block_size")))
+    )
+    return (
+        Param("lam", (CDConfig, "lam")),
+        *mode,
+        Param("n_samples", (CDDataConfig, "n_samples")),
+        Param("sample_temperature", (CDDataConfig, "temperature")),
+        Param("sample_top_p", (CDDataConfig, "top_p")),
+        Param("train_prompts", type=int, default=200, help="world training prompts of the offline data"),
+        Param("width", (ValueTrainConfig, "width")),
+        Param("objective", (ValueTrainConfig, "objective")),
+        Param("pairwise_coef", (ValueTrainConfig, "pairwise_coef")),
+        Param("value_lr", (ValueTrainConfig, "lr")),
+        Param("value_batch_size", (ValueTrainConfig, "batch_size")),
+        Param("max_epochs", (ValueTrainConfig, "max_epochs")),
+        Param("patience", (ValueTrainConfig, "patience")),
+        Param("val_fraction", (ValueTrainConfig, "val_fraction")),
+        Param("value_grad_clip", (ValueTrainConfig, "grad_clip")),
+    )
+
+
+_N = Param("n", type=int, default=10, help="base samples per prompt")
+DECODERS: dict[str, DecoderSpec] = {
+    "base": DecoderSpec(
+        "base", "one sample per prompt from the policy at the recipe's temperature", shaped=False
+    ),
+    "greedy": DecoderSpec("greedy", "greedy decoding of the policy", shaped=False),
+    "bon": DecoderSpec("bon", "Best-of-N: the sample with the highest (shaped) reward", (_N,)),
+    "soft_bon": DecoderSpec(
+        "soft_bon",
+        "soft Best-of-N: resample from softmax(shaped / beta_select) over the N samples",
+        (
+            _N,
+            Param(
+                "beta_select",
+                type=float | None,
+                default=None,
+                help="temperature of the resampling; null = the shaper's beta, else 1",
+            ),
+        ),
+    ),
+    "args": DecoderSpec(
+        "args",
+        "ARGS (Khanov et al. 2024): top-k candidates scored by logit + w * (shaped) reward",
+        (
+            Param("k", (ARGSConfig, "k")),
+            Param(
+                "w", type=float, default=0.5, help="reward weight w = 1/beta (the official ARGS value: 0.5)"
+            ),
+            Param("mode", (ARGSConfig, "mode")),
+            Param("temperature", (ARGSConfig, "temperature")),
+            Param("rm_mode", (ARGSConfig, "rm_mode")),
+            Param("rm_cache", (ARGSConfig, "rm_cache")),
+            Param("reference_chunk_size", (ARGSConfig, "reference_chunk_size")),
+            Param("text_batch_size", (ARGSConfig, "text_batch_size")),
+        ),
+    ),
+    "cd_tokenwise": DecoderSpec(
+        "cd_tokenwise", "controlled decoding, tokenwise: top-k lookahead by log p + lam * V", _cd_params(True)
+    ),
+    "cd_blockwise": DecoderSpec(
+        "cd_blockwise",
+        "controlled decoding, blockwise: K blocks of M tokens, keep the best by V",
+        _cd_params(False),
+    ),
+}
+assert tuple(DECODERS) == DECODER_NAMES
+
+# Shaping parameters (a field of `Shaper`), accepted by every shaped decoder; null = the preset's / shaper's value.
+SHAPING_KEYS = tuple(f.name for f in dataclasses.fields(Shaper) if f.name != "kind")
+
+
+def shaping_param(key: str) -> Param:
+    tp, default, text = Param(key, (Shaper, key)).spec()
+    return Param(
+        key, type=tp | None, default=None, help=f"{text} (null = the preset's value, else {default!r})"
+    )
+
+
+@dataclass
+class MethodPlan:
+    """A validated method: its resolved params and the configs built from them (no model touched)."""
+
+    name: str
+    decoder: str
+    shaping: str
+    preset: str | None
+    params: dict  # every key of the decoder's schema, defaults filled in; shaping keys only when set
+    decoder_params: dict = field(default_factory=dict)
+    shaper_params: dict = field(default_factory=dict)
+    shaper: Shaper | None = None
+
+
+def params_model(decoder: str) -> type[pydantic.BaseModel]:
+    spec = DECODERS[decoder]
+    fields: dict[str, Any] = {}
+    for p in spec.params:
+        tp, default, text = p.spec()
+        fields[p.key] = (tp, Field(default=default, description=text))
+    if spec.shaped:
+        for key in SHAPING_KEYS:
+            tp, default, text = shaping_param(key).spec()
+            fields[key] = (tp, Field(default=default, description=text))
+    return pydantic.create_model(f"{decoder}_params", __config__=STRICT, **fields)
+
+
+_MODELS: dict[str, type[pydantic.BaseModel]] = {}
+
+
+def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
+    """Validate method `m` (the recipe's `methods[index]`): params against its decoder's schema, the shaping
+    and preset, and every config's value ranges. Raises RecipeError naming the path."""
+    where = f"methods[{index}]"
+    spec = DECODERS[m.decoder]
+    model = _MODELS.setdefault(m.decoder, params_model(m.decoder))
+    try:
+        values = validate_with(model, m.params, f"{where}.params")
+    except ConfigError as e:
+        raise RecipeError(str(e)) from None
+    dec = {p.key: values[p.key] for p in spec.params}
+    shp = {k: values[k] for k in SHAPING_KEYS if k in values and values[k] is not None}
+    if not spec.shaped and (m.shaping != "vanilla" or m.preset is not None):
+        raise RecipeError(f"{where}.shaping: decoder {m.decoder!r} takes no reward, so no shaping or preset")
+    if m.preset is not None and m.shaping not in ("srs", "hard"):
+        raise RecipeError(f"{where}.preset: presets configure srs or hard shaping, not {m.shaping!r}")
+    if m.preset is None:
+        unused = sorted(set(shp) - set(PARAMS_USED[m.shaping]))
+        if unused:
+            raise RecipeError(
+                f"{where}.params.{unused[0]}: not used by shaping {m.shaping!r} "
+                f"(it reads: {', '.join(PARAMS_USED[m.shaping]) or 'nothing'})"
+            )
+    plan = MethodPlan(m.name, m.decoder, m.shaping, m.preset, {**dec, **shp}, dec, shp)
+    try:
+        if spec.shaped:
+            plan.shaper = make_shaper(m, shp, w=dec.get("w"))
+        _configs(plan, batch_size=1, max_new_tokens=1, seed=0)  # value-range checks of every config
+    except ValueError as e:
+        msg = str(e)
+        raise RecipeError(f"{where}.params.{msg}" if not msg.startswith(where) else msg) from None
+    return plan
 
 
 def make_shaper(m: MethodConfig, shaper_params: dict, *, w: float | None = None) -> Shaper | None:
     """The method's shaper. For ARGS the follower's beta is 1/w, so the threshold's gamma uses the same beta."""
     params = dict(shaper_params)
-    if w is not None and "beta" not in params:
+    if w is not None and "beta" not in params and (m.preset is not None or "beta" in PARAMS_USED[m.shaping]):
         params["beta"] = 1.0 / w
     if m.preset is not None:
-        if m.shaping not in ("srs", "hard"):
-            raise RecipeError(f"methods[{m.name}].preset: presets configure srs or hard, not {m.shaping}")
         return get_preset(m.preset, kind=m.shaping, **params)
-    if m.shaping == "vanilla" and not params:
+    if m.shaping == "vanilla":
         return None
     return get_shaper(m.shaping, **params)
 
 
-def make_method(m: MethodConfig, ctx) -> Generate:
+def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    """The library configs of a plan (ARGSConfig, CDConfig, CDDataConfig, ValueTrainConfig)."""
+    d = plan.decoder_params
+    if plan.decoder == "args":
+        return {
+            "args": ARGSConfig(
+                k=d["k"],
+                beta=1.0 / d["w"] if d["w"] > 0 else _bad("w", "must be > 0", d["w"]),
+                mode=d["mode"],
+                temperature=d["temperature"],
+                rm_mode=d["rm_mode"],
+                rm_cache=d["rm_cache"],
+                reference_chunk_size=d["reference_chunk_size"],
+                batch_size=batch_size,
+                text_batch_size=d["text_batch_size"],
+            )
+        }
+    if plan.decoder in ("bon", "soft_bon"):
+        if d["n"] < 1:
+            _bad("n", "must be >= 1", d["n"])
+        if d.get("beta_select") is not None and not d["beta_select"] > 0:
+            _bad("beta_select", "must be > 0", d["beta_select"])
+        return {}
+    if plan.decoder.startswith("cd_"):
+        tokenwise = plan.decoder == "cd_tokenwise"
+        if d["train_prompts"] < 1:
+            _bad("train_prompts", "must be >= 1", d["train_prompts"])
+        kw = dict(mode="tokenwise" if tokenwise else "blockwise", lam=d["lam"], batch_size=batch_size)
+        if tokenwise:
+            kw.update(
+                top_k=d["k"],
+                score_temperature=d["temperature"],
+                do_sample=d["do_sample"],
+                lookahead=d["lookahead"],
+            )
+        else:
+            kw.update(num_blocks=d["num_blocks"], block_size=d["block_size"])
+        return {
+            "cd": CDConfig(**kw),
+            "data": CDDataConfig(
+                n_samples=d["n_samples"],
+                max_new_tokens=max_new_tokens,
+                temperature=d["sample_temperature"],
+                top_p=d["sample_top_p"],
+                seed=seed,
+            ),
+            "value": ValueTrainConfig(
+                width=d["width"],
+                objective=d["objective"],
+                pairwise_coef=d["pairwise_coef"],
+                lr=d["value_lr"],
+                batch_size=d["value_batch_size"],
+                max_epochs=d["max_epochs"],
+                patience=d["patience"],
+                val_fraction=d["val_fraction"],
+                grad_clip=d["value_grad_clip"],
+            ),
+        }
+    return {}
+
+
+def _bad(key: str, why: str, value: Any):
+    raise ValueError(f"{key}: {why}, got {value!r}")
+
+
+def schema_rows() -> list[tuple[str, str, Any, str]]:
+    """(decoder, key, type, default, help) of every method param, for `stackalign recipe schema`."""
+    rows = []
+    for name, spec in DECODERS.items():
+        for p in spec.params:
+            tp, default, text = p.spec()
+            rows.append((name, p.key, type_name(tp), default, text))
+    for key in SHAPING_KEYS:
+        tp, default, text = shaping_param(key).spec()
+        rows.append(("(any shaped decoder)", key, type_name(tp), default, text))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def make_method(plan: MethodPlan, ctx) -> Generate:
     from stackalign.decoding.common import GenerationConfig
 
-    dec, shp = _split_params(m)
     g = ctx.recipe.generation
     gen = GenerationConfig(
         max_new_tokens=g.max_new_tokens,
@@ -75,12 +318,12 @@ def make_method(m: MethodConfig, ctx) -> Generate:
         stop_strings=tuple(ctx.stop_strings),
         seed=ctx.recipe.seed,
     )
-    if m.decoder in ("base", "greedy"):
-        from dataclasses import replace
-
+    configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=ctx.recipe.seed)
+    d = plan.decoder_params
+    if plan.decoder in ("base", "greedy"):
         from stackalign.decoding.sampling import sample
 
-        cfg = replace(gen, temperature=0.0) if m.decoder == "greedy" else gen
+        cfg = dataclasses.replace(gen, temperature=0.0) if plan.decoder == "greedy" else gen
 
         def run(prompts: list[str]) -> list[dict]:
             res = sample(ctx.policy, ctx.tokenizer, prompts, 1, cfg)
@@ -88,11 +331,8 @@ def make_method(m: MethodConfig, ctx) -> Generate:
 
         return run
 
-    if m.decoder in ("bon", "soft_bon"):
+    if plan.decoder in ("bon", "soft_bon"):
         from stackalign.decoding.bon import best_of_n
-
-        shaper = make_shaper(m, shp)
-        n = int(dec.get("n", 10))
 
         def run(prompts: list[str]) -> list[dict]:
             res = best_of_n(
@@ -100,38 +340,30 @@ def make_method(m: MethodConfig, ctx) -> Generate:
                 ctx.tokenizer,
                 ctx.reward,
                 prompts,
-                n,
+                d["n"],
                 gen,
-                shaper=shaper,
-                soft=m.decoder == "soft_bon",
-                beta=dec.get("beta_select"),
+                shaper=plan.shaper,
+                soft=plan.decoder == "soft_bon",
+                beta=d.get("beta_select"),
             )
             return _rows(res.texts, res.cost, len(prompts))
 
         return run
 
-    if m.decoder == "args":
-        from stackalign.decoding.args import ARGSConfig, args_generate
+    if plan.decoder == "args":
+        from stackalign.decoding.args import args_generate
 
-        w = float(dec.get("w", 0.5))
-        shaper = make_shaper(m, shp, w=w)
-        cfg = ARGSConfig(
-            k=int(dec.get("k", 10)),
-            beta=1.0 / w,
-            mode=dec.get("mode", "greedy"),
-            rm_mode=dec.get("rm_mode", "auto"),
-            batch_size=g.batch_size,
-        )
+        cfg = configs["args"]
 
         def run(prompts: list[str]) -> list[dict]:
-            res = args_generate(ctx.policy, ctx.tokenizer, ctx.reward, prompts, cfg, gen, shaper=shaper)
+            res = args_generate(ctx.policy, ctx.tokenizer, ctx.reward, prompts, cfg, gen, shaper=plan.shaper)
             return _rows(res.texts, res.cost, len(prompts))
 
         return run
 
-    if m.decoder in ("cd_tokenwise", "cd_blockwise"):
-        return _make_cd(m, dec, shp, ctx, gen)
-    raise RecipeError(f"methods[{m.name}].decoder: unknown {m.decoder!r}")  # pragma: no cover
+    if plan.decoder in ("cd_tokenwise", "cd_blockwise"):
+        return _make_cd(plan, configs, ctx, gen)
+    raise RecipeError(f"methods[{plan.name}].decoder: unknown {plan.decoder!r}")  # pragma: no cover
 
 
 def _rows(texts: list[str], cost, n_prompts: int) -> list[dict]:
@@ -140,26 +372,18 @@ def _rows(texts: list[str], cost, n_prompts: int) -> list[dict]:
     return [{"response": t, "lm_tokens": lm, "rm_tokens": rm} for t in texts]
 
 
-def _make_cd(m: MethodConfig, dec: dict, shp: dict, ctx, gen) -> Generate:
-    """Controlled decoding: offline base samples (shared by every CD method of the run), a value head trained
-    on this method's shaped targets (cached in the run directory), then decoding."""
-    from stackalign.decoding.cd import CDConfig, controlled_decode
-    from stackalign.decoding.cd_data import CDDataConfig, OfflineData, build_offline_data
-    from stackalign.decoding.value_head import (
-        CONFIG_NAME,
-        ValueTrainConfig,
-        load_value_head,
-        train_value_head,
-    )
+def _make_cd(plan: MethodPlan, configs: dict, ctx, gen) -> Generate:
+    """Controlled decoding: offline base samples (shared by every CD method of the run with the same sampling
+    settings), a value head trained on this method's shaped targets (cached in the run directory), decoding."""
+    from stackalign.decoding.cd import controlled_decode
+    from stackalign.decoding.cd_data import OfflineData, build_offline_data
+    from stackalign.decoding.value_head import CONFIG_NAME, load_value_head, train_value_head
 
     if ctx.world is None:
-        raise RecipeError(f"methods[{m.name}]: CD needs training prompts; it runs on a world (world: ...)")
-    n_train = int(dec.get("train_prompts", 200))
+        raise RecipeError(f"methods[{plan.name}]: CD needs training prompts; it runs on a world (world: ...)")
+    n_train = plan.decoder_params["train_prompts"]
     train_prompts = list(ctx.world.train_prompts)[:n_train]
-    gmax = ctx.recipe.generation.max_new_tokens
-    data_cfg = CDDataConfig(
-        n_samples=int(dec.get("n_samples", 10)), max_new_tokens=gmax, seed=ctx.recipe.seed
-    )
+    data_cfg = configs["data"]
     data_key = hashlib.sha256(
         json.dumps([data_cfg.sampling_key(), n_train, list(ctx.stop_strings)], sort_keys=True).encode()
     ).hexdigest()[:10]
@@ -175,27 +399,25 @@ def _make_cd(m: MethodConfig, dec: dict, shp: dict, ctx, gen) -> Generate:
             stop_strings=ctx.stop_strings,
         )
     data = OfflineData.load(data_dir)
-    shaper = make_shaper(m, shp) or get_shaper("vanilla")
-    head_dir = ctx.out_dir / "cd_heads" / m.name
+    shaper = plan.shaper or get_shaper("vanilla")
+    head_dir = ctx.out_dir / "cd_heads" / plan.name
     if (head_dir / CONFIG_NAME).exists():  # trained by an earlier (or interrupted-after-training) run
         head, _ = load_value_head(head_dir)
     else:
-        tcfg = ValueTrainConfig(width=int(dec.get("width", 256)), max_epochs=int(dec.get("max_epochs", 15)))
         result = train_value_head(
             ctx.policy,
             data.examples(shaper),
-            tcfg,
+            configs["value"],
             out_dir=head_dir,
-            extra={"method": m.name, "shaping": m.shaping, "preset": m.preset, "params": shp},
+            extra={
+                "method": plan.name,
+                "shaping": plan.shaping,
+                "preset": plan.preset,
+                "params": plan.shaper_params,
+            },
         )
         head = result.head
-    mode = "tokenwise" if m.decoder == "cd_tokenwise" else "blockwise"
-    kw = dict(mode=mode, lam=float(dec.get("lam", 1.5)), batch_size=ctx.recipe.generation.batch_size)
-    if mode == "tokenwise":
-        kw.update(top_k=int(dec.get("k", 10)), score_temperature=float(dec.get("temperature", 0.7)))
-    else:
-        kw.update(num_blocks=int(dec.get("num_blocks", 4)), block_size=int(dec.get("block_size", 8)))
-    cfg = CDConfig(**kw)
+    cfg = configs["cd"]
 
     def run(prompts: list[str]) -> list[dict]:
         res = controlled_decode(ctx.policy, ctx.tokenizer, prompts, head, cfg, gen)

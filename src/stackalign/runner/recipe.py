@@ -1,222 +1,207 @@
-"""Recipes: YAML files that describe a run, validated where they enter.
+"""Recipes: YAML files that describe a run, checked whole before anything loads.
 
-A recipe names the models, the prompts, the methods (decoder x shaping x hyperparameters), the evaluation
-and the seed. Unknown keys and bad values are errors that name the key (`methods[2].shaping`), never a
-traceback from deep inside torch. `key=value` overrides from the command line use dotted paths
-(`generation.max_new_tokens=64`, `methods.1.params.w=2`).
+A recipe names the models, the prompts, the methods (decoder x shaping x parameters), the evaluation and the
+seed. Every section is a config dataclass (help text on each field); `stackalign.config.build` validates the
+YAML against it — strict types, no unknown keys, finite numbers — and each method's `params` against the schema
+of its decoder (`stackalign.runner.methods.DECODERS`). Errors name the path with a suggestion
+(`methods[1].params.temprature: unknown key; did you mean 'temperature'?`). `key=value` overrides from the
+command line use dotted paths (`generation.max_new_tokens=64`, `methods.1.params.w=2`).
 
-    world: default                 # "default" (the cached sandbox world), a world directory, or null
-    policy: null                   # model name or path; null = the world's policy
-    reward_model: null             # 1-label sequence classifier name or path; null = the world's proxy RM
-    reward_chat_template: false    # the one reward-model input format: prompt + response, or chat template
-    gold: world                    # "world" (the world's gold utility and judge) or null
-    prompts: {source: world:test, limit: 100}   # or {source: Dahoas/full-hh-rlhf, split: test, field: prompt}
-                                                # or {source: path/to/prompts.jsonl, field: prompt}
-    generation: {max_new_tokens: 48, temperature: 1.0, top_p: 1.0, top_k: 0, stop_strings: ["\\nUser:"]}
+`stackalign recipe check R.yaml` prints the resolved recipe (every default filled in);
+`stackalign recipe schema` prints every field with its type, default and help.
+
+    world: default
+    prompts: {source: world:test, limit: 100}
+    generation: {max_new_tokens: 48}
     methods:
       - {name: ARGS, decoder: args, shaping: vanilla, params: {k: 10, w: 0.5}}
       - {name: SRS-ARGS, decoder: args, shaping: srs, preset: official-args, params: {k: 10, w: 0.5}}
     evaluation: {coherence: minilm, judge: gold, baselines: [ARGS]}
-    seed: 0
-    device: cpu
-    dtype: float32
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import MISSING, asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
-from stackalign.shaping import PRESETS, SHAPERS
+from stackalign.config import ConfigError, build
 
-DECODERS = ("base", "greedy", "bon", "soft_bon", "args", "cd_tokenwise", "cd_blockwise")
+DECODER_NAMES = ("base", "greedy", "bon", "soft_bon", "args", "cd_tokenwise", "cd_blockwise")
+SHAPING_NAMES = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")
+PRESET_NAMES = ("paper", "official-args", "official-cd")
+DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe problem; the message names the key."""
+
+
+def _help(text: str, default: Any = None, factory: Any = None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass
 class PromptsConfig:
-    source: str = (
-        "world:test"  # world:train|world:val|world:test, an HF dataset name, or a .jsonl/.parquet path
+    source: str = _help(
+        "world:train | world:val | world:test, a .jsonl/.json/.parquet file, or an HF dataset name",
+        "world:test",
     )
-    split: str = "test"
-    field: str = "prompt"
-    limit: int | None = 100
-    template: str = "{prompt}"  # applied to each raw prompt, e.g. "\n\nHuman: {prompt}\n\nAssistant:"
+    split: str = _help("dataset split (HF datasets only)", "test")
+    field: str = _help("the column that holds the prompt text (files and HF datasets)", "prompt")
+    limit: int | None = _help("use the first `limit` prompts; null = all", 100)
+    template: str = _help(
+        'applied to each raw prompt; must contain {prompt}, e.g. "\\n\\nHuman: {prompt}\\n\\nAssistant:"',
+        "{prompt}",
+    )
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be >= 1 or null, got {self.limit!r}")
+        if "{prompt}" not in self.template:
+            raise ValueError(f"template: must contain {{prompt}}, got {self.template!r}")
+        if not self.source:
+            raise ValueError("source: must not be empty")
 
 
 @dataclass
 class GenerationSettings:
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_strings: list[str] | None = None  # null = the world's stop strings (if any)
-    batch_size: int = 8
+    max_new_tokens: int = _help("new tokens per response, at most", 48)
+    temperature: float = _help("sampling temperature of the base sampler (base, BoN, CD offline data)", 1.0)
+    top_p: float = _help("nucleus mass of the base sampler (1 = off)", 1.0)
+    top_k: int = _help("top-k of the base sampler (0 = off)", 0)
+    stop_strings: list[str] | None = _help(
+        "texts that end a response (trimmed from it); null = the world's stop strings", None
+    )
+    batch_size: int = _help("prompts decoded together", 8)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.stop_strings is not None and any(not s for s in self.stop_strings):
+            raise ValueError("stop_strings: an empty stop string would end every response at once")
 
 
 @dataclass
 class MethodConfig:
-    name: str = ""
-    decoder: str = "base"
-    shaping: str = "vanilla"
-    preset: str | None = None
-    params: dict = field(default_factory=dict)
+    name: str = _help("the method's name in tables (default: derived from decoder and shaping)", "")
+    decoder: Literal[DECODER_NAMES] = _help(  # type: ignore[valid-type]
+        "base | greedy | bon | soft_bon | args | cd_tokenwise | cd_blockwise", "base"
+    )
+    shaping: Literal[SHAPING_NAMES] = _help(  # type: ignore[valid-type]
+        "the reward shaping handed to the decoder: vanilla (raw reward), meanstd, minmax, cap, meansoft, "
+        "hard, srs (Stackelberg soft threshold)",
+        "vanilla",
+    )
+    preset: Literal[PRESET_NAMES] | None = _help(  # type: ignore[valid-type]
+        "an SRS preset (srs or hard shaping): paper, official-args, official-cd", None
+    )
+    params: dict[str, Any] = _help(
+        "the decoder's and the shaping's parameters (see `stackalign recipe schema`)", factory=dict
+    )
 
 
 @dataclass
 class EvaluationConfig:
-    coherence: str | None = "minilm"  # "minilm" (offline default), an encoder name/path, or null
-    judge: str | None = "gold"  # "gold", "llm", or null
-    judge_model: str | None = None
-    judge_base_url: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    baselines: list[str] = field(default_factory=list)
+    coherence: str | None = _help(
+        "minilm (the offline MiniLM encoder, extra `coherence`), an HF encoder name/path, or null = off",
+        "minilm",
+    )
+    judge: Literal["gold", "llm"] | None = _help(
+        "win-tie judge: gold (the world's), llm (an OpenAI-compatible API), or null = none", "gold"
+    )
+    judge_model: str | None = _help("model name of the LLM judge (judge: llm)", None)
+    judge_base_url: str | None = _help(
+        "base URL of the OpenAI-compatible API (judge: llm); null = api.openai.com", None
+    )
+    judge_api_key_env: str | None = _help(
+        "the environment variable that holds the judge's API key; null = a server that needs no key",
+        "OPENAI_API_KEY",
+    )
+    baselines: list[str] = _help("method names the others are compared with (win-tie)", factory=list)
 
 
 @dataclass
 class Recipe:
-    world: str | None = "default"
-    policy: str | None = None
-    reward_model: str | None = None
-    reward_chat_template: bool = False
-    gold: str | None = "world"
-    prompts: PromptsConfig = field(default_factory=PromptsConfig)
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    methods: list[MethodConfig] = field(default_factory=list)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
+    world: str | None = _help("default (the cached sandbox world), a world directory, or null", "default")
+    policy: str | None = _help("causal LM name or path; null = the world's policy", None)
+    reward_model: str | None = _help(
+        "1-label sequence classifier name or path; null = the world's proxy reward model", None
+    )
+    reward_chat_template: bool = _help(
+        "reward-model input: false = prompt + response text, true = the RM tokenizer's chat template", False
+    )
+    gold: Literal["world"] | None = _help("world = the world's gold utility and judge; null = none", "world")
+    prompts: PromptsConfig = _help("where the prompts come from", factory=PromptsConfig)
+    generation: GenerationSettings = _help("length, stopping and base sampling", factory=GenerationSettings)
+    methods: list[MethodConfig] = _help("the methods to run, in order", factory=list)
+    evaluation: EvaluationConfig = _help("metrics and judge", factory=EvaluationConfig)
+    seed: int = _help("base seed; every prompt's generator is seeded from (seed, prompt)", 0)
+    device: str = _help("cpu, cuda, cuda:N or mps", "cpu")
+    dtype: Literal["float32", "float16", "bfloat16"] = _help("model weights' dtype", "float32")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _check_scalar(path: str, value: Any, typ: Any) -> Any:
-    origin = get_origin(typ)
-    args = get_args(typ)
-    if origin is not None and type(None) in args:  # Optional[...]
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_scalar(path, value, inner[0])
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{path}: expected true/false, got {value!r}")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecipeError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if typ is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{path}: expected a string, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecipeError(f"{path}: expected a list, got {value!r}")
-        return [_check_scalar(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if typ is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hasattr(typ, "__dataclass_fields__"):
-        return _build(typ, value, path)
-    raise RecipeError(f"{path}: unsupported type {typ}")  # pragma: no cover - schema bug
-
-
-def _build(cls, data: Any, path: str):
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path or 'recipe'}: expected a mapping, got {data!r}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{path}." if path else ""
-        raise RecipeError(f"unknown key(s) {', '.join(where + k for k in unknown)}; allowed: {sorted(names)}")
-    kwargs = {}
-    for f in fields(cls):
-        if f.name in data:
-            sub = f"{path}.{f.name}" if path else f.name
-            typ = hints[f.name]
-            if get_origin(typ) is list and hasattr(get_args(typ)[0], "__dataclass_fields__"):
-                if not isinstance(data[f.name], list):
-                    raise RecipeError(f"{sub}: expected a list")
-                kwargs[f.name] = [
-                    _build(get_args(typ)[0], v, f"{sub}[{i}]") for i, v in enumerate(data[f.name])
-                ]
-            else:
-                kwargs[f.name] = _check_scalar(sub, data[f.name], typ)
-        elif (
-            f.default is MISSING and f.default_factory is MISSING
-        ):  # pragma: no cover - all fields have defaults
-            raise RecipeError(f"{path}.{f.name}: missing")
-    return cls(**kwargs)
-
-
 def _validate(recipe: Recipe) -> Recipe:
+    """Cross-field checks, and each method's params against its decoder's schema (defaults filled in)."""
+    from stackalign.runner.methods import resolve_method
+
     if not recipe.methods:
         raise RecipeError("methods: at least one method is required")
-    seen = set()
+    if not DEVICE_RE.match(recipe.device):
+        raise RecipeError(f"device: expected cpu, cuda, cuda:N or mps, got {recipe.device!r}")
+    seen: set[str] = set()
     for i, m in enumerate(recipe.methods):
-        where = f"methods[{i}]"
         if not m.name:
             m.name = m.decoder if m.shaping == "vanilla" else f"{m.shaping}-{m.decoder}"
         if m.name in seen:
-            raise RecipeError(f"{where}.name: duplicate method name {m.name!r}")
+            raise RecipeError(f"methods[{i}].name: duplicate method name {m.name!r}")
         seen.add(m.name)
-        if m.decoder not in DECODERS:
-            raise RecipeError(f"{where}.decoder: unknown {m.decoder!r}; choose from {list(DECODERS)}")
-        if m.shaping not in SHAPERS:
-            raise RecipeError(f"{where}.shaping: unknown {m.shaping!r}; choose from {list(SHAPERS)}")
-        if m.preset is not None and m.preset not in PRESETS:
-            raise RecipeError(f"{where}.preset: unknown {m.preset!r}; choose from {sorted(PRESETS)}")
-        for key in ("w", "beta", "B", "alpha", "lam"):
-            if key in m.params and not (isinstance(m.params[key], int | float) and m.params[key] > 0):
-                raise RecipeError(f"{where}.params.{key}: must be a number > 0, got {m.params[key]!r}")
-    g = recipe.generation
-    if g.max_new_tokens < 1:
-        raise RecipeError("generation.max_new_tokens: must be >= 1")
-    if g.temperature <= 0:
-        raise RecipeError("generation.temperature: must be > 0")
-    if not 0 < g.top_p <= 1:
-        raise RecipeError("generation.top_p: must be in (0, 1]")
-    if g.batch_size < 1:
-        raise RecipeError("generation.batch_size: must be >= 1")
-    if recipe.prompts.limit is not None and recipe.prompts.limit < 1:
-        raise RecipeError("prompts.limit: must be >= 1 or null")
-    if recipe.evaluation.judge not in (None, "gold", "llm"):
-        raise RecipeError(f"evaluation.judge: expected gold, llm or null, got {recipe.evaluation.judge!r}")
-    if recipe.evaluation.judge == "llm" and not recipe.evaluation.judge_model:
+        m.params = resolve_method(m, i).params
+    ev = recipe.evaluation
+    if ev.judge == "llm" and not ev.judge_model:
         raise RecipeError("evaluation.judge_model: required when evaluation.judge is llm")
-    if recipe.evaluation.judge == "gold" and recipe.gold is None:
+    if ev.judge == "gold" and recipe.gold is None:
         raise RecipeError("evaluation.judge: 'gold' needs a gold judge (gold: world)")
-    names = {m.name for m in recipe.methods}
-    for b in recipe.evaluation.baselines:
-        if b not in names:
-            raise RecipeError(f"evaluation.baselines: {b!r} is not a method name ({sorted(names)})")
-    if recipe.gold not in (None, "world"):
-        raise RecipeError(f"gold: expected 'world' or null, got {recipe.gold!r}")
+    for b in ev.baselines:
+        if b not in seen:
+            raise RecipeError(f"evaluation.baselines: {b!r} is not a method name ({sorted(seen)})")
+    if recipe.gold == "world" and recipe.world is None:
+        raise RecipeError("gold: 'world' needs a world (world: default or a directory), or gold: null")
     if recipe.world is None and (recipe.policy is None or recipe.reward_model is None):
         raise RecipeError("policy/reward_model: required when world is null")
-    if recipe.dtype not in ("float32", "float16", "bfloat16"):
-        raise RecipeError(f"dtype: expected float32, float16 or bfloat16, got {recipe.dtype!r}")
+    if recipe.prompts.source.startswith("world:"):
+        split = recipe.prompts.source.split(":", 1)[1]
+        if split not in ("train", "val", "test"):
+            raise RecipeError(
+                f"prompts.source: unknown world split {split!r} (world:train, world:val, world:test)"
+            )
+        if recipe.world is None:
+            raise RecipeError(f"prompts.source: {recipe.prompts.source!r} needs a world")
     return recipe
 
 
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -236,8 +221,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 node = node[int(part)]
             else:
                 node = node.setdefault(part, {})
-                if not isinstance(node, dict | list):
-                    raise RecipeError(f"override {key}: {where} is not a mapping")
+            if not isinstance(node, dict | list):
+                raise RecipeError(f"override {key}: {where} is not a mapping")
         last = parts[-1]
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
@@ -248,9 +233,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
+def recipe_from_dict(data: dict | None, overrides: list[str] | None = None) -> Recipe:
+    if data is not None and not isinstance(data, dict):
+        raise RecipeError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
     data = apply_overrides(data or {}, overrides or [])
-    return _validate(_build(Recipe, data, ""))
+    try:
+        recipe = build(Recipe, data)
+    except RecipeError:
+        raise
+    except ConfigError as e:
+        raise RecipeError(str(e)) from None
+    return _validate(recipe)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -1,19 +1,24 @@
-"""`stackalign run RECIPE` and `stackalign eval RUN_DIR`: recipes -> results directory (SPEC §6).
+"""`stackalign run RECIPE` and `stackalign eval RUN_DIR`: recipes -> results directory.
 
-A results directory holds:
-    config.json          the resolved recipe + the shaping presets used (no secrets: only env-var names)
+A results directory holds the rows of exactly one resolved recipe and one prompt set:
+    config.json          the resolved recipe (every default filled in), the presets used, and the prompt set's
+                         size and sha256 (no secrets: only env-var names)
     generations.jsonl    one row per prompt x method, appended and fsynced row by row (resumable)
     summary.json         {"methods": {NAME: {proxy_reward, gold_reward, diversity, coherence, win_tie, cost...}}}
     report.md            the table and where the plots are
     *.png                plots
 
 Killed at any moment (even kill -9) and started again with the same command, a run skips every finished
-row and recomputes nothing that was written.
+row and recomputes nothing that was written. Started again with a different recipe or prompt set, it refuses
+and says what differs: use another --out, or --restart-changed to drop the rows of the changed methods and
+keep the identical ones. A run that failed before its first row never blocks the corrected recipe. The
+`evaluation` section may change freely (it only affects summary.json, which is recomputed).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -45,22 +50,51 @@ class Context:
     out_dir: Path
 
 
-def resolve_config(recipe: Recipe) -> dict:
+def resolve_config(recipe: Recipe, prompts: list[str] | None = None) -> dict:
     cfg = recipe.to_dict()
     cfg["stackalign_version"] = __version__
     cfg["presets"] = {m.preset: PRESETS[m.preset].to_config() for m in recipe.methods if m.preset}
+    if prompts is not None:
+        digest = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()
+        cfg["prompt_set"] = {"n": len(prompts), "sha256": digest}
     return cfg
 
 
-def build_context(recipe: Recipe, out_dir: Path, world=None) -> Context:
-    from stackalign.models import load_policy, load_reward_model
+# keys of config.json whose change changes every row; the evaluation section and the version do not
+ROW_KEYS = (
+    "world",
+    "policy",
+    "reward_model",
+    "reward_chat_template",
+    "gold",
+    "prompts",
+    "prompt_set",
+    "generation",
+    "seed",
+    "device",
+    "dtype",
+)
+
+
+def load_world_and_prompts(recipe: Recipe, world=None) -> tuple[Any, list[str], list[str]]:
+    """The world (or None), the prompts and the stop strings: everything but the models."""
     from stackalign.runner.prompts import load_prompts
 
-    torch.manual_seed(recipe.seed)
     if world is None and recipe.world is not None:
-        from stackalign.worlds import default_world, load_world
+        world = _world_for(recipe)
+    prompts = load_prompts(recipe.prompts, world)
+    stops = recipe.generation.stop_strings
+    if stops is None:
+        stops = list(getattr(world, "stop_strings", []) or [])
+    return world, prompts, stops
 
-        world = default_world() if recipe.world == "default" else load_world(recipe.world)
+
+def build_context(recipe: Recipe, out_dir: Path, world=None, prompts=None, stops=None) -> Context:
+    from stackalign.models import load_policy, load_reward_model
+
+    torch.manual_seed(recipe.seed)
+    if prompts is None:
+        world, prompts, stops = load_world_and_prompts(recipe, world)
     dtype = getattr(torch, recipe.dtype)
     policy_path = recipe.policy or str(world.policy_dir)
     rm_path = recipe.reward_model or str(world.reward_dir)
@@ -70,63 +104,129 @@ def build_context(recipe: Recipe, out_dir: Path, world=None) -> Context:
     )
     gold = gold_judge = None
     if recipe.gold == "world":
-        if world is None:
-            raise RecipeError("gold: 'world' needs a world")
         gold, gold_judge = world.gold, world.gold_judge
-    prompts = load_prompts(recipe.prompts, world)
-    stops = recipe.generation.stop_strings
-    if stops is None:
-        stops = list(getattr(world, "stop_strings", []) or [])
     return Context(recipe, world, policy, tok, reward, gold, gold_judge, prompts, stops, out_dir)
 
 
-def _check_same_run(out: Path, cfg: dict) -> None:
-    path = out / "config.json"
-    if not path.exists():
+def read_config(path: Path) -> dict:
+    """A run directory's config.json; a garbled file is an error naming it."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecipeError(f"{path}: not a readable run configuration ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, dict):
+        raise RecipeError(f"{path}: not a run configuration (expected a JSON object)")
+    return cfg
+
+
+def diff_run(old: dict, new: dict, row_methods: set[str]) -> tuple[list[str], set[str]]:
+    """What differs between a run directory's config and a new one: (descriptions, methods to restart).
+
+    A change of a row key (prompts, generation, seed, models, ...) touches every method that has rows."""
+    notes: list[str] = []
+    changed: set[str] = set()
+    for k in ROW_KEYS:
+        if old.get(k) != new.get(k):
+            notes.append(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}")
+            changed |= row_methods
+    old_m = {m["name"]: m for m in old.get("methods", [])}
+    new_m = {m["name"]: m for m in new.get("methods", [])}
+    for name in sorted(set(old_m) | set(new_m) | row_methods):
+        if name not in new_m:
+            if name in row_methods:
+                notes.append(f"methods: {name!r} has rows here but is not in the recipe")
+                changed.add(name)
+        elif name not in old_m:
+            notes.append(f"methods: {name!r} is new")
+        elif old_m[name] != new_m[name]:
+            keys = sorted(
+                k for k in set(old_m[name]) | set(new_m[name]) if old_m[name].get(k) != new_m[name].get(k)
+            )
+            sub = [
+                f"{p}: {_short(old_m[name]['params'].get(p))} -> {_short(new_m[name]['params'].get(p))}"
+                for p in sorted(set(old_m[name].get("params", {})) | set(new_m[name].get("params", {})))
+                if old_m[name].get("params", {}).get(p) != new_m[name].get("params", {}).get(p)
+            ]
+            notes.append(f"methods: {name!r} changed ({', '.join(sub) or ', '.join(keys)})")
+            if name in row_methods:
+                changed.add(name)
+    return notes, changed
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def reconcile_run_dir(out: Path, cfg: dict, *, restart_changed: bool = False) -> None:
+    """Make `out` hold rows of exactly `cfg`: refuse a different recipe or prompt set (or, with
+    `restart_changed`, drop the rows of the methods it changes). A directory without rows is always reusable."""
+    store_path = out / "generations.jsonl"
+    cfg_path = out / "config.json"
+    store = JsonlStore(store_path) if store_path.exists() else None
+    if store is None or not store.rows:
+        return  # nothing to protect: a failed set-up never blocks the corrected recipe
+    if not cfg_path.exists():
+        raise RecipeError(f"{out} holds generations.jsonl but no config.json; use another --out")
+    old = read_config(cfg_path)
+    row_methods = {r["method"] for r in store.rows}
+    notes, changed = diff_run(old, cfg, row_methods)
+    if not notes:
         return
-    old = json.loads(path.read_text())
-    keep = (
-        "world",
-        "policy",
-        "reward_model",
-        "reward_chat_template",
-        "prompts",
-        "generation",
-        "seed",
-        "dtype",
-    )
-    changed = [k for k in keep if old.get(k) != cfg.get(k)]
-    old_methods = {m["name"]: m for m in old.get("methods", [])}
-    changed += [
-        f"methods.{m['name']}"
-        for m in cfg["methods"]
-        if m["name"] in old_methods and old_methods[m["name"]] != m
-    ]
-    if changed:
+    if not restart_changed:
         raise RecipeError(
-            f"{out} holds a run with a different configuration ({', '.join(changed)}); "
-            "use another --out, or delete the directory to start over"
+            f"{out} holds the rows of a different recipe or prompt set:\n  "
+            + "\n  ".join(notes)
+            + "\nuse another --out, or add --restart-changed to start the changed methods afresh "
+            "(identical methods keep their rows)"
         )
+    if changed:
+        store.rewrite([r for r in store.rows if r["method"] not in changed])
 
 
-def execute(recipe: Recipe, out_dir: str | Path, *, world=None, progress: bool = True) -> dict:
-    """Run every method of `recipe` on its prompts (resuming), then evaluate. Returns the summary."""
-    from stackalign.runner.methods import make_method
-
+def prepare_out_dir(out_dir: str | Path) -> Path:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = resolve_config(recipe)
-    _check_same_run(out, cfg)
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"--out: {str(out)!r} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RecipeError(f"--out: cannot create {str(out)!r} ({e.strerror})") from None
+    return out
+
+
+def execute(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    world=None,
+    progress: bool = True,
+    restart_changed: bool = False,
+    check_environment: bool = True,
+) -> dict:
+    """Run every method of `recipe` on its prompts (resuming), then evaluate. Returns the summary.
+
+    Order: the environment check and the run directory's consistency come before any model loads."""
+    from stackalign.runner.methods import make_method, resolve_method
+    from stackalign.runner.preflight import preflight
+
+    plans = [resolve_method(m, i) for i, m in enumerate(recipe.methods)]
+    if check_environment:
+        preflight(recipe)
+    out = prepare_out_dir(out_dir)
+    world, prompts, stops = load_world_and_prompts(recipe, world)
+    cfg = resolve_config(recipe, prompts)
+    reconcile_run_dir(out, cfg, restart_changed=restart_changed)
     write_json_atomic(out / "config.json", cfg)
-    ctx = build_context(recipe, out, world=world)
+    ctx = build_context(recipe, out, world=world, prompts=prompts, stops=stops)
     store = JsonlStore(out / "generations.jsonl")
     bs = recipe.generation.batch_size
-    for method in recipe.methods:
-        todo = [i for i in range(len(ctx.prompts)) if not store.done(method=method.name, prompt_id=i)]
+    for plan in plans:
+        todo = [i for i in range(len(ctx.prompts)) if not store.done(method=plan.name, prompt_id=i)]
         if not todo:
             continue
-        generate = make_method(method, ctx)
-        bar = tqdm(total=len(todo), desc=f"{method.name:>14s}", disable=not progress, unit="prompt")
+        generate = make_method(plan, ctx)
+        bar = tqdm(total=len(todo), desc=f"{plan.name:>14s}", disable=not progress, unit="prompt")
         for start in range(0, len(todo), bs):
             ids = todo[start : start + bs]
             prompts = [ctx.prompts[i] for i in ids]
@@ -140,7 +240,7 @@ def execute(recipe: Recipe, out_dir: str | Path, *, world=None, progress: bool =
                 rows.append(
                     {
                         "prompt_id": i,
-                        "method": method.name,
+                        "method": plan.name,
                         "prompt": prompts[j],
                         "response": o["response"],
                         "proxy_reward": float(proxy[j]),
@@ -209,7 +309,7 @@ def main(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = Path(args.out or Path("runs") / Path(args.recipe).stem)
-    summary = execute(recipe, out)
+    summary = execute(recipe, out, restart_changed=getattr(args, "restart_changed", False))
     print(format_table(summary, baselines=recipe.evaluation.baselines))
     print(f"\nresults: {out}/ (summary.json, generations.jsonl, report.md)")
     return 0
@@ -222,10 +322,13 @@ def eval_main(args: argparse.Namespace) -> int:
     cfg_path = out / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run_dir: {out} has no config.json (is it a stackalign run directory?)")
-    cfg = json.loads(cfg_path.read_text())
-    for k in ("stackalign_version", "presets"):
+    cfg = read_config(cfg_path)
+    for k in ("stackalign_version", "presets", "prompt_set"):
         cfg.pop(k, None)
-    recipe = recipe_from_dict(cfg)
+    try:
+        recipe = recipe_from_dict(cfg)
+    except RecipeError as e:
+        raise RecipeError(f"{cfg_path}: {e}") from None
     summary = evaluate(out, recipe=recipe)
     print(format_table(summary, baselines=recipe.evaluation.baselines))
     return 0

@@ -2,16 +2,17 @@
 
 - `stackelberg_threshold`: the leader's optimal per-prompt threshold m* (root of F, SRS Thm 2).
 - `get_shaper` / `Shaper`: vanilla, meanstd, minmax, cap, meansoft, hard, srs on one interface.
-- `get_preset`: "paper", "official-args", "official-cd" (SPEC §1).
+- `get_preset`: "paper", "official-args", "official-cd" (the paper's formula, arXiv 2602.02572, and the official code's two clipped variants).
 """
 
 from stackalign.shaping.presets import PRESETS, Preset, get_preset
-from stackalign.shaping.shapers import SHAPERS, Shaper, effective_budget, get_shaper
+from stackalign.shaping.shapers import PARAMS_USED, SHAPERS, Shaper, effective_budget, get_shaper
 from stackalign.shaping.threshold import F_value, stackelberg_threshold, threshold_from_log_gamma
 
 __all__ = [
     "PRESETS",
     "Preset",
+    "PARAMS_USED",
     "SHAPERS",
     "Shaper",
     "F_value",

@@ -24,7 +24,8 @@ B_eff: gamma = min(exp(B_eff / beta), gamma_cap).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -32,7 +33,7 @@ from stackalign.shaping.threshold import log_gamma, solve_threshold, validate_re
 
 Tensor = torch.Tensor
 
-__all__ = ["Shaper", "SHAPERS", "get_shaper", "effective_budget"]
+__all__ = ["Shaper", "SHAPERS", "PARAMS_USED", "get_shaper", "effective_budget"]
 
 
 def effective_budget(rewards: Tensor, B: float, budget_stretch: float | None) -> Tensor:
@@ -54,27 +55,28 @@ def _positive(name: str, value: float | None, allow_none: bool = False) -> None:
 class Shaper:
     """A configured shaping. Call it on a (..., N) reward tensor; returns float64 (..., N).
 
-    Attributes:
-        kind: one of SHAPERS.
-        B: budget (upper bound of bounded shapings).
-        beta: follower KL strength; enters only through gamma = exp(B_eff / beta) of the threshold.
-        alpha: sigmoid steepness of srs / meansoft.
-        gamma_cap: cap on gamma (official code); None for the paper's formula.
-        budget_stretch: B_eff = min(B, stretch * range); None for B_eff = B.
-        strict: hard threshold uses r > m (official CD) instead of r >= m.
-        cap: the clip level of the `cap` shaper.
-        method: threshold solver, "exact" or "bisect".
+    Fields are documented where they are declared (their help texts feed `stackalign recipe schema`).
     """
 
-    kind: str = "srs"
-    B: float = 12.0
-    beta: float = 2.0
-    alpha: float = 1.5
-    gamma_cap: float | None = None
-    budget_stretch: float | None = None
-    strict: bool = False
-    cap: float = 1.0
-    method: str = "exact"
+    kind: str = field(default="srs", metadata={"help": "one of SHAPERS"})
+    B: float = field(default=12.0, metadata={"help": "budget: the upper bound of bounded shapings"})
+    beta: float = field(
+        default=2.0, metadata={"help": "follower KL strength; enters only through gamma = exp(B_eff/beta)"}
+    )
+    alpha: float = field(default=1.5, metadata={"help": "sigmoid steepness of srs / meansoft"})
+    gamma_cap: float | None = field(
+        default=None, metadata={"help": "cap on gamma (official code); null = the paper's formula"}
+    )
+    budget_stretch: float | None = field(
+        default=None, metadata={"help": "B_eff = min(B, stretch * range of the row); null = B_eff = B"}
+    )
+    strict: bool = field(
+        default=False, metadata={"help": "hard/srs 'above' is r > m (official CD), not r >= m"}
+    )
+    cap: float = field(default=1.0, metadata={"help": "clip level of the cap shaping"})
+    method: Literal["exact", "bisect"] = field(
+        default="exact", metadata={"help": "threshold solver: exact (sorted expectile scan) or bisect"}
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in SHAPERS:
@@ -147,6 +149,17 @@ class Shaper:
 
 
 SHAPERS = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")
+
+# The parameters each shaping reads in __call__ / threshold (a recipe that sets another is an error).
+PARAMS_USED: dict[str, tuple[str, ...]] = {
+    "vanilla": (),
+    "meanstd": (),
+    "cap": ("cap",),
+    "minmax": ("B", "budget_stretch"),
+    "meansoft": ("B", "budget_stretch", "alpha"),
+    "hard": ("B", "budget_stretch", "beta", "gamma_cap", "strict", "method"),
+    "srs": ("B", "budget_stretch", "beta", "gamma_cap", "strict", "method", "alpha"),
+}
 
 
 def get_shaper(name: str, **params) -> Shaper:
