@@ -61,6 +61,7 @@ __all__ = ["ARGSConfig", "args_generate", "resolve_shaper", "make_scorer"]
 
 RM_MODES = ("auto", "fast", "reference", "text")
 RM_CACHES = ("auto", "tree", "repeat")
+THRESHOLD_SOURCES = ("step", "mc", "predicted")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,18 @@ class ARGSConfig:
     )
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
     text_batch_size: int = field(default=32, metadata={"help": "reward-model batch size in text mode"})
+    threshold: Literal["step", "mc", "predicted"] = field(
+        default="step",
+        metadata={
+            "help": "where a threshold shaping (srs, hard) gets m: step (per decoding step from the k "
+            "candidates weighted by their base probabilities, the official code), mc (per prompt from "
+            "mc_samples Monte Carlo base samples, the paper's theory), or predicted (per prompt from an "
+            "amortised predictor m^(x) on the policy's prompt state, trained on training prompts' MC thresholds)"
+        },
+    )
+    mc_samples: int = field(
+        default=16, metadata={"help": "base samples per prompt of a Monte Carlo threshold (threshold: mc)"}
+    )
 
     def __post_init__(self) -> None:
         if not (isinstance(self.k, int) and self.k >= 1):
@@ -120,7 +133,9 @@ class ARGSConfig:
             raise ValueError(f"rm_mode: expected one of {RM_MODES}, got {self.rm_mode!r}")
         if self.rm_cache not in RM_CACHES:
             raise ValueError(f"rm_cache: expected one of {RM_CACHES}, got {self.rm_cache!r}")
-        for name in ("reference_chunk_size", "batch_size", "text_batch_size"):
+        if self.threshold not in THRESHOLD_SOURCES:
+            raise ValueError(f"threshold: expected one of {THRESHOLD_SOURCES}, got {self.threshold!r}")
+        for name in ("reference_chunk_size", "batch_size", "text_batch_size", "mc_samples"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
@@ -182,6 +197,8 @@ def args_generate(
     *,
     shaper: Any = None,
     thresholds: Tensor | Sequence[float] | None = None,
+    predictor: Any = None,
+    mc_cache_dir: Any = None,
 ) -> DecodeResult:
     """Decode ``prompts`` with ARGS.
 
@@ -196,7 +213,11 @@ def args_generate(
         shaper: None (vanilla ARGS), a shaping callable ``(rewards [R,k], weights [R,k], threshold=[R]) ->
             [R,k]``, or a shaper / preset name.
         thresholds: optional per-prompt thresholds m (length P) passed to the shaper instead of the per-step
-            threshold over the candidates.
+            threshold over the candidates. Without them, ``config.threshold`` says where m comes from:
+            "step" (the shaper's own per-step rule), "mc" (computed here by :func:`mc_threshold` from
+            ``config.mc_samples`` base samples per prompt, cached in ``mc_cache_dir``; its cost is counted)
+            or "predicted" (``predictor``, a :class:`ThresholdPredictor` or its directory; the prompt
+            forward it needs is counted).
 
     Returns:
         :class:`DecodeResult` (texts, token ids, cost: LM tokens, RM tokens, seconds; meta: the resolved
@@ -212,6 +233,11 @@ def args_generate(
     if config.k > len(tokenizer):
         raise ValueError(f"k: {config.k} candidates but the vocabulary has only {len(tokenizer)} tokens")
     m_all = None
+    cost = Cost()
+    if thresholds is None and config.threshold != "step" and shaper is not None:
+        thresholds = _prompt_thresholds(
+            policy, tokenizer, rm, prompts, config, generation, shaper, predictor, mc_cache_dir, cost
+        )
     if thresholds is not None:
         if shaper is None:
             raise ValueError("thresholds: per-prompt thresholds need a shaper that uses them (e.g. 'srs')")
@@ -230,7 +256,6 @@ def args_generate(
         generation.ignore_eos,
     )
     pad = pad_id_of(tokenizer)
-    cost = Cost()
     texts: list[str] = []
     token_ids: list[list[int]] = []
     scorer_name = None
@@ -266,9 +291,54 @@ def args_generate(
         "scorer": scorer_name,
         "shaper": _describe(shaper),
         "per_prompt_threshold": m_all is not None,
+        "threshold_source": config.threshold if m_all is not None else "step",
         "generation": generation.to_dict(),
     }
     return DecodeResult(prompts, texts, token_ids, cost, meta)
+
+
+def _prompt_thresholds(
+    policy: Any,
+    tokenizer: Any,
+    rm: Any,
+    prompts: Sequence[str],
+    config: ARGSConfig,
+    generation: GenerationConfig,
+    shaper: Any,
+    predictor: Any,
+    mc_cache_dir: Any,
+    cost: Cost,
+) -> Tensor:
+    """Per-prompt thresholds for ``config.threshold`` "mc" or "predicted"; their cost is added to ``cost``."""
+    if not getattr(shaper, "uses_threshold", False):
+        raise ValueError(
+            f"threshold: {config.threshold!r} needs a threshold shaping (srs or hard), got shaper {shaper!r}"
+        )
+    if config.threshold == "mc":
+        from stackalign.decoding.threshold import mc_threshold
+
+        mc_gen = GenerationConfig(
+            max_new_tokens=generation.max_new_tokens,
+            temperature=1.0,
+            stop_strings=generation.stop_strings,
+            eos_token_ids=generation.eos_token_ids,
+            seed=generation.seed,
+        )
+        mc = mc_threshold(
+            policy, tokenizer, rm, prompts, config.mc_samples, mc_gen, shaper=shaper, cache_dir=mc_cache_dir
+        )
+        cost.merge(mc.cost)
+        return mc.thresholds
+    from stackalign.decoding.threshold_predictor import ThresholdPredictor, load_threshold_predictor
+
+    if predictor is None:
+        raise ValueError("threshold: 'predicted' needs a trained threshold predictor (predictor=...)")
+    if not isinstance(predictor, ThresholdPredictor):
+        predictor = load_threshold_predictor(predictor)
+    predictor.check_rule(shaper)
+    m, c = predictor.predict_prompts(policy, tokenizer, prompts)
+    cost.merge(c)
+    return m
 
 
 def _decode_batch(

@@ -1,0 +1,114 @@
+"""Threshold sources for SRS in ARGS and BoN (step | mc | predicted) and the amortised predictor m^(x)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_decoding_common import PROMPTS, make_models
+
+from stackalign.decoding.args import ARGSConfig, args_generate
+from stackalign.decoding.bon import BoNConfig, best_of_n
+from stackalign.decoding.common import GenerationConfig
+from stackalign.decoding.threshold import mc_threshold
+from stackalign.decoding.threshold_predictor import (
+    PredictorConfig,
+    fit_threshold_predictor,
+    load_threshold_predictor,
+    prompt_features,
+    train_threshold_predictor,
+)
+from stackalign.shaping import get_preset
+
+GEN = GenerationConfig(max_new_tokens=5, eos_token_ids=(9999,), seed=3)
+
+
+def test_args_mc_source_equals_passing_the_mc_thresholds(tmp_path):
+    policy, rm, tok = make_models("llama")
+    sh = get_preset("official-args")
+    cfg = ARGSConfig(k=4, rm_mode="fast", threshold="mc", mc_samples=6)
+    got = args_generate(policy, tok, rm, PROMPTS, cfg, GEN, shaper=sh, mc_cache_dir=tmp_path)
+    mc_gen = GenerationConfig(max_new_tokens=5, eos_token_ids=(9999,), seed=3, temperature=1.0)
+    mc = mc_threshold(policy, tok, rm, PROMPTS, 6, mc_gen, shaper=sh, cache_dir=tmp_path)
+    assert mc.from_cache == [True] * len(PROMPTS)  # the decoder filled the same cache entries
+    ref = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=4, rm_mode="fast"), GEN, shaper=sh,
+                        thresholds=mc.thresholds)  # fmt: skip
+    assert got.token_ids == ref.token_ids
+    assert got.meta["threshold_source"] == "mc" and ref.meta["threshold_source"] == "step"
+    # the Monte Carlo samples are paid for: more LM and RM tokens than the decode alone
+    assert got.cost.lm_tokens > ref.cost.lm_tokens and got.cost.rm_tokens > ref.cost.rm_tokens
+
+
+def test_threshold_source_needs_a_threshold_shaping():
+    policy, rm, tok = make_models("llama")
+    with pytest.raises(ValueError, match="threshold shaping"):
+        args_generate(policy, tok, rm, PROMPTS[:1], ARGSConfig(k=3, threshold="mc"), GEN, shaper="minmax")
+    with pytest.raises(ValueError, match="predictor"):
+        args_generate(policy, tok, rm, PROMPTS[:1], ARGSConfig(k=3, threshold="predicted"), GEN, shaper="srs")
+    with pytest.raises(ValueError, match="threshold"):
+        ARGSConfig(threshold="oracle")
+    with pytest.raises(ValueError, match="threshold"):
+        BoNConfig(threshold="oracle")
+
+
+def test_fit_recovers_a_linear_map_and_beats_the_constant():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 5, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 0.0], dtype=torch.float64) + 3.0
+    pred = fit_threshold_predictor(x, y)
+    torch.testing.assert_close(pred.predict(x), y, atol=2e-2, rtol=0)
+    fit = pred.meta["fit"]
+    assert fit["val_mae"] < 0.05 * fit["const_val_mae"] and fit["val_r2"] > 0.99
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_threshold_predictor(x[:3], y[:3])
+
+
+def test_predictor_trains_saves_loads_and_drives_args_and_bon(tmp_path):
+    policy, rm, tok = make_models("llama")
+    sh = get_preset("official-args")
+    train = [f"User: question number {i} about topic {i % 5}?\nAssistant:" for i in range(12)]
+    pred, cost = train_threshold_predictor(
+        policy, tok, rm, train, sh, PredictorConfig(n_samples=4, train_prompts=12), GEN,
+        cache_dir=tmp_path / "mc", out_dir=tmp_path / "pred",
+    )  # fmt: skip
+    assert cost.lm_tokens > 0 and cost.rm_tokens > 0
+    loaded = load_threshold_predictor(tmp_path / "pred")
+    feats = prompt_features(policy, tok, PROMPTS)
+    torch.testing.assert_close(loaded.predict(feats), pred.predict(feats))
+    m_hat = pred.predict(feats)
+    cfg = ARGSConfig(k=4, rm_mode="fast", threshold="predicted")
+    got = args_generate(policy, tok, rm, PROMPTS, cfg, GEN, shaper=sh, predictor=tmp_path / "pred")
+    ref = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=4, rm_mode="fast"), GEN, shaper=sh,
+                        thresholds=m_hat)  # fmt: skip
+    assert got.token_ids == ref.token_ids and got.meta["threshold_source"] == "predicted"
+    # its cost is one prompt forward: no RM tokens beyond the decode's
+    assert got.cost.rm_tokens == ref.cost.rm_tokens and got.cost.lm_tokens > ref.cost.lm_tokens
+    # BoN with the predicted threshold = BoN with those thresholds passed in
+    b1 = best_of_n(policy, tok, rm, PROMPTS, 4, GEN, shaper="srs", threshold_source="predicted",
+                   predictor=get_loaded_for(tmp_path, "srs", policy, tok, rm, train))  # fmt: skip
+    assert b1.meta["threshold_source"] == "predicted"
+    # a shaper with another threshold rule is refused
+    with pytest.raises(ValueError, match="threshold rule"):
+        args_generate(policy, tok, rm, PROMPTS, cfg, GEN, shaper=get_preset("paper"), predictor=pred)
+
+
+def get_loaded_for(tmp_path, shaper, policy, tok, rm, train):
+    from stackalign.decoding.args import resolve_shaper
+
+    pred, _ = train_threshold_predictor(
+        policy, tok, rm, train, resolve_shaper(shaper), PredictorConfig(n_samples=4, train_prompts=12), GEN,
+        cache_dir=tmp_path / "mc",
+    )  # fmt: skip
+    return pred
+
+
+def test_bon_mc_source_uses_independent_samples(tmp_path):
+    policy, rm, tok = make_models("llama")
+    gen = GenerationConfig(max_new_tokens=5, eos_token_ids=(9999,), seed=3, temperature=1.0)
+    got = best_of_n(policy, tok, rm, PROMPTS, 4, gen, shaper="srs", threshold_source="mc", mc_samples=5,
+                    mc_cache_dir=tmp_path)  # fmt: skip
+    mc = mc_threshold(policy, tok, rm, PROMPTS, 5, GenerationConfig(max_new_tokens=5, eos_token_ids=(9999,),
+                      seed=4, temperature=1.0), shaper="srs", cache_dir=tmp_path)  # fmt: skip
+    assert mc.from_cache == [True] * len(PROMPTS)
+    ref = best_of_n(policy, tok, rm, PROMPTS, 4, gen, shaper="srs", thresholds=mc.thresholds)
+    assert got.texts == ref.texts
+    torch.testing.assert_close(got.shaped, ref.shaped)
