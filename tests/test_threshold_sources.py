@@ -112,3 +112,49 @@ def test_bon_mc_source_uses_independent_samples(tmp_path):
     ref = best_of_n(policy, tok, rm, PROMPTS, 4, gen, shaper="srs", thresholds=mc.thresholds)
     assert got.texts == ref.texts
     torch.testing.assert_close(got.shaped, ref.shaped)
+
+
+def test_recipe_threshold_sources_end_to_end(tmp_path):
+    """A run recipe with SRS-ARGS (predicted, trained and cached in the run directory) and SRS-BoN (mc); the
+    summary carries intervals and paired comparisons; a rerun reuses the cached predictor."""
+    import json
+
+    from stackalign.runner.recipe import RecipeError, recipe_from_dict
+    from stackalign.runner.run import execute
+    from stackalign.worlds import build_world
+
+    world = build_world(tmp_path / "world", preset="micro", progress=False)
+    base = {
+        "world": str(world.root),
+        "prompts": {"source": "world:test", "limit": 3},
+        "generation": {"max_new_tokens": 5, "batch_size": 3},
+        "methods": [
+            {"name": "ARGS", "decoder": "args", "params": {"k": 3}},
+            {"name": "SRS-ARGS-pred", "decoder": "args", "shaping": "srs", "preset": "official-args",
+             "params": {"k": 3, "threshold": "predicted", "predictor_train_prompts": 8, "predictor_samples": 3}},
+            {"name": "SRS-BoN-mc", "decoder": "bon", "shaping": "srs", "preset": "official-cd",
+             "params": {"n": 3, "threshold": "mc", "mc_samples": 3}},
+        ],
+        "evaluation": {"coherence": None, "judge": "gold", "baselines": ["ARGS"]},
+    }  # fmt: skip
+    out = tmp_path / "run"
+    summary = execute(recipe_from_dict(base), out, progress=False)
+    pdir = out / "threshold_predictors" / "SRS-ARGS-pred"
+    meta = json.loads((pdir / "threshold_predictor.json").read_text())
+    assert meta["fit"]["n_train"] + meta["fit"]["n_val"] == 8
+    assert any((out / "mc_cache").rglob("*.json"))
+    p = summary["methods"]["SRS-ARGS-pred"]["paired"]["ARGS"]
+    assert p["n"] == 3 and len(p["gold_diff"]) == 3 and len(p["win_tie"]) == 3
+    assert p["gold_diff"][1] <= p["gold_diff"][0] <= p["gold_diff"][2]
+    # a bad source, or a source on a shaping without a threshold, fails at load naming the path
+    bad = json.loads(json.dumps(base))
+    bad["methods"][1]["params"]["threshold"] = "oracle"
+    with pytest.raises(RecipeError, match=r"methods\[1\]\.params\.threshold"):
+        recipe_from_dict(bad)
+    bad["methods"][1].update(shaping="minmax", preset=None)
+    bad["methods"][1]["params"] = {"k": 3, "threshold": "mc"}
+    with pytest.raises(RecipeError, match="threshold"):
+        from stackalign.runner.methods import resolve_method
+
+        recipe = recipe_from_dict(bad)
+        resolve_method(recipe.methods[1], 1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -51,7 +51,7 @@ class BoNConfig:
         default=None,
         metadata={"help": "temperature of soft-BoN's resampling; null = the shaper's beta, else 1"},
     )
-    threshold: str = field(
+    threshold: Literal["step", "mc", "predicted"] = field(
         default="step",
         metadata={
             "help": "where a threshold shaping (srs, hard) gets m: step (from the N candidates themselves, "

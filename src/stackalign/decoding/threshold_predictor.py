@@ -258,7 +258,11 @@ def train_threshold_predictor(
             feats,
             mc.thresholds,
             config,
-            meta={"rule": threshold_rule(shaper), "generation": generation.to_dict(), "features": "last+mean"},
+            meta={
+                "rule": threshold_rule(shaper),
+                "generation": generation.to_dict(),
+                "features": "last+mean",
+            },
         )
     if out_dir is not None:
         pred.save(out_dir)
