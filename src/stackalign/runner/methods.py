@@ -364,7 +364,6 @@ def make_method(plan: MethodPlan, ctx) -> Generate:
         seed=ctx.recipe.seed,
     )
     configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=ctx.recipe.seed)
-    d = plan.decoder_params
     if plan.decoder in ("base", "greedy"):
         from stackalign.decoding.sampling import sample
 
