@@ -158,3 +158,20 @@ def test_recipe_threshold_sources_end_to_end(tmp_path):
 
         recipe = recipe_from_dict(bad)
         resolve_method(recipe.methods[1], 1)
+
+
+def test_evaluate_predictor_reports_errors_against_mc(tmp_path):
+    from stackalign.decoding.threshold_predictor import evaluate_threshold_predictor
+
+    policy, rm, tok = make_models("llama")
+    sh = get_preset("official-cd")
+    train = [f"User: question number {i} about topic {i % 5}?\nAssistant:" for i in range(12)]
+    pred, _ = train_threshold_predictor(
+        policy, tok, rm, train, sh, PredictorConfig(n_samples=4, train_prompts=12), GEN, cache_dir=tmp_path
+    )
+    rep = evaluate_threshold_predictor(pred, policy, tok, rm, PROMPTS, sh, 4, GEN, cache_dir=tmp_path)
+    mc = mc_threshold(policy, tok, rm, PROMPTS, 4, GEN, shaper=sh, cache_dir=tmp_path)
+    m_hat = pred.predict(prompt_features(policy, tok, PROMPTS))
+    assert rep["mae"] == pytest.approx(float((m_hat - mc.thresholds).abs().mean()))
+    assert rep["const_mae"] == pytest.approx(float((pred.bias - mc.thresholds).abs().mean()))
+    assert rep["n"] == len(PROMPTS) and rep["mc_from_cache"] == 0 and rep["mc_rm_tokens_per_prompt"] > 0

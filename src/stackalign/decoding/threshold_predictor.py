@@ -33,6 +33,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "PredictorConfig",
+    "evaluate_threshold_predictor",
     "ThresholdPredictor",
     "fit_threshold_predictor",
     "load_threshold_predictor",
@@ -267,3 +268,48 @@ def train_threshold_predictor(
     if out_dir is not None:
         pred.save(out_dir)
     return pred, cost
+
+
+def evaluate_threshold_predictor(
+    predictor: ThresholdPredictor,
+    policy: Any,
+    tokenizer: Any,
+    rm: Any,
+    prompts: Sequence[str],
+    shaper: Any,
+    n_samples: int = 16,
+    generation: Any = None,
+    *,
+    cache_dir: Any = None,
+) -> dict:
+    """Held-out error and cost of ``predictor`` on ``prompts`` against their Monte Carlo thresholds.
+
+    Returns ``{"n", "mae", "rmse", "const_mae", "r2", "predicted_seconds_per_prompt",
+    "mc_seconds_per_prompt", "mc_lm_tokens_per_prompt", "mc_rm_tokens_per_prompt"}``; ``const_mae`` is the
+    error of the predictor's own training mean (the bias term at the mean feature), the baseline to beat.
+    The MC cost is what sampling cost when it ran (0 for prompts already in ``cache_dir``)."""
+    from stackalign.decoding.common import GenerationConfig
+    from stackalign.decoding.threshold import mc_threshold
+
+    prompts = list(prompts)
+    generation = generation or GenerationConfig(temperature=1.0, max_new_tokens=64)
+    mc = mc_threshold(
+        policy, tokenizer, rm, prompts, n_samples, generation, shaper=shaper, cache_dir=cache_dir
+    )
+    m_hat, cost = predictor.predict_prompts(policy, tokenizer, prompts)
+    y = mc.thresholds.double()
+    err = m_hat - y
+    cerr = predictor.bias - y  # standardised features: the bias is the prediction at the training mean
+    ss = float(((y - y.mean()) ** 2).sum())
+    return {
+        "n": len(prompts),
+        "mae": float(err.abs().mean()),
+        "rmse": float(err.pow(2).mean().sqrt()),
+        "const_mae": float(cerr.abs().mean()),
+        "r2": 1.0 - float(err.pow(2).sum()) / ss if ss > 0 else None,
+        "predicted_seconds_per_prompt": cost.seconds / len(prompts),
+        "mc_seconds_per_prompt": mc.cost.seconds / len(prompts),
+        "mc_lm_tokens_per_prompt": mc.cost.lm_tokens / len(prompts),
+        "mc_rm_tokens_per_prompt": mc.cost.rm_tokens / len(prompts),
+        "mc_from_cache": sum(mc.from_cache),
+    }
