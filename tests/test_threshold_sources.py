@@ -175,3 +175,17 @@ def test_evaluate_predictor_reports_errors_against_mc(tmp_path):
     assert rep["mae"] == pytest.approx(float((m_hat - mc.thresholds).abs().mean()))
     assert rep["const_mae"] == pytest.approx(float((pred.bias - mc.thresholds).abs().mean()))
     assert rep["n"] == len(PROMPTS) and rep["mc_from_cache"] == 0 and rep["mc_rm_tokens_per_prompt"] > 0
+
+
+@pytest.mark.parametrize("shaper", [None, "official-args"])
+def test_args_nan_reward_is_a_clear_error(shaper):
+    """The fast (tree-cache) scorer runs the RM's backbone and head itself, past RewardModel's checks: ARGS
+    flags non-finite candidate scores on the device and raises after the batch."""
+    import copy
+
+    policy, rm, tok = make_models("llama")
+    rm = copy.deepcopy(rm)  # make_models caches its models: never poison the shared one
+    with torch.no_grad():
+        rm.model.score.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        args_generate(policy, tok, rm, PROMPTS[:2], ARGSConfig(k=3, rm_mode="fast"), GEN, shaper=shaper)

@@ -371,15 +371,16 @@ def _decode_batch(
     rows = LiveRows(R, T, pad, device)
     k = config.k
     apply = getattr(shaper, "apply", None)  # a stackalign Shaper: the unchecked fast path
+    bad_reward = torch.zeros((), dtype=torch.bool, device=device)
     if m is not None:
         m = m.to(device)
     for step in range(T):
         top_logits, cands = logits.topk(k, dim=-1)  # [R', k]
         rewards = scorer.score(cands).to(device)
-        # One check per step (a NaN reward would otherwise be silently argmax'ed); the shaper's own input
-        # checks are skipped below (``apply``): these rewards are checked, and softmax weights are valid.
-        if not bool(torch.isfinite(rewards).all()):
-            raise ValueError(f"the reward model returned NaN or infinite scores at step {step}")
+        # A NaN reward would be silently argmax'ed: flag it on the device (no host sync per step) and raise
+        # after the batch. The shaper's own input checks are skipped below (``apply``): the rewards are
+        # checked here, and softmax weights are valid by construction.
+        bad_reward |= ~torch.isfinite(rewards).all()
         if shaper is None:
             shaped = rewards
         else:
@@ -414,4 +415,6 @@ def _decode_batch(
         logits, cache = lm_forward(policy, tok.unsqueeze(-1), mask, cache)
         cost.lm_tokens += int(rows.active.numel())
         cost.lm_calls += 1
+    if bool(bad_reward):
+        raise ValueError("the reward model returned NaN or infinite scores for some ARGS candidates")
     return rows.outputs()
