@@ -126,6 +126,7 @@ def test_summary_carries_intervals_and_paired_comparisons():
     assert p["gold_diff"] == pytest.approx([0.2, 0.2, 0.2], abs=1e-9)
     assert p["proxy_diff"] == pytest.approx([0.4, 0.4, 0.4], abs=1e-9)
     assert p["win_tie"] == [1.0, 1.0, 1.0]
+    assert p["net_win"] == [1.0, 1.0, 1.0]
     # zero-mean noise: the gold difference interval covers 0
     q = noisy["paired"]["base"]
     assert q["gold_diff"][0] == pytest.approx(0.0, abs=1e-9)
@@ -143,7 +144,12 @@ def test_summary_carries_intervals_and_paired_comparisons():
     assert "+0.200 [+0.200, +0.200]" in line and line.rstrip(" |").endswith("+")
     line = next(x for x in paired.splitlines() if x.startswith("| noisy"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[4] == "=" and cells[6] == "="
+    assert cells[4] == "=" and cells[7] == "="
+    # ties: a method identical to its baseline has win-tie 100% but net win 0, not significant
+    s2 = summarize(rows + [{**r, "method": "same"} for r in rows if r["method"] == "base"],
+                   judge=GoldJudge(lambda p, a, b: 0), baselines=["base"], n_boot=200)  # fmt: skip
+    q2 = s2["methods"]["same"]["paired"]["base"]
+    assert q2["win_tie"] == [1.0, 1.0, 1.0] and q2["net_win"] == [0.0, 0.0, 0.0]
 
 
 def test_paired_without_judge_or_gold():
@@ -152,7 +158,7 @@ def test_paired_without_judge_or_gold():
         r.pop("gold_reward")
     s = summarize(rows, baselines=["base"], n_boot=200)
     p = s["methods"]["better"]["paired"]["base"]
-    assert p["gold_diff"] is None and p["win_tie"] is None
+    assert p["gold_diff"] is None and p["win_tie"] is None and p["net_win"] is None
     assert p["proxy_diff"] == pytest.approx([0.4, 0.4, 0.4], abs=1e-9)
     assert s["methods"]["better"]["ci"]["gold_reward"] is None
     assert "proxy diff" in format_paired(s)

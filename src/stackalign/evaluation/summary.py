@@ -110,8 +110,10 @@ def summarize(
     * ``paired``: ``{BASELINE: {"gold_diff": [mean, lo, hi], "proxy_diff": [mean, lo, hi],
       "win_tie": [rate, lo, hi], "n": pairs}}``: the per-prompt difference method − baseline on the prompts
       both have (paired bootstrap, so prompt difficulty cancels) and the win-or-tie rate over the judged
-      pairs (unparseable verdicts excluded, as in ``win_tie``). A difference is significant at ``ci_level``
-      when its interval excludes 0; a win-tie rate when its interval excludes 0.5.
+      pairs (unparseable verdicts excluded, as in ``win_tie``), and ``"net_win": [mean, lo, hi]``, the mean
+      of +1 (win) / 0 (tie) / -1 (loss), i.e. win rate minus loss rate. A difference is significant at
+      ``ci_level`` when its interval excludes 0. A win-tie interval excluding 0.5 is *not* evidence of a
+      better method when ties are common (two identical decoders tie 100%): ``net_win`` excluding 0 is.
     """
     rows = _validate(rows)
     if isinstance(baselines, str):
@@ -182,6 +184,7 @@ def summarize(
                 diff = paired_diff_ci([a for a, _ in both], [c for _, c in both], **boot) if both else None
                 paired[key.replace("_reward", "_diff")] = _as_list(diff)
             paired["win_tie"] = None
+            paired["net_win"] = None
             entry["paired"][b] = paired
             if judge is None:
                 entry["win_tie"][b] = None
@@ -196,8 +199,11 @@ def summarize(
             )
             entry["win_tie"][b] = result.rate
             entry["win_tie_counts"][b] = result.to_dict()
-            hits = [j.outcome >= 0 for j in result.judgements if j.outcome is not None]
-            paired["win_tie"] = _as_list(rate_ci(hits, **boot)) if hits else None
+            outcomes = [float(j.outcome) for j in result.judgements if j.outcome is not None]
+            paired["win_tie"] = _as_list(rate_ci([o >= 0 for o in outcomes], **boot)) if outcomes else None
+            paired["net_win"] = (
+                _as_list(paired_diff_ci(outcomes, [0.0] * len(outcomes), **boot)) if outcomes else None
+            )
         methods[name] = entry
     return {"methods": methods}
 
@@ -226,9 +232,11 @@ def significance(interval: Sequence[float] | None, null: float) -> str:
 def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None = None) -> str:
     """A markdown table of each method's paired comparison with each baseline, with significance.
 
-    Columns: pairs, the gold (else proxy) reward difference method − baseline with its 95% interval, and the
-    win-tie rate with its interval. The ``sig`` columns say ``+`` (the interval lies above 0, resp. 0.5: the
-    method is significantly better), ``-`` (significantly worse) or ``=`` (not significant).
+    Columns: pairs, the gold (else proxy) reward difference method − baseline with its 95% interval, the
+    win-tie rate and the net win rate (wins − losses) with their intervals. The ``sig`` columns say ``+``
+    (the interval lies above 0: the method is significantly better), ``-`` (significantly worse) or ``=``
+    (not significant). Significance of the judge's verdicts is read from the net win rate, not from win-tie:
+    with many ties, win-tie exceeds 50% for a method no better than its baseline.
     """
     methods: Mapping[str, Mapping[str, Any]] = summary.get("methods", {})
     rows = []
@@ -242,7 +250,7 @@ def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None
         for b, p in (m.get("paired") or {}).items():
             if baselines is not None and b not in baselines:
                 continue
-            d, wt = p.get(key), p.get("win_tie")
+            d, wt, nw = p.get(key), p.get("win_tie"), p.get("net_win")
             rows.append(
                 [
                     name,
@@ -251,12 +259,15 @@ def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None
                     _fmt(None if d is None else tuple(d), "+.3f"),
                     significance(d, 0.0),
                     _fmt(None if wt is None else tuple(100.0 * v for v in wt), ".1f"),
-                    significance(wt, 0.5),
+                    _fmt(None if nw is None else tuple(100.0 * v for v in nw), "+.1f"),
+                    significance(nw, 0.0),
                 ]
             )
     if not rows:
         return "(no paired comparisons)"
-    header = ["method", "vs", "pairs", f"{label} [95% CI]", "sig", "win-tie % [95% CI]", "sig"]
+    header = [
+        "method", "vs", "pairs", f"{label} [95% CI]", "sig", "win-tie % [95% CI]", "win-loss % [95% CI]", "sig",
+    ]  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

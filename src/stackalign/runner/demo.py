@@ -36,27 +36,22 @@ def demo_recipe_path() -> Path:
 
 
 def significance_sentence(summary: dict) -> str:
-    """Which SRS methods differ significantly from their baselines (gold difference excluding 0, win-tie
-    excluding 0.5), in words."""
+    """Which SRS methods differ significantly from their baselines at 95%, in words: the gold (else proxy)
+    difference and the judge's net win rate (wins - losses), each significant when its interval excludes 0."""
     from stackalign.evaluation.summary import significance
 
-    sig, nonsig = [], []
+    parts = []
     for name, m in summary["methods"].items():
+        if "SRS" not in name.upper():
+            continue
         for b, p in (m.get("paired") or {}).items():
             d = p.get("gold_diff") or p.get("proxy_diff")
-            s_d, s_w = significance(d, 0.0), significance(p.get("win_tie"), 0.5)
-            label = f"{name} vs {b}"
-            if "+" in (s_d, s_w) or "-" in (s_d, s_w):
-                word = "better" if "+" in (s_d, s_w) and "-" not in (s_d, s_w) else "worse"
-                if "+" in (s_d, s_w) and "-" in (s_d, s_w):
-                    word = "mixed"
-                sig.append(f"{label} ({word}: diff {s_d}, win-tie {s_w})")
-            else:
-                nonsig.append(label)
-    out = "Significant at 95%: " + ("; ".join(sig) if sig else "none") + "."
-    if nonsig:
-        out += " Not significant: " + ", ".join(nonsig) + "."
-    return out
+            s_d, s_w = significance(d, 0.0), significance(p.get("net_win"), 0.0)
+            word = {"+": "better", "-": "worse", "=": "no significant difference", "n/a": "n/a"}
+            parts.append(f"{name} vs {b}: reward {word[s_d]}, judge {word[s_w]}")
+    if not parts:
+        return "No SRS method in this run."
+    return "Significance at 95% (interval excludes 0): " + "; ".join(parts) + "."
 
 
 def main(args: argparse.Namespace) -> int:
