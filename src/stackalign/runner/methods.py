@@ -445,7 +445,12 @@ def _threshold_predictor(plan: MethodPlan, configs: dict, ctx, gen) -> Any:
         return load_threshold_predictor(path)
     out = ctx.out_dir / "threshold_predictors" / plan.name
     if (out / CONFIG_NAME).exists():
-        return load_threshold_predictor(out)
+        cached = load_threshold_predictor(out)
+        try:
+            cached.check_rule(plan.shaper)
+            return cached
+        except ValueError:
+            pass  # trained for an earlier version of this method (another B or beta): retrain below
     if ctx.world is None:
         raise RecipeError(
             f"methods[{plan.name}].params.threshold: 'predicted' trains on a world's training prompts; "
