@@ -38,6 +38,7 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -70,7 +71,9 @@ class CDConfig:
     Length, stopping, seed and the base sampler of blockwise CD come from the `GenerationConfig` passed
     beside it."""
 
-    mode: str = field(default="tokenwise", metadata={"help": "'tokenwise' or 'blockwise'"})
+    mode: Literal["tokenwise", "blockwise"] = field(
+        default="tokenwise", metadata={"help": "'tokenwise' or 'blockwise'"}
+    )
     lam: float = field(default=1.5, metadata={"help": "value weight lambda (= 1/beta)"})
     top_k: int = field(default=10, metadata={"help": "tokenwise: candidates per step"})
     score_temperature: float = field(
@@ -81,7 +84,9 @@ class CDConfig:
     )
     num_blocks: int = field(default=4, metadata={"help": "blockwise: K continuations per block"})
     block_size: int = field(default=8, metadata={"help": "blockwise: M tokens per block"})
-    lookahead: str = field(default="tree", metadata={"help": "tokenwise cache strategy: 'tree' or 'repeat'"})
+    lookahead: Literal["tree", "repeat"] = field(
+        default="tree", metadata={"help": "tokenwise cache strategy: 'tree' or 'repeat'"}
+    )
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
 
     def __post_init__(self) -> None:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -182,7 +182,9 @@ class ValueTrainConfig:
     """Training settings; defaults follow the official script except the head width and epochs."""
 
     width: int = field(default=256, metadata={"help": "inner width of the MLP (paper: 8192)"})
-    objective: str = field(default="last+pairwise", metadata={"help": "'last+pairwise' (paper) or 'fudge'"})
+    objective: Literal["last+pairwise", "fudge"] = field(
+        default="last+pairwise", metadata={"help": "'last+pairwise' (paper) or 'fudge'"}
+    )
     pairwise_coef: float = field(default=1.0, metadata={"help": "weight of the consistency term"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
     batch_size: int = field(default=64, metadata={"help": "responses per optimiser step"})

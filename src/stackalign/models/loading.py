@@ -91,6 +91,19 @@ def _prepare_tokenizer(tokenizer):
     return tokenizer
 
 
+def _load_config(auto_config, path: str, trust_remote_code: bool):
+    """The model's config; a Hub name that cannot be resolved (a typo, or offline) is one clear error."""
+    try:
+        return auto_config.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+        raise FileNotFoundError(
+            f"model {path!r}: not a local directory, and not found on the Hugging Face Hub or in its cache"
+            + (" (offline mode)" if offline else "")
+            + f" — check the name ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+
+
 def _load_tokenizer(path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
@@ -111,10 +124,17 @@ def load_policy(
     mode; the tokenizer pads on the left and has a pad token (EOS if it had none), and
     ``model.generation_config.pad_token_id`` is set to it.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
     device = _resolve_device(device)
+    config = _load_config(AutoConfig, path, trust_remote_code)
+    heads = [a for a in (getattr(config, "architectures", None) or []) if "ForSequenceClassification" in a]
+    if heads:
+        raise ValueError(
+            f"{str(name_or_path)!r} is a sequence classifier ({heads[0]}), not a causal LM: "
+            "is it the reward model? (a policy needs a *ForCausalLM checkpoint)"
+        )
     tokenizer = _load_tokenizer(path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path,
@@ -122,6 +142,12 @@ def load_policy(
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )
+    n_embed = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_embed:
+        raise ValueError(
+            f"the tokenizer of {str(name_or_path)!r} has {len(tokenizer)} tokens but the model's embedding "
+            f"table has {n_embed} rows: they do not belong together (ids >= {n_embed} would crash decoding)"
+        )
     model.to(device)
     model.eval()
     if model.config.pad_token_id is None:
@@ -151,7 +177,7 @@ def load_reward_model(
 
     path = resolve_model_path(name_or_path)
     device = _resolve_device(device)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = _load_config(AutoConfig, path, trust_remote_code)
     if getattr(config, "num_labels", 1) != 1:
         raise ValueError(
             f"reward model {str(name_or_path)!r} has num_labels={config.num_labels}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from stackalign.runner.recipe import PromptsConfig, RecipeError
@@ -37,8 +38,10 @@ def _load_dataset_prompts(cfg: PromptsConfig) -> list[str]:
     import datasets
 
     path = Path(cfg.source)
+    if path.suffix == ".jsonl":
+        return _read_jsonl_prompts(path, cfg.field)
     try:
-        if path.suffix in (".jsonl", ".json"):
+        if path.suffix == ".json":
             if not path.is_file():
                 raise FileNotFoundError(f"prompts.source: no such file {cfg.source!r}")
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
@@ -59,3 +62,26 @@ def _load_dataset_prompts(cfg: PromptsConfig) -> list[str]:
             f"prompts.field: {cfg.field!r} is not a column of {cfg.source!r} ({ds.column_names})"
         )
     return [str(x) for x in ds[cfg.field]]
+
+
+def _read_jsonl_prompts(path: Path, field: str) -> list[str]:
+    """Prompts from a JSONL file, one object per line; a bad line is an error naming the file and line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts.source: no such file {str(path)!r}")
+    out: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecipeError(f"prompts.source: {path}:{lineno}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict) or field not in row:
+                raise RecipeError(f"prompts.field: {path}:{lineno} has no field {field!r}")
+            if not isinstance(row[field], str):
+                raise RecipeError(f"prompts.field: {path}:{lineno}: {field!r} is not a string")
+            out.append(row[field])
+    if not out:
+        raise RecipeError(f"prompts.source: {path} holds no prompts (empty file)")
+    return out

@@ -25,9 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
 from stackalign import __version__
 from stackalign.runner.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
 from stackalign.shaping import PRESETS
@@ -90,6 +87,8 @@ def load_world_and_prompts(recipe: Recipe, world=None) -> tuple[Any, list[str], 
 
 
 def build_context(recipe: Recipe, out_dir: Path, world=None, prompts=None, stops=None) -> Context:
+    import torch
+
     from stackalign.models import load_policy, load_reward_model
 
     torch.manual_seed(recipe.seed)
@@ -98,10 +97,16 @@ def build_context(recipe: Recipe, out_dir: Path, world=None, prompts=None, stops
     dtype = getattr(torch, recipe.dtype)
     policy_path = recipe.policy or str(world.policy_dir)
     rm_path = recipe.reward_model or str(world.reward_dir)
-    policy, tok = load_policy(policy_path, dtype=dtype, device=recipe.device)
-    reward = load_reward_model(
-        rm_path, dtype=dtype, device=recipe.device, chat_template=recipe.reward_chat_template
-    )
+    try:
+        policy, tok = load_policy(policy_path, dtype=dtype, device=recipe.device)
+    except (ValueError, OSError) as e:
+        raise RecipeError(f"policy: {e}") from None
+    try:
+        reward = load_reward_model(
+            rm_path, dtype=dtype, device=recipe.device, chat_template=recipe.reward_chat_template
+        )
+    except (ValueError, OSError) as e:
+        raise RecipeError(f"reward_model: {e}") from None
     gold = gold_judge = None
     if recipe.gold == "world":
         gold, gold_judge = world.gold, world.gold_judge
@@ -207,6 +212,8 @@ def execute(
     """Run every method of `recipe` on its prompts (resuming), then evaluate. Returns the summary.
 
     Order: the environment check and the run directory's consistency come before any model loads."""
+    from tqdm.auto import tqdm
+
     from stackalign.runner.methods import make_method, resolve_method
     from stackalign.runner.preflight import preflight
 

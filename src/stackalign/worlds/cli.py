@@ -14,7 +14,14 @@ def _human_bytes(n: int) -> str:
 
 
 def build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from stackalign.worlds import build_world
+
+    out = Path(args.out)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"--out: {str(blocker)!r} is a file, so {str(out)!r} cannot be a world directory")
 
     world = build_world(
         args.out,
