@@ -93,6 +93,8 @@ def _non_default(tp_default):
         return (default or 1) + 1
     if "float" in name:
         return (default or 1.0) * 0.5 if default else 0.5
+    if "str" in name:
+        return "some/dir"
     raise AssertionError(f"no probe value for {name}")
 
 
@@ -103,7 +105,11 @@ def test_every_param_reaches_its_config(decoder):
         tp, default, text = p.spec()
         assert text, f"{decoder}.{p.key} has no help text"
         value = _non_default((tp, default))
-        plan = M.resolve_method(M.MethodConfig(name="M", decoder=decoder, params={p.key: value}), 0)
+        # a threshold source other than "step" needs a threshold shaping
+        shaping = "srs" if p.key == "threshold" else "vanilla"
+        plan = M.resolve_method(
+            M.MethodConfig(name="M", decoder=decoder, shaping=shaping, params={p.key: value}), 0
+        )
         configs = M._configs(plan, batch_size=3, max_new_tokens=5, seed=9)
         if p.source is None:
             assert plan.decoder_params[p.key] == value

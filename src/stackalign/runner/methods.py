@@ -267,32 +267,22 @@ def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: in
                 threshold=d["threshold"],
                 mc_samples=d["mc_samples"],
             ),
-            **(
-                {
-                    "predictor": PredictorConfig(
-                        n_samples=d["predictor_samples"],
-                        train_prompts=d["predictor_train_prompts"],
-                        seed=seed,
-                    )
-                }
-                if d["threshold"] == "predicted"
-                else {}
+            "predictor": PredictorConfig(
+                n_samples=d["predictor_samples"], train_prompts=d["predictor_train_prompts"], seed=seed
             ),
         }
     if plan.decoder in ("bon", "soft_bon"):
-        out: dict[str, Any] = {
+        return {
             "bon": BoNConfig(
                 n=d["n"],
                 beta_select=d.get("beta_select"),
                 threshold=d["threshold"],
                 mc_samples=d["mc_samples"],
-            )
-        }
-        if d["threshold"] == "predicted":
-            out["predictor"] = PredictorConfig(
+            ),
+            "predictor": PredictorConfig(
                 n_samples=d["predictor_samples"], train_prompts=d["predictor_train_prompts"], seed=seed
-            )
-        return out
+            ),
+        }
     if plan.decoder.startswith("cd_"):
         tokenwise = plan.decoder == "cd_tokenwise"
         if d["train_prompts"] < 1:
@@ -438,7 +428,7 @@ def _threshold_predictor(plan: MethodPlan, configs: dict, ctx, gen) -> Any:
         train_threshold_predictor,
     )
 
-    if "predictor" not in configs:
+    if plan.decoder_params.get("threshold") != "predicted":
         return None
     path = plan.decoder_params.get("predictor")
     if path:
