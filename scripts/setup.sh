@@ -24,5 +24,5 @@ echo "[setup] installing into $VENV (first run only; a few minutes)" >&2
 if [ "$TORCH_SPEC" != "skip" ] && ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/pip" install -q "$TORCH_SPEC"
 fi
-"$VENV/bin/pip" install -q -e ".[dev,coherence]"
+"$VENV/bin/pip" install -q -e ".[dev,coherence,ray,trl]"
 echo "$want" > "$stamp"

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume a directory whose recipe changed: drop the rows of changed methods, keep identical ones",
     )
+    run.add_argument("--backend", choices=["serial", "ray"], default=None, help="overrides backend.kind")
+    run.add_argument("--workers", type=int, default=None, help="Ray actors (overrides backend.workers)")
+    run.add_argument(
+        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)"
+    )
     run.add_argument(
         "overrides", nargs="*", help="key=value overrides (dotted keys), before or after options"
     )
@@ -82,12 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
     sw.set_defaults(func=_handler("stackalign.runner.sweep:main"))
 
+    tr = sub.add_parser("train", help="train a policy from a train recipe (rl, rlhf, slhf, dpo, ssapo)")
+    tr.add_argument("recipe", help="train recipe YAML file")
+    tr.add_argument("--out", required=True, help="run directory (resumes when it holds the same run)")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
+    tr.set_defaults(func=_handler("stackalign.training.run:main"))
+
     ev = sub.add_parser("eval", help="recompute the evaluation of an existing run directory")
     ev.add_argument("run_dir")
     ev.set_defaults(func=_handler("stackalign.runner.run:eval_main"))
 
     bench = sub.add_parser("bench", help="speed benchmarks (ratios measured in one process)")
-    bench.add_argument("which", choices=["args", "cd", "sample"])
+    bench.add_argument("which", choices=["args", "cd", "sample", "ray"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--world", default=None, help="world directory (default: the cached default world)")
     bench.add_argument("--prompts", type=int, default=4, help="number of prompts")
@@ -96,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=None, help="prompts decoded together (default: all, one batch)"
     )
     bench.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 3)")
-    bench.set_defaults(func=_handler("stackalign.bench:main"))
+    bench.set_defaults(
+        func=lambda a: _handler("stackalign.bench_ray:main" if a.which == "ray" else "stackalign.bench:main")(
+            a
+        )
+    )
 
     games = sub.add_parser("games", help="exact finite-game solvers (SRS, SLHF, NLHF, SGPO)")
     gsub = games.add_subparsers(dest="games_command", required=True)

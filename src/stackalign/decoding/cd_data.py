@@ -57,7 +57,10 @@ __all__ = [
     "CDDataConfig",
     "CDExample",
     "OfflineData",
+    "OfflineShards",
     "build_offline_data",
+    "offline_meta",
+    "sample_offline_rows",
     "final_hidden_states",
     "shaped_targets",
 ]
@@ -139,6 +142,98 @@ def _check_or_write_config(out: Path, meta: dict) -> None:
     write_json_atomic(path, meta)
 
 
+def offline_meta(
+    model_name: str | None, prompts: Sequence[str], config: CDDataConfig, stop_strings: Sequence[str] | None
+) -> dict:
+    """The `config.json` of an offline-data directory (what a resumed build must match)."""
+    return {
+        "format": FORMAT_VERSION,
+        "data": config.sampling_key(),
+        "n_prompts": len(prompts),
+        "prompts_sha256": _prompt_hash(prompts),
+        "model": model_name or None,
+        "stop_strings": list(stop_strings or []),
+    }
+
+
+def model_name(model) -> str | None:
+    """The name or path a model was loaded from (recorded in the offline data's config)."""
+    return getattr(model.config, "_name_or_path", None) or None
+
+
+class OfflineShards:
+    """The shard files of an offline-data directory, opened for appending (the single writer of its rows)."""
+
+    def __init__(self, out_dir: str | Path, meta: dict, config: CDDataConfig):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        _check_or_write_config(self.out, meta)
+        self.per_shard = config.prompts_per_shard
+        self.n = meta["n_prompts"]
+        self._stores: dict[int, JsonlStore] = {}
+
+    def _store(self, i: int) -> JsonlStore:
+        s = i // self.per_shard
+        if s not in self._stores:
+            self._stores[s] = JsonlStore(self.out / f"shard_{s:05d}.jsonl", key=("i",))
+        return self._stores[s]
+
+    def todo(self) -> list[int]:
+        """Prompt indices without a stored row."""
+        return [i for i in range(self.n) if not self._store(i).done(i=i)]
+
+    def append(self, rows: Sequence[dict]) -> None:
+        for row in rows:
+            self._store(row["i"]).append([row])
+
+
+def sample_offline_rows(
+    model,
+    tokenizer,
+    reward_model: Callable[..., Tensor],
+    prompts: Sequence[str],
+    idx: Sequence[int],
+    config: CDDataConfig,
+    *,
+    stop_strings: Sequence[str] | None = None,
+    gold: Callable[[str, str], float] | None = None,
+) -> list[dict]:
+    """The offline rows of prompts `idx` (indices into `prompts`), sampled together in one batch.
+
+    A row is `{"i", "prompt", "prompt_ids", "response_ids" [N][T], "rewards" [N], "gold" [N] or null}`. It
+    depends only on its prompt (per-prompt seeds), so any worker may compute any batch of indices."""
+    cfg = config
+    idx = list(idx)
+    gen = GenerationConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        stop_strings=tuple(stop_strings or ()),
+        seed=cfg.seed,
+    )
+    res = sample(model, tokenizer, [prompts[i] for i in idx], cfg.n_samples, gen, batch_size=len(idx))
+    prompt_ids = [tokenizer(prompts[i])["input_ids"] for i in idx]
+    flat_p, flat_r = res.flat()
+    rewards = torch.as_tensor(reward_model(flat_p, flat_r, batch_size=cfg.rm_batch_size), dtype=torch.float64)
+    rewards = rewards.flatten().view(len(idx), cfg.n_samples)
+    if not torch.isfinite(rewards).all():
+        raise ValueError(f"reward model returned non-finite rewards for prompts {idx}")
+    rows = []
+    for b, i in enumerate(idx):
+        texts = res.texts[b]
+        rows.append(
+            {
+                "i": i,
+                "prompt": prompts[i],
+                "prompt_ids": list(prompt_ids[b]),
+                "response_ids": res.token_ids[b],
+                "rewards": rewards[b].tolist(),
+                "gold": [float(gold(prompts[i], t)) for t in texts] if gold is not None else None,
+            }
+        )
+    return rows
+
+
 def build_offline_data(
     model,
     tokenizer,
@@ -171,61 +266,20 @@ def build_offline_data(
     prompts = list(prompts)
     if not prompts:
         raise ValueError("build_offline_data: no prompts")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": FORMAT_VERSION,
-        "data": cfg.sampling_key(),
-        "n_prompts": len(prompts),
-        "prompts_sha256": _prompt_hash(prompts),
-        "model": getattr(model.config, "_name_or_path", None) or None,
-        "stop_strings": list(stop_strings or []),
-    }
-    _check_or_write_config(out, meta)
-    gen = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        stop_strings=tuple(stop_strings or ()),
-        seed=cfg.seed,
-    )
-    stores: dict[int, JsonlStore] = {}
-
-    def store_of(i: int) -> JsonlStore:
-        s = i // cfg.prompts_per_shard
-        if s not in stores:
-            stores[s] = JsonlStore(out / f"shard_{s:05d}.jsonl", key=("i",))
-        return stores[s]
-
-    todo = [i for i in range(len(prompts)) if not store_of(i).done(i=i)]
+    shards = OfflineShards(out_dir, offline_meta(model_name(model), prompts, cfg, stop_strings), cfg)
+    todo = shards.todo()
     bar = tqdm(
         total=len(prompts), initial=len(prompts) - len(todo), desc="CD offline data", disable=not progress
     )
     for s in range(0, len(todo), cfg.prompts_per_batch):
         idx = todo[s : s + cfg.prompts_per_batch]
-        res = sample(model, tokenizer, [prompts[i] for i in idx], cfg.n_samples, gen, batch_size=len(idx))
-        prompt_ids = [tokenizer(prompts[i])["input_ids"] for i in idx]
-        flat_p, flat_r = res.flat()
-        rewards = torch.as_tensor(
-            reward_model(flat_p, flat_r, batch_size=cfg.rm_batch_size), dtype=torch.float64
+        rows = sample_offline_rows(
+            model, tokenizer, reward_model, prompts, idx, cfg, stop_strings=stop_strings, gold=gold
         )
-        rewards = rewards.flatten().view(len(idx), cfg.n_samples)
-        if not torch.isfinite(rewards).all():
-            raise ValueError(f"reward model returned non-finite rewards for prompts {idx}")
-        for b, i in enumerate(idx):
-            texts = res.texts[b]
-            row = {
-                "i": i,
-                "prompt": prompts[i],
-                "prompt_ids": list(prompt_ids[b]),
-                "response_ids": res.token_ids[b],
-                "rewards": rewards[b].tolist(),
-                "gold": [float(gold(prompts[i], t)) for t in texts] if gold is not None else None,
-            }
-            store_of(i).append([row])
+        shards.append(rows)
         bar.update(len(idx))
     bar.close()
-    return OfflineData.load(out)
+    return OfflineData.load(out_dir)
 
 
 # --------------------------------------------------------------------------------------------- reading

@@ -1,4 +1,4 @@
-"""SGPO's follower: the worst-case distribution of DPO margins in a Wasserstein-1 ball (SPEC §5; research/sgpo.md §2-4).
+"""SGPO's follower: the worst-case distribution of DPO margins in a Wasserstein-1 ball (arXiv 2502.18099, Sections 2-3).
 
 SGPO (Chu et al., arXiv 2502.18099) plays the policy (leader) against an adversary (follower) that moves
 the empirical distribution of DPO margins xi_i = beta [log pi/pi_ref (y_w) - log pi/pi_ref (y_l)] within
@@ -42,7 +42,8 @@ Grouping (Section 3.4): `group_size=G` solves consecutive groups of G pairs sepa
 merges them (the merged distribution is still within eps; the value is a lower bound of the global one).
 
 The leader's use of the worst case: `shifted_dpo_loss(margins, s, shifts)` = mean_i sum_k s_ik l(margin_i - d_ik),
-the smooth margin-space loss recommended in research/sgpo.md §4.
+the smooth margin-space form of the leader loss of Section 3.3 (`shifted_dpo_pair_losses` per pair);
+`probability_shifted_pair_losses` is the official release's probability-space form.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ __all__ = [
     "sgpo_follower",
     "sgpo_follower_probability",
     "shifted_dpo_loss",
+    "shifted_dpo_pair_losses",
+    "probability_shifted_pair_losses",
 ]
 
 
@@ -397,18 +400,50 @@ def sgpo_follower_probability(
     )
 
 
-def shifted_dpo_loss(margins: Tensor, s: Tensor, shifts: Tensor) -> Tensor:
-    """The leader's loss against a fixed worst case (margin space): mean_i sum_k s_ik * l(margin_i - d_ik).
+def shifted_dpo_pair_losses(margins: Tensor, s: Tensor, shifts: Tensor) -> Tensor:
+    """Per-pair leader losses against a fixed worst case (margin space): L_i = sum_k s_ik * l(margin_i - d_ik),
+    shape (N,), with l = -log sigma (the smooth margin-space loss; arXiv 2502.18099 Section 3.3).
 
     margins (N,) may carry gradients (beta * h_i(theta)); s, shifts (N, K) from a WorstCase. With shifts = 0
-    this is the DPO loss; the gradient multiplier sigma(d - margin) / sigma(-margin) >= 1 for attacked pairs."""
+    and sum_k s_ik = 1 this is DPO's per-pair loss; the gradient multiplier sigma(d - margin) / sigma(-margin)
+    is >= 1 for attacked pairs (d > 0)."""
     margins = torch.as_tensor(margins)
-    s = torch.as_tensor(s, dtype=margins.dtype)
-    shifts = torch.as_tensor(shifts, dtype=margins.dtype)
+    s = torch.as_tensor(s, dtype=margins.dtype, device=margins.device)
+    shifts = torch.as_tensor(shifts, dtype=margins.dtype, device=margins.device)
     if margins.dim() != 1 or s.shape != shifts.shape or s.dim() != 2 or s.shape[0] != margins.shape[0]:
         raise ValueError("margins, s, shifts: expected shapes (N,), (N, K), (N, K)")
     if not torch.isfinite(shifts).all():
         raise ValueError(
             "shifts: contains infinite shifts (zero-mass transport to infinity); use a bounded support"
         )
-    return (s * torch.nn.functional.softplus(shifts - margins.unsqueeze(1))).sum(1).mean()
+    return (s * torch.nn.functional.softplus(shifts - margins.unsqueeze(1))).sum(1)
+
+
+def shifted_dpo_loss(margins: Tensor, s: Tensor, shifts: Tensor) -> Tensor:
+    """The leader's loss against a fixed worst case (margin space): mean_i sum_k s_ik * l(margin_i - d_ik).
+
+    margins (N,) may carry gradients (beta * h_i(theta)); s, shifts (N, K) from a WorstCase. With shifts = 0
+    this is the DPO loss; the gradient multiplier sigma(d - margin) / sigma(-margin) >= 1 for attacked pairs."""
+    return shifted_dpo_pair_losses(margins, s, shifts).mean()
+
+
+def probability_shifted_pair_losses(
+    margins: Tensor, s: Tensor, shifts: Tensor, floor: float = 1e-6
+) -> Tensor:
+    """The official code's per-pair leader loss (probability space, `loss_type: weighted` of the SSAPO
+    release): L_i = sum_k s_ik * -log(max(sigma(margin_i) - d_ik, floor)), shape (N,).
+
+    shifts d_ik are the follower's displacements of the centres p_i in [0, 1] (from
+    `sgpo_follower_probability`). Where sigma(margin) - d <= floor the clamp makes that piece's gradient zero;
+    with the exact LP an attacked atom sits at p = 0 (d = p_i), so the pair is ignored until
+    sigma(margin) > p_i, and then its multiplier sigma / (sigma - d) can be very large. Kept as an option to
+    reproduce the release; the margin-space loss above is the smooth one."""
+    margins = torch.as_tensor(margins)
+    s = torch.as_tensor(s, dtype=margins.dtype, device=margins.device)
+    shifts = torch.as_tensor(shifts, dtype=margins.dtype, device=margins.device)
+    if margins.dim() != 1 or s.shape != shifts.shape or s.dim() != 2 or s.shape[0] != margins.shape[0]:
+        raise ValueError("margins, s, shifts: expected shapes (N,), (N, K), (N, K)")
+    if not torch.isfinite(shifts).all():
+        raise ValueError("shifts: contains NaN or infinite values")
+    v = (torch.sigmoid(margins).unsqueeze(1) - shifts).clamp(min=floor)
+    return (s * -torch.log(v)).sum(1)

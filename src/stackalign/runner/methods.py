@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -341,7 +342,8 @@ def schema_rows() -> list[tuple[str, str, Any, str]]:
 # --------------------------------------------------------------------------------------------- building
 
 
-def make_method(plan: MethodPlan, ctx) -> Generate:
+def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
+    """`generate(prompts)` of a plan; for CD, `head` (a trained value head) skips the offline phases."""
     from stackalign.decoding.common import GenerationConfig
 
     g = ctx.recipe.generation
@@ -414,7 +416,7 @@ def make_method(plan: MethodPlan, ctx) -> Generate:
         return run
 
     if plan.decoder in ("cd_tokenwise", "cd_blockwise"):
-        return _make_cd(plan, configs, ctx, gen)
+        return _make_cd(plan, configs, ctx, gen, head)
     raise RecipeError(f"methods[{plan.name}].decoder: unknown {plan.decoder!r}")  # pragma: no cover
 
 
@@ -467,51 +469,60 @@ def _rows(texts: list[str], cost, n_prompts: int) -> list[dict]:
     return [{"response": t, "lm_tokens": lm, "rm_tokens": rm} for t in texts]
 
 
-def _make_cd(plan: MethodPlan, configs: dict, ctx, gen) -> Generate:
-    """Controlled decoding: offline base samples (shared by every CD method of the run with the same sampling
-    settings), a value head trained on this method's shaped targets (cached in the run directory), decoding."""
-    from stackalign.decoding.cd import controlled_decode
-    from stackalign.decoding.cd_data import OfflineData, build_offline_data
-    from stackalign.decoding.value_head import CONFIG_NAME, load_value_head, train_value_head
+@dataclass
+class CDPlan:
+    """Where a CD method's offline data and value head live in the run directory, and how they are made
+    (everything but the models: the Ray backend's driver plans the offline phase with it)."""
 
-    if ctx.world is None:
+    data_dir: Path
+    head_dir: Path
+    train_prompts: list[str]
+    data: Any  # CDDataConfig
+    value: Any  # ValueTrainConfig
+    cd: Any  # CDConfig
+    extra: dict  # recorded beside the trained head
+
+
+def cd_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: Path) -> CDPlan:
+    """The CD phases of `plan`: the offline data is shared by every CD method of the run with the same
+    sampling settings (keyed by them), the value head is the method's own."""
+    if world is None:
         raise RecipeError(f"methods[{plan.name}]: CD needs training prompts; it runs on a world (world: ...)")
+    g = recipe.generation
+    configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=recipe.seed)
     n_train = plan.decoder_params["train_prompts"]
-    train_prompts = list(ctx.world.train_prompts)[:n_train]
     data_cfg = configs["data"]
     data_key = hashlib.sha256(
-        json.dumps([data_cfg.sampling_key(), n_train, list(ctx.stop_strings)], sort_keys=True).encode()
+        json.dumps([data_cfg.sampling_key(), n_train, list(stop_strings)], sort_keys=True).encode()
     ).hexdigest()[:10]
-    data_dir = ctx.out_dir / "cd_offline" / data_key
-    if not (data_dir / "config.json").exists() or not OfflineData.load(data_dir).complete:
-        build_offline_data(
-            ctx.policy,
-            ctx.tokenizer,
-            ctx.reward,
-            train_prompts,
-            data_dir,
-            data_cfg,
-            stop_strings=ctx.stop_strings,
-        )
-    data = OfflineData.load(data_dir)
-    shaper = plan.shaper or get_shaper("vanilla")
-    head_dir = ctx.out_dir / "cd_heads" / plan.name
-    if (head_dir / CONFIG_NAME).exists():  # trained by an earlier (or interrupted-after-training) run
-        head, _ = load_value_head(head_dir)
-    else:
-        result = train_value_head(
-            ctx.policy,
-            data.examples(shaper),
-            configs["value"],
-            out_dir=head_dir,
-            extra={
-                "method": plan.name,
-                "shaping": plan.shaping,
-                "preset": plan.preset,
-                "params": plan.shaper_params,
-            },
-        )
-        head = result.head
+    extra = {
+        "method": plan.name,
+        "shaping": plan.shaping,
+        "preset": plan.preset,
+        "params": plan.shaper_params,
+    }
+    return CDPlan(
+        Path(out_dir) / "cd_offline" / data_key,
+        Path(out_dir) / "cd_heads" / plan.name,
+        list(world.train_prompts)[:n_train],
+        data_cfg,
+        configs["value"],
+        configs["cd"],
+        extra,
+    )
+
+
+def cd_shaper(plan: MethodPlan) -> Shaper:
+    return plan.shaper or get_shaper("vanilla")
+
+
+def _make_cd(plan: MethodPlan, configs: dict, ctx, gen, head=None) -> Generate:
+    """Controlled decoding: offline base samples, a value head trained on this method's shaped targets (both
+    cached in the run directory), decoding. With `head` given, the first two are skipped."""
+    from stackalign.decoding.cd import controlled_decode
+
+    if head is None:
+        head = _cd_head(plan, ctx)
     cfg = configs["cd"]
 
     def run(prompts: list[str]) -> list[dict]:
@@ -519,3 +530,27 @@ def _make_cd(plan: MethodPlan, configs: dict, ctx, gen) -> Generate:
         return _rows(res.texts, res.cost, len(prompts))
 
     return run
+
+
+def _cd_head(plan: MethodPlan, ctx):
+    from stackalign.decoding.cd_data import OfflineData, build_offline_data
+    from stackalign.decoding.value_head import CONFIG_NAME, load_value_head, train_value_head
+
+    cp = cd_plan(plan, ctx.recipe, ctx.world, ctx.stop_strings, ctx.out_dir)
+    if not (cp.data_dir / "config.json").exists() or not OfflineData.load(cp.data_dir).complete:
+        build_offline_data(
+            ctx.policy,
+            ctx.tokenizer,
+            ctx.reward,
+            cp.train_prompts,
+            cp.data_dir,
+            cp.data,
+            stop_strings=ctx.stop_strings,
+        )
+    data = OfflineData.load(cp.data_dir)
+    if (cp.head_dir / CONFIG_NAME).exists():  # trained by an earlier (or interrupted-after-training) run
+        head, _ = load_value_head(cp.head_dir)
+        return head
+    return train_value_head(
+        ctx.policy, data.examples(cd_shaper(plan)), cp.value, out_dir=cp.head_dir, extra=cp.extra
+    ).head

@@ -1,9 +1,9 @@
 """Fail early: what a recipe needs from the machine, checked before any model loads.
 
 `preflight(recipe)` reports, in one error, every problem that would otherwise stop a run only after its
-generation work: a missing optional package (the MiniLM coherence encoder), a missing local path (world,
-policy, reward model, prompts file, coherence encoder), an LLM judge whose API-key variable is unset or whose
-server cannot be reached.
+generation work: a missing optional package (the MiniLM coherence encoder, Ray for `backend.kind: ray`),
+a missing local path (world, policy, reward model, prompts file, coherence encoder), an LLM judge whose
+API-key variable is unset or whose server cannot be reached.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from stackalign.runner.recipe import Recipe, RecipeError
 
 INSTALL_COHERENCE = "pip install 'stackalign[coherence]'"
+INSTALL_RAY = "pip install 'stackalign[ray]'"
 
 
 def looks_local(name: str) -> bool:
@@ -94,5 +95,10 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
             why = judge_reachable(base)
             if why is not None:
                 problems.append(f"evaluation.judge_base_url: cannot reach the judge at {base} ({why})")
+    if recipe.backend.kind == "ray" and importlib.util.find_spec("ray") is None:
+        problems.append(
+            f"backend.kind: ray needs the optional package `ray` (the `ray` extra); install it with "
+            f"{INSTALL_RAY}, or run with the serial backend (backend.kind: serial)"
+        )
     if problems:
         raise RecipeError("the recipe cannot run on this machine:\n  " + "\n  ".join(problems))

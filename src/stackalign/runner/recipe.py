@@ -136,6 +136,35 @@ class EvaluationConfig:
 
 
 @dataclass
+class BackendConfig:
+    kind: Literal["serial", "ray"] = _help(
+        "serial (one process) or ray (work units on Ray actors; extra `ray`); both write the same rows",
+        "serial",
+    )
+    workers: int = _help("ray: actors, each loading the models once and decoding many batches", 2)
+    address: str | None = _help(
+        "ray: the cluster to attach to (ray://host:10001 or host:6379); null = $RAY_ADDRESS if set, "
+        "else a local Ray instance",
+        None,
+    )
+    cpus_per_worker: float = _help("ray: CPUs reserved per actor (also its torch thread count)", 1.0)
+    gpus_per_worker: float = _help("ray: GPUs reserved per actor (fractions share a GPU)", 0.0)
+    max_restarts: int = _help(
+        "ray: how often a dead actor is restarted; its unfinished units are retried on the new one", 3
+    )
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers: must be >= 1, got {self.workers}")
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker: must be >= 0, got {self.gpus_per_worker}")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts: must be >= 0, got {self.max_restarts}")
+
+
+@dataclass
 class Recipe:
     world: str | None = _help("default (the cached sandbox world), a world directory, or null", "default")
     policy: str | None = _help("causal LM name or path; null = the world's policy", None)
@@ -150,6 +179,9 @@ class Recipe:
     generation: GenerationSettings = _help("length, stopping and base sampling", factory=GenerationSettings)
     methods: list[MethodConfig] = _help("the methods to run, in order", factory=list)
     evaluation: EvaluationConfig = _help("metrics and judge", factory=EvaluationConfig)
+    backend: BackendConfig = _help(
+        "where the work runs: serial, or ray (`stackalign run R --backend ray`)", factory=BackendConfig
+    )
     seed: int = _help("base seed; every prompt's generator is seeded from (seed, prompt)", 0)
     device: str = _help("cpu, cuda, cuda:N or mps", "cpu")
     dtype: Literal["float32", "float16", "bfloat16"] = _help("model weights' dtype", "float32")

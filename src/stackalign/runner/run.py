@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,9 +211,7 @@ def execute(
     """Run every method of `recipe` on its prompts (resuming), then evaluate. Returns the summary.
 
     Order: the environment check and the run directory's consistency come before any model loads."""
-    from tqdm.auto import tqdm
-
-    from stackalign.runner.methods import make_method, resolve_method
+    from stackalign.runner.methods import resolve_method
     from stackalign.runner.preflight import preflight
 
     plans = [resolve_method(m, i) for i, m in enumerate(recipe.methods)]
@@ -225,47 +222,33 @@ def execute(
     cfg = resolve_config(recipe, prompts)
     reconcile_run_dir(out, cfg, restart_changed=restart_changed)
     write_json_atomic(out / "config.json", cfg)
-    ctx = build_context(recipe, out, world=world, prompts=prompts, stops=stops)
+    from stackalign.runner.backends import Job, run_backend
+
     store = JsonlStore(out / "generations.jsonl")
-    bs = recipe.generation.batch_size
-    for plan in plans:
-        todo = [i for i in range(len(ctx.prompts)) if not store.done(method=plan.name, prompt_id=i)]
-        if not todo:
-            continue
-        generate = make_method(plan, ctx)
-        bar = tqdm(total=len(todo), desc=f"{plan.name:>14s}", disable=not progress, unit="prompt")
-        for start in range(0, len(todo), bs):
-            ids = todo[start : start + bs]
-            prompts = [ctx.prompts[i] for i in ids]
-            t0 = time.perf_counter()
-            outs = generate(prompts)
-            elapsed = time.perf_counter() - t0
-            responses = [o["response"] for o in outs]
-            proxy = ctx.reward(prompts, responses).tolist()
-            rows = []
-            for j, (i, o) in enumerate(zip(ids, outs)):
-                rows.append(
-                    {
-                        "prompt_id": i,
-                        "method": plan.name,
-                        "prompt": prompts[j],
-                        "response": o["response"],
-                        "proxy_reward": float(proxy[j]),
-                        "gold_reward": float(ctx.gold(prompts[j], o["response"])) if ctx.gold else None,
-                        # a batch's wall time is shared equally by its prompts
-                        "seconds": elapsed / len(ids),
-                        "lm_tokens": int(o.get("lm_tokens", 0)),
-                        "rm_tokens": int(o.get("rm_tokens", 0)),
-                    }
-                )
-            store.append(rows)
-            bar.update(len(ids))
-        bar.close()
-    return evaluate(out, recipe=recipe, ctx=ctx)
+    job = Job(recipe, out, world, prompts, stops, plans, store, progress)
+    done = run_backend(job)  # the serial backend's loaded models, or Ray's coherence scores
+    return evaluate(out, recipe=recipe, ctx=done.ctx, world=world, coherence=done.coherence)
 
 
-def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None) -> dict:
-    """Recompute summary.json, report.md and the plots from generations.jsonl."""
+def coherence_scorer(recipe: Recipe):
+    """The recipe's coherence scorer (`evaluation.coherence`), or None."""
+    ev = recipe.evaluation
+    if not ev.coherence:
+        return None
+    from stackalign.evaluation.metrics import Coherence
+
+    return Coherence(None if ev.coherence == "minilm" else ev.coherence)
+
+
+def eval_stop_strings(recipe: Recipe) -> tuple[str, ...]:
+    """Where responses are cut before diversity, coherence and the judge."""
+    return tuple(recipe.generation.stop_strings or ()) or ("\n\nHuman:", "###Human:", "\nUser:")
+
+
+def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None, world=None, coherence=None) -> dict:
+    """Recompute summary.json, report.md and the plots from generations.jsonl.
+
+    `coherence`: a scorer to use instead of the recipe's (e.g. one holding scores computed on Ray workers)."""
     from stackalign.evaluation.summary import format_table, summarize
     from stackalign.runner.report import write_report
 
@@ -273,16 +256,16 @@ def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None) -> dict:
     if not store.rows:
         raise ValueError(f"{out}: generations.jsonl has no rows to evaluate")
     ev = recipe.evaluation
-    coherence = None
-    if ev.coherence:
-        from stackalign.evaluation.metrics import Coherence
-
-        coherence = Coherence(None if ev.coherence == "minilm" else ev.coherence)
+    if coherence is None:
+        coherence = coherence_scorer(recipe)
     judge = None
     if ev.judge == "gold":
         from stackalign.evaluation.judges import GoldJudge
 
-        gold_judge = ctx.gold_judge if ctx is not None else _world_for(recipe).gold_judge
+        if ctx is not None:
+            gold_judge = ctx.gold_judge
+        else:
+            gold_judge = (world if world is not None else _world_for(recipe)).gold_judge
         judge = GoldJudge(gold_judge)
     elif ev.judge == "llm":
         from stackalign.evaluation.judges import LLMJudge
@@ -291,7 +274,7 @@ def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None) -> dict:
     rows = store.rows
     order = {m.name: i for i, m in enumerate(recipe.methods)}
     rows = sorted(rows, key=lambda r: (order.get(r["method"], 1e9), r["prompt_id"]))
-    stops = tuple(recipe.generation.stop_strings or ()) or ("\n\nHuman:", "###Human:", "\nUser:")
+    stops = eval_stop_strings(recipe)
     summary = summarize(
         rows,
         coherence=coherence,
@@ -314,12 +297,22 @@ def _world_for(recipe: Recipe):
 def main(args: argparse.Namespace) -> int:
     from stackalign.evaluation.summary import format_table
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, list(args.overrides or []) + backend_overrides(args))
     out = Path(args.out or Path("runs") / Path(args.recipe).stem)
     summary = execute(recipe, out, restart_changed=getattr(args, "restart_changed", False))
     print(format_table(summary, baselines=recipe.evaluation.baselines))
     print(f"\nresults: {out}/ (summary.json, generations.jsonl, report.md)")
     return 0
+
+
+def backend_overrides(args: argparse.Namespace) -> list[str]:
+    """`--backend/--workers/--address` as recipe overrides (the command line wins over the recipe)."""
+    out = []
+    for flag, key in (("backend", "kind"), ("workers", "workers"), ("address", "address")):
+        value = getattr(args, flag, None)
+        if value is not None:  # strings JSON-quoted: an address is never re-read as another YAML type
+            out.append(f"backend.{key}={json.dumps(value)}")
+    return out
 
 
 def eval_main(args: argparse.Namespace) -> int:

@@ -18,6 +18,15 @@ def _fmt(v) -> str:
     )
 
 
+def _cell(text) -> str:
+    """A markdown table cell: a literal '|' would end the cell."""
+    return str(text).replace("|", "\\|")
+
+
+def _row(name, tp, default, text) -> str:
+    return f"| `{name}` | {_cell(tp)} | `{_cell(_fmt(default))}` | {_cell(text)} |"
+
+
 def schema_markdown() -> str:
     """The recipe reference: every top-level field, then every method param by decoder."""
     from stackalign.runner.methods import DECODERS, schema_rows
@@ -36,7 +45,7 @@ def schema_markdown() -> str:
     for d in describe(Recipe):
         if d.path.startswith("methods"):
             continue
-        lines.append(f"| `{d.path}` | {d.type} | `{_fmt(d.default)}` | {d.help} |")
+        lines.append(_row(d.path, d.type, d.default, d.help))
     lines += [
         "",
         "## Methods",
@@ -49,7 +58,7 @@ def schema_markdown() -> str:
     from stackalign.runner.recipe import MethodConfig
 
     for d in describe(MethodConfig):
-        lines.append(f"| `{d.path}` | {d.type} | `{_fmt(d.default)}` | {d.help} |")
+        lines.append(_row(d.path, d.type, d.default, d.help))
     lines += ["", "## Method params, by decoder", ""]
     current = None
     for decoder, key, tp, default, text in schema_rows():
@@ -68,8 +77,38 @@ def schema_markdown() -> str:
                 lines.append("(no params)")
                 continue
             lines += ["| key | type | default | help |", "|---|---|---|---|"]
-        lines.append(f"| `{key}` | {tp} | `{_fmt(default)}` | {text} |")
+        lines.append(_row(key, tp, default, text))
+    lines += train_schema_markdown()
     return "\n".join(lines) + "\n"
+
+
+def train_schema_markdown() -> list[str]:
+    """The train recipe reference (`stackalign train`): the common fields, then each algorithm's own."""
+    from stackalign.training.recipe import ALGORITHMS, TrainConfig, resolve_algorithm
+
+    lines = [
+        "",
+        "# Train recipes (`stackalign train`)",
+        "",
+        "One flat mapping: the common fields below plus the chosen `algorithm`'s own fields.",
+        "",
+        "## Common fields",
+        "",
+        "| field | type | default | help |",
+        "|---|---|---|---|",
+    ]
+    for d in describe(TrainConfig):
+        lines.append(_row(d.path, d.type, d.default, d.help))
+    for name in ALGORITHMS:
+        try:
+            cls, _ = resolve_algorithm(name)
+        except ValueError:
+            lines += ["", f"## `algorithm: {name}`", "", "(not available in this installation)"]
+            continue
+        lines += ["", f"## `algorithm: {name}`", "", "| field | type | default | help |", "|---|---|---|---|"]
+        for d in describe(cls):
+            lines.append(_row(d.path, d.type, d.default, d.help))
+    return lines
 
 
 def schema_main(args: argparse.Namespace) -> int:
@@ -84,10 +123,21 @@ def schema_main(args: argparse.Namespace) -> int:
     print("\nmethods[i].params, by decoder:")
     for decoder, key, tp, default, text in schema_rows():
         print(f"  {decoder:20s} {key:22s} {tp:22s} = {_fmt(default):10s} {text}")
+    print("\ntrain recipes (stackalign train): see `stackalign recipe schema --markdown`")
     return 0
 
 
 def check_main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    data = yaml.safe_load(Path(args.recipe).read_text()) if Path(args.recipe).is_file() else None
+    if isinstance(data, dict) and "algorithm" in data:  # a train recipe
+        from stackalign.training.recipe import load_train_recipe
+
+        resolved = load_train_recipe(args.recipe, args.overrides)
+        print(yaml.safe_dump(resolved.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        print(f"# ok: {args.recipe} is a valid train recipe (algorithm: {resolved.algorithm})")
+        return 0
     recipe = load_recipe(args.recipe, args.overrides)
     if not args.no_env:
         from stackalign.runner.preflight import preflight

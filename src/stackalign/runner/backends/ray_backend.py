@@ -1,0 +1,205 @@
+"""The Ray backend: the run's units on a pool of Ray actors, the driver the single writer of every file.
+
+Each actor (`Worker`) loads the models once (reserving `backend.cpus_per_worker` CPUs and
+`backend.gpus_per_worker` GPUs) and computes many units. Actors are pooled with `ray.util.ActorPool` rather
+than Ray Data's `map_batches`: the units are few and coarse (a method x a prompt batch), their results must
+come back to one writer, and the CD phases need three different calls (sample, train, decode) on the same
+loaded models; plain actors say that directly, without a Dataset and its block/format plumbing.
+
+Phases (each fans out over the pool; the driver appends results as they arrive):
+  1. CD offline data: every missing chunk of `prompts_per_batch` training prompts of every CD data set;
+     rows go into the run directory's shards (`cd_offline/KEY/`), as the serial backend writes them.
+  2. CD value heads: one training task per CD method without a head in `cd_heads/NAME/`; the driver writes
+     the returned files (weights first, the config that marks a head complete last).
+  3. Decoding: every unfinished (method, prompt batch) unit; rows go to `generations.jsonl`.
+  4. Evaluation scoring: the coherence of every row, in chunks, on the workers' encoders; the driver's
+     evaluation then reads the scores instead of loading the encoder (the gold judge is a cheap function of
+     the world, an LLM judge already runs its calls concurrently).
+
+A unit's result depends only on its inputs (per-prompt seeds; the serial backend's batch cut), so results
+arrive in any order and the rows equal the serial backend's. A dead actor is restarted (`max_restarts`)
+and its unfinished calls retried on it; a killed driver loses only results it had not written, and the same
+command recomputes exactly those.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from stackalign.runner.backends.common import Done, Job, decode_units
+from stackalign.runner.backends.worker import DELAY_ENV, FAULT_ENV, Worker
+
+
+def connect(backend) -> bool:
+    """Attach to `backend.address` (or $RAY_ADDRESS), else start a local Ray instance big enough for the
+    workers. Returns True when this call started Ray (and should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = backend.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address is None:
+        # a local instance: room for every worker even on a small machine (they then share its cores)
+        need = backend.workers * backend.cpus_per_worker
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def _check_resources(backend) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    for key, per in (("CPU", backend.cpus_per_worker), ("GPU", backend.gpus_per_worker)):
+        need = per * backend.workers
+        if need > have.get(key, 0) + 1e-9:
+            raise ValueError(
+                f"backend: {backend.workers} workers x {per} {key} need {need:g} {key}s, the Ray cluster has "
+                f"{have.get(key, 0):g}; lower backend.workers or backend.{key.lower()}s_per_worker"
+            )
+
+
+def _write_head(head_dir: Path, files: dict[str, bytes]) -> None:
+    """Write a trained head's files; the config (whose presence marks a complete head) goes last, atomically."""
+    from stackalign.decoding.value_head import CONFIG_NAME
+
+    head_dir.mkdir(parents=True, exist_ok=True)
+    for name in sorted(files, key=lambda n: n == CONFIG_NAME):
+        tmp = head_dir / f"{name}.tmp{os.getpid()}"
+        tmp.write_bytes(files[name])
+        os.replace(tmp, head_dir / name)
+
+
+def _read_head(head_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in head_dir.iterdir() if p.is_file() and ".tmp" not in p.name}
+
+
+def run_ray(job: Job) -> Done:
+    """Run every unfinished unit of `job` on `backend.workers` Ray actors (see the module docstring)."""
+    import ray
+    from ray.util import ActorPool
+
+    from stackalign.decoding.cd_data import OfflineData, OfflineShards, offline_meta
+    from stackalign.decoding.value_head import CONFIG_NAME
+    from stackalign.runner.methods import cd_plan
+
+    b = job.recipe.backend
+    units = decode_units(job)
+    if not units:
+        return Done()
+    started = connect(b)
+    actors = []
+    try:
+        _check_resources(b)
+        env = {k: os.environ[k] for k in (FAULT_ENV, DELAY_ENV) if os.environ.get(k)}
+        Actor = ray.remote(
+            num_cpus=b.cpus_per_worker,
+            num_gpus=b.gpus_per_worker,
+            max_restarts=b.max_restarts,
+            max_task_retries=b.max_restarts,
+        )(Worker)
+        threads = max(1, int(b.cpus_per_worker))
+        opts = {"runtime_env": {"env_vars": env}} if env else {}
+        recipe_data = job.recipe.to_dict()
+        actors = [Actor.options(**opts).remote(recipe_data, str(job.out), threads) for _ in range(b.workers)]
+        pool = ActorPool(actors)
+
+        # plan the CD phases (driver side: paths, what is on disk)
+        cd_pis = sorted({pi for pi, _ in units if job.plans[pi].decoder.startswith("cd_")})
+        heads: dict[int, dict[str, bytes]] = {}
+        to_train: list[int] = []
+        shards: dict[Path, OfflineShards] = {}
+        sample_units: list[tuple[Path, int, list[int]]] = []  # (data set, a CD method using it, ids)
+        plans_cd = {pi: cd_plan(job.plans[pi], job.recipe, job.world, job.stops, job.out) for pi in cd_pis}
+        name = ray.get(actors[0].model_name.remote()) if cd_pis else None
+        for pi in cd_pis:
+            cp = plans_cd[pi]
+            if cp.data_dir not in shards:
+                meta = offline_meta(name, cp.train_prompts, cp.data, job.stops)
+                shards[cp.data_dir] = OfflineShards(cp.data_dir, meta, cp.data)
+                todo = shards[cp.data_dir].todo()
+                n = cp.data.prompts_per_batch
+                sample_units += [(cp.data_dir, pi, todo[s : s + n]) for s in range(0, len(todo), n)]
+            if (cp.head_dir / CONFIG_NAME).exists():
+                heads[pi] = _read_head(cp.head_dir)
+            else:
+                to_train.append(pi)
+
+        bar = tqdm(
+            total=len(sample_units) + len(to_train) + len(units),
+            desc=f"ray x{b.workers}",
+            unit="unit",
+            disable=not job.progress,
+        )
+        # 1. CD offline data
+        for _, pi, idx in sample_units:
+            pool.submit(lambda a, v: a.cd_sample.remote(*v), (pi, idx))
+        while pool.has_next():
+            pi, rows = pool.get_next_unordered()
+            shards[plans_cd[pi].data_dir].append(rows)
+            bar.update(1)
+        # 2. CD value heads
+        for pi in to_train:
+            data = OfflineData.load(plans_cd[pi].data_dir)
+            pool.submit(lambda a, v: a.cd_train.remote(*v), (pi, ray.put(data.rows), data.meta))
+        while pool.has_next():
+            pi, files = pool.get_next_unordered()
+            _write_head(plans_cd[pi].head_dir, files)  # at once: a killed driver keeps every finished head
+            heads[pi] = files
+            bar.update(1)
+        # 3. decoding
+        head_refs = {pi: ray.put(files) for pi, files in heads.items()}
+        for pi, ids in units:
+            pool.submit(lambda a, v: a.decode.remote(*v), (pi, ids, head_refs.get(pi)))
+        while pool.has_next():
+            rows = pool.get_next_unordered()
+            job.store.append(rows)
+            bar.update(1)
+        bar.close()
+        # 4. evaluation scoring: the coherence encoder on the workers, every row of the run directory
+        coherence = _coherence_on(pool, job, b.workers) if job.recipe.evaluation.coherence else None
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+    return Done(coherence=coherence)
+
+
+class PrecomputedCoherence:
+    """A coherence scorer that answers from scores computed elsewhere (pairs it lacks: the recipe's scorer)."""
+
+    def __init__(self, scores: dict[tuple[str, str], float], recipe):
+        self.scores = scores
+        self.recipe = recipe
+
+    def score(self, prompts: list[str], texts: list[str]) -> list[float]:
+        missing = [(p, t) for p, t in zip(prompts, texts) if (p, t) not in self.scores]
+        if missing:  # not expected: the workers scored every row; computed here rather than failing
+            from stackalign.runner.run import coherence_scorer
+
+            values = coherence_scorer(self.recipe).score([p for p, _ in missing], [t for _, t in missing])
+            self.scores.update(zip(missing, map(float, values)))
+        return [self.scores[(p, t)] for p, t in zip(prompts, texts)]
+
+
+def _coherence_on(pool, job: Job, workers: int) -> PrecomputedCoherence:
+    """Score the coherence of every row (prompt, response cut at the evaluation's stop strings) on the pool."""
+    from stackalign.evaluation.metrics import clean_response
+    from stackalign.runner.run import eval_stop_strings
+
+    stops = eval_stop_strings(job.recipe)
+    pairs = sorted({(r["prompt"], clean_response(r["response"], stops)) for r in job.store.rows})
+    size = max(1, -(-len(pairs) // (4 * workers)))  # a few chunks per worker: balance without tiny calls
+    chunks = [pairs[s : s + size] for s in range(0, len(pairs), size)]
+    for k, chunk in enumerate(chunks):
+        pool.submit(lambda a, v: a.coherence.remote(*v), (k, [p for p, _ in chunk], [t for _, t in chunk]))
+    scores: dict[tuple[str, str], float] = {}
+    while pool.has_next():
+        k, values = pool.get_next_unordered()
+        scores.update(zip(chunks[k], values))
+    return PrecomputedCoherence(scores, job.recipe)

@@ -1,0 +1,432 @@
+"""The trainer skeleton: seeding, AdamW, gradient clipping, metrics.jsonl, checkpoints, exact resume.
+
+One readable loop over components (torchtune-style), no god-class:
+
+    for step in range(start + 1, steps + 1):
+        out = step_fn(step)                     # the algorithm: a loss (or gradients already accumulated)
+        out.loss.backward()
+        clip_grad_norm_(params, max_grad_norm)
+        optimizer.step(); optimizer.zero_grad()
+        metrics.append({"step": step, ...})     # one row per step, fsynced
+        if step % checkpoint_every == 0 or step == steps:
+            save_checkpoint(...)                # temp dir, then an atomic rename
+
+Resume. A checkpoint directory ``checkpoints/step-000040/`` holds the policy as an HF safetensors directory
+(``save_pretrained`` of model and tokenizer), any extra models (``extra/NAME/``), and ``trainer_state.pt``
+(optimizer state, RNG states of python / numpy / torch, of every named ``torch.Generator`` the algorithm
+registered) plus ``trainer_state.json`` (step, the algorithm's JSON-able state, e.g. an SSAPO round). It is
+written under ``checkpoints/.tmp-...`` and renamed into place, so a directory named ``step-*`` is always
+complete. On restart the latest one is restored in place, metrics rows after its step are dropped (they will
+be recomputed identically), and the loop continues: a run killed by ``kill -9`` at any moment and restarted
+with the same command ends with weights bit-identical (on CPU) to an uninterrupted run.
+
+What makes that hold: everything random in a step must come either from the restored RNG states or from
+seeds derived from ``(seed, step)`` (see :func:`step_seed`; ``stackalign.decoding.sampling`` seeds each
+prompt's generator from ``(seed, prompt)``, so passing ``step_seed(seed, step)`` makes a step's samples a
+pure function of the step). Dropout is off: models stay in ``eval()`` mode during RL fine-tuning (as TRL's
+GRPO/RLOO do), which also makes the sampled and the trained distribution the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "StepOutput",
+    "LoopSettings",
+    "LoopResult",
+    "seed_everything",
+    "step_seed",
+    "batch_indices",
+    "MetricsLog",
+    "latest_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_model_dir",
+    "train_loop",
+]
+
+CKPT_PREFIX = "step-"
+
+
+@dataclass
+class StepOutput:
+    """What an algorithm's step function returns.
+
+    ``loss``: a scalar tensor to backpropagate, or None when the step function already called
+    ``backward()`` itself (gradient accumulation over micro-batches). ``metrics``: floats for this step's
+    row of metrics.jsonl (the loop adds ``step``, ``loss``, ``grad_norm``, ``lr`` and ``seconds``)."""
+
+    loss: torch.Tensor | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LoopSettings:
+    """Optimizer and bookkeeping settings of :func:`train_loop` (the recipe's common fields fill these)."""
+
+    steps: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = 1.0
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps: must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm: must be > 0 or null, got {self.max_grad_norm}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every: must be >= 1, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
+
+
+@dataclass
+class LoopResult:
+    steps: int  # the last step trained (== settings.steps)
+    resumed_from: int  # the checkpoint step the run resumed from (0: a fresh start)
+    seconds: float  # wall-clock of this process's part of the loop
+    metrics: list[dict]  # every row of metrics.jsonl, step 1..steps
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Seeds
+# ---------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, salt: str = "") -> int:
+    """A 63-bit seed that is a pure function of ``(seed, step, salt)``: a step's randomness does not depend
+    on what ran before it, so a resumed run redraws exactly the same samples."""
+    h = hashlib.sha256(f"{int(seed)}\x00{int(step)}\x00{salt}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def batch_indices(n_items: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Indices of the items used at ``step`` (1-based): epochs over a seeded permutation of ``n_items``,
+    ``per_step`` consecutive items per step, wrapping into the next epoch's permutation. Stateless."""
+    if n_items < 1 or per_step < 1:
+        raise ValueError(f"batch_indices: need n_items >= 1 and per_step >= 1, got {n_items}, {per_step}")
+    out = []
+    start = (step - 1) * per_step
+    for pos in range(start, start + per_step):
+        epoch, k = divmod(pos, n_items)
+        perm = list(range(n_items))
+        random.Random(step_seed(seed, epoch, "epoch")).shuffle(perm)
+        out.append(perm[k])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------
+class MetricsLog:
+    """``metrics.jsonl``: one JSON row per step, each written with one ``write`` and fsynced.
+
+    ``truncate_after(step)`` keeps only whole rows with ``row["step"] <= step`` (rewritten atomically), so a
+    resumed run never duplicates a step and a torn last line from a crash disappears."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        data = data[: data.rfind(b"\n") + 1]  # a line without its newline is a torn write
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> list[dict]:
+        keep = [r for r in self.rows() if int(r.get("step", 0)) <= step]
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
+        return keep
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_model_dir(model: Any, tokenizer: Any, path: str | Path) -> Path:
+    """``save_pretrained`` of model (safetensors) and tokenizer into ``path`` atomically (temp dir + rename);
+    the result loads with ``stackalign.models.load_policy`` / as a run recipe's ``policy:``."""
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    _fsync_tree(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    for stale in path.parent.glob(f".tmp-{path.name}-*"):  # left by a process killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+    return path
+
+
+def _rng_state(generators: dict[str, torch.Generator]) -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+
+
+def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in generators.items():
+        if k not in state["generators"]:
+            raise ValueError(f"checkpoint has no state for generator {k!r}")
+        g.set_state(state["generators"][k])
+
+
+def _load_weights_in_place(model: torch.nn.Module, model_dir: Path) -> None:
+    """Load a ``save_pretrained`` safetensors directory into ``model`` (exact copy, tied weights kept)."""
+    from safetensors.torch import load_file
+
+    index = model_dir / "model.safetensors.index.json"
+    files = (
+        sorted({model_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
+        if index.exists()
+        else [model_dir / "model.safetensors"]
+    )
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # save_pretrained drops tied copies (lm_head.weight == embed_tokens.weight); anything else is a mismatch
+    params = dict(model.named_parameters(remove_duplicate=False))
+    saved_ptrs = {params[k].data_ptr() for k in state if k in params}
+    really_missing = [k for k in missing if k not in params or params[k].data_ptr() not in saved_ptrs]
+    if really_missing or unexpected:
+        raise ValueError(
+            f"checkpoint {str(model_dir)!r} does not match the model: missing {really_missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``out_dir/checkpoints`` (None if there is none)."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [
+        p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX) and (p / "trainer_state.json").is_file()
+    ]
+    return max(done, key=lambda p: int(p.name[len(CKPT_PREFIX) :]), default=None)
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    algo_state: dict,
+    generators: dict[str, torch.Generator] | None = None,
+    extra_models: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write ``out_dir/checkpoints/step-{step:06d}`` atomically; prune to the newest ``keep``."""
+    root = Path(out_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CKPT_PREFIX}{step:06d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for name, m in (extra_models or {}).items():
+        m.save_pretrained(tmp / "extra" / name, safe_serialization=True)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "rng": _rng_state(generators or {})}, tmp / "trainer_state.pt"
+    )
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "algo_state": algo_state}, indent=2))
+    _fsync_tree(tmp)
+    if final.exists():  # a re-run of a step already checkpointed: same contents, replace
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(
+        (p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX)),
+        key=lambda p: int(p.name[len(CKPT_PREFIX) :]),
+    )[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # temp dirs of killed processes
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    ckpt: Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    generators: dict[str, torch.Generator] | None = None,
+    extra_models: dict[str, Any] | None = None,
+) -> tuple[int, dict]:
+    """Restore a checkpoint in place; returns ``(step, algo_state)``."""
+    _load_weights_in_place(model, ckpt)
+    for name, m in (extra_models or {}).items():
+        _load_weights_in_place(m, ckpt / "extra" / name)
+    blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    _set_rng_state(blob["rng"], generators or {})
+    meta = json.loads((ckpt / "trainer_state.json").read_text())
+    return int(meta["step"]), meta.get("algo_state", {})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+def train_loop(
+    model: Any,
+    tokenizer: Any,
+    step_fn: Callable[[int], StepOutput],
+    settings: LoopSettings,
+    out_dir: str | Path,
+    *,
+    algo_state: dict | None = None,
+    generators: dict[str, torch.Generator] | None = None,
+    extra_models: dict[str, Any] | None = None,
+    params: list[torch.nn.Parameter] | None = None,
+) -> LoopResult:
+    """Train ``model`` for ``settings.steps`` optimizer steps, resuming from ``out_dir``'s latest checkpoint.
+
+    Args:
+        model: the trained HF model (saved into each checkpoint with ``tokenizer``).
+        step_fn: ``step_fn(step) -> StepOutput``, called with step = 1..steps. It may read and mutate
+            ``algo_state`` (a JSON-able dict saved in every checkpoint and restored in place on resume).
+        settings: optimizer and checkpoint settings.
+        out_dir: run directory (``metrics.jsonl`` and ``checkpoints/`` go here).
+        algo_state: the algorithm's JSON-able state (updated in place on resume).
+        generators: named ``torch.Generator`` s whose states are checkpointed.
+        extra_models: other modules whose weights are checkpointed (``save_pretrained``-able), e.g. a
+            reference that changes between rounds. Only ``model`` is optimised unless ``params`` says else.
+        params: the parameters to optimise (default: ``model.parameters()`` that require grad).
+
+    Returns:
+        :class:`LoopResult`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    algo_state = algo_state if algo_state is not None else {}
+    generators = generators or {}
+    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    seed_everything(settings.seed)
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.lr, betas=settings.adam_betas, weight_decay=settings.weight_decay
+    )
+    log = MetricsLog(out_dir / "metrics.jsonl")
+    start = 0
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None:
+        start, restored = load_checkpoint(
+            ckpt, model, optimizer, generators=generators, extra_models=extra_models
+        )
+        algo_state.clear()
+        algo_state.update(restored)
+    if start > settings.steps:
+        raise ValueError(
+            f"steps: the run directory has a checkpoint at step {start} > steps={settings.steps}"
+        )
+    rows = log.truncate_after(start)
+    t_start = time.perf_counter()
+    bar = None
+    if settings.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    for step in range(start + 1, settings.steps + 1):
+        t0 = time.perf_counter()
+        out = step_fn(step)
+        if out.loss is not None:
+            if not torch.isfinite(out.loss):
+                raise ValueError(f"step {step}: the loss is {out.loss.item()} (not finite)")
+            out.loss.backward()
+        if settings.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+        else:
+            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        row = {
+            "step": step,
+            "loss": float(out.loss.detach()) if out.loss is not None else None,
+            "grad_norm": grad_norm,
+            "lr": settings.lr,
+            **{
+                k: (float(v) if isinstance(v, int | float | torch.Tensor) else v)
+                for k, v in out.metrics.items()
+            },
+            "seconds": time.perf_counter() - t0,
+        }
+        log.append(row)
+        rows.append(row)
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            save_checkpoint(
+                out_dir,
+                step,
+                model,
+                tokenizer,
+                optimizer,
+                algo_state=algo_state,
+                generators=generators,
+                extra_models=extra_models,
+                keep=settings.keep_checkpoints,
+            )
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "reward", "kl")})
+    if bar is not None:
+        bar.close()
+    return LoopResult(settings.steps, start, time.perf_counter() - t_start, rows)

@@ -1,0 +1,436 @@
+"""One round loop for DPO and SSAPO on the shared trainer (`stackalign.training.loop.train_loop`):
+round 0 = DPO on the seeds, then rounds of new pairs, each trained with the previous iterate as the
+reference (Chu et al., arXiv 2502.18099, Algorithm 1).
+
+Per round t >= 1 the pairs come from an annotator:
+
+* ``self`` (SSAPO; SPA-like with eps = 0): K samples per new prompt from pi_{t-1}, labelled by the implicit
+  reward log pi_{t-1}/pi_ref (chosen = best, rejected = worst); the follower's worst case in the W_1 ball
+  (the exact LP, grouped) reweights and shifts the loss (`self_annotation.py`);
+* ``gold`` (DPO-all, the full-label ceiling): the round's new prompts, each with a pair of base responses
+  labelled by the world's gold utility (with the seeds' label noise).
+
+The leader starts from pi_{t-1} and minimises the (weighted, shifted) DPO loss with pi_{t-1} as the frozen
+reference (the release's choice), ``epochs`` passes over the round's new pairs only (as the release does).
+Each round is its own run of the shared trainer (`stackalign.training.loop.train_loop`) in
+``rounds/round_T/``, with a fresh AdamW, as each round of the release is a new DPO launch from pi_{t-1}. The
+schedule is fixed in advance: round 0 has ceil(seed_pairs / batch_size) * seed_epochs steps, every later round
+ceil(prompts_per_round / batch_size) * epochs steps (a round with fewer pairs, when some prompts' samples were
+all identical, cycles through them). The recipe's ``steps`` is therefore not used; ``summary.json`` reports
+the scheduled total.
+
+Resume (kill -9 at any moment): finished rounds (``done.json`` and ``model/`` present) are skipped; the
+current round's trainer resumes from its latest checkpoint; pi_{t-1} is read back from the previous round's
+``model/``, the round's pairs from ``pairs.jsonl`` (written before its first step). All sampling and data
+order are pure functions of (seed, round, step), so the resumed weights are bit-identical on CPU.
+
+Layout (besides the trainer's ``config.json``, ``final/``, ``summary.json``): ``metrics.jsonl`` (all rounds,
+global step numbers, written at the end), ``base_eval.jsonl`` (the base policy's evaluation samples, drawn
+once), and per round ``rounds/round_T/`` with ``pairs.jsonl``, ``stats.json`` (annotation and LP timings),
+``metrics.jsonl``, ``checkpoints/``, ``model/`` (pi_T) and ``done.json`` (its evaluation).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stackalign.store import write_json_atomic
+from stackalign.training.dpo_loss import dpo_loss, pack_sequences, response_token_ids, sequence_logprobs
+from stackalign.training.preferences import (
+    gold_pairs,
+    load_pairs,
+    save_pairs,
+    seed_pairs,
+    split_round_prompts,
+    validate_pairs,
+)
+from stackalign.training.self_annotation import annotate_by_implicit_reward, batched_logprobs, solve_follower
+
+__all__ = ["DPOConfig", "SSAPOConfig", "round_schedule", "run_rounds"]
+
+
+def _check_int(cfg: Any, name: str, lo: int) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name}: must be an integer >= {lo}, got {v!r}")
+
+
+@dataclass
+class DPOConfig:
+    """``algorithm: dpo``: DPO on gold-labelled pairs (Rafailov et al., arXiv 2305.18290): the seeds only
+    (``data: seeds``, one round) or, as the full-label ceiling, gold pairs for every round's prompts
+    (``data: all``: the same rounds and prompts as SSAPO, labelled by the world's gold judge)."""
+
+    beta: float = field(default=0.1, metadata={"help": "DPO beta (KL strength of the implicit reward)."})
+    seed_pairs: int = field(default=64, metadata={"help": "gold-labelled seed pairs (round 0's data)"})
+    label_noise: float = field(
+        default=0.0,
+        metadata={"help": "share of gold labels flipped (seeds and DPO-all's pairs), in [0, 0.5)"},
+    )
+    seeds_file: str | None = field(
+        default=None, metadata={"help": "JSONL of seed pairs (prompt, chosen, rejected) instead of generated"}
+    )
+    prompts_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of {prompt} for the rounds' new prompts (default: the world's train prompts)"
+        },
+    )
+    data: str = field(
+        default="seeds", metadata={"help": "seeds (DPO on the seeds) or all (gold pairs for every round too)"}
+    )
+    rounds: int = field(default=3, metadata={"help": "rounds after round 0 (used with data: all)"})
+    prompts_per_round: int = field(default=128, metadata={"help": "new prompts per round (the paper's P_t)"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step"})
+    seed_epochs: int = field(default=8, metadata={"help": "passes over the seeds in round 0"})
+    epochs: int = field(default=1, metadata={"help": "passes over each later round's new pairs (release: 1)"})
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta: must be a finite number > 0, got {self.beta!r}")
+        if not (isinstance(self.label_noise, int | float) and 0.0 <= self.label_noise < 0.5):
+            raise ValueError(f"label_noise: must be in [0, 0.5), got {self.label_noise!r}")
+        if self.data not in ("seeds", "all"):
+            raise ValueError(f"data: must be 'seeds' or 'all', got {self.data!r}")
+        for name, lo in (
+            ("seed_pairs", 1), ("rounds", 0), ("prompts_per_round", 1), ("batch_size", 1),
+            ("seed_epochs", 1), ("epochs", 1),
+        ):  # fmt: skip
+            _check_int(self, name, lo)
+
+
+@dataclass
+class SSAPOConfig(DPOConfig):
+    """``algorithm: ssapo``: Stackelberg self-annotated preference optimisation (arXiv 2502.18099,
+    Algorithm 1): DPO on the seeds, then rounds of self-annotation by the implicit reward, the follower's
+    worst case in a Wasserstein ball (eps = 0: SPA-like self-annotation without reweighting), and the
+    reweighted, shifted DPO loss."""
+
+    samples_per_prompt: int = field(
+        default=4, metadata={"help": "K answers sampled per new prompt for self-annotation (>= 2)"}
+    )
+    eps: float = field(
+        default=0.3,
+        metadata={
+            "help": "Wasserstein radius (0 = SPA-like), in the units of `space`: margins beta*(r_w - r_l), or "
+            "probabilities (the paper's 0.01-0.05)"
+        },
+    )
+    space: str = field(
+        default="margin",
+        metadata={"help": "margin (smooth, the theory's) or probability (the official release's) follower"},
+    )
+    pieces: int = field(default=6, metadata={"help": "tangent pieces K of the piecewise-linear loss bound"})
+    group_size: int | None = field(default=100, metadata={"help": "pairs per LP (null: one global LP)"})
+    pad: float = field(default=0.5, metadata={"help": "margin space: support = [min - pad, max + pad]"})
+    q_box: bool = field(
+        default=False, metadata={"help": "probability space: the release's box |q_ik| <= eps"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (
+            isinstance(self.samples_per_prompt, bool)
+            or not isinstance(self.samples_per_prompt, int)
+            or (self.samples_per_prompt < 2)
+        ):
+            raise ValueError(
+                f"samples_per_prompt: K must be an integer >= 2, got {self.samples_per_prompt!r}"
+            )
+        if not (isinstance(self.eps, int | float) and math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps: the Wasserstein radius must be a finite number >= 0, got {self.eps!r}")
+        if self.space not in ("margin", "probability"):
+            raise ValueError(f"space: must be 'margin' or 'probability', got {self.space!r}")
+        _check_int(self, "pieces", 1)
+        if self.group_size is not None:
+            _check_int(self, "group_size", 1)
+        if not (isinstance(self.pad, int | float) and math.isfinite(self.pad) and self.pad >= 0):
+            raise ValueError(f"pad: must be a finite number >= 0, got {self.pad!r}")
+
+
+def round_schedule(algo: DPOConfig, n_seeds: int, self_annotating: bool) -> list[int]:
+    """Optimizer steps of each round: [round 0, round 1, ...] (see the module docstring)."""
+    rounds = algo.rounds if (self_annotating or algo.data == "all") else 0
+    out = [math.ceil(n_seeds / algo.batch_size) * algo.seed_epochs]
+    out += [math.ceil(algo.prompts_per_round / algo.batch_size) * algo.epochs] * rounds
+    return out
+
+
+# -------------------------------------------------------------------------------------------- helpers
+def _tensorize(tokenizer: Any, pairs: list[dict]) -> dict:
+    return {
+        "prompt": [tokenizer(p["prompt"])["input_ids"] for p in pairs],
+        "chosen": [response_token_ids(tokenizer, p["chosen"]) for p in pairs],
+        "rejected": [response_token_ids(tokenizer, p["rejected"]) for p in pairs],
+    }
+
+
+def _pair_logps(model: Any, data: dict, idx: list[int], pad: int, device: Any) -> tuple[torch.Tensor, ...]:
+    """Sequence log-probs of the chosen and rejected answers of pairs ``idx`` (one forward over 2B rows)."""
+    P = [data["prompt"][i] for i in idx]
+    R = [data["chosen"][i] for i in idx] + [data["rejected"][i] for i in idx]
+    ids, mask, resp = pack_sequences(P + P, R, pad)
+    lp = sequence_logprobs(model, ids.to(device), mask.to(device), resp.to(device))
+    return lp[: len(idx)], lp[len(idx) :]
+
+
+def _load_prompts(path: str) -> list[str]:
+    """Prompts from a JSONL file of objects with a "prompt" string (full policy prompts, chat template
+    applied)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompts_file: not found: {str(p)!r}")
+    out = []
+    for ln, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: line {ln} is not valid JSON: {e}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ValueError(f"{p}: line {ln} needs a non-empty string field 'prompt'")
+        out.append(row["prompt"])
+    if not out:
+        raise ValueError(f"prompts_file: {p} holds no prompts")
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _frozen_copy(model: Any) -> Any:
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def run_rounds(ctx: Any, algorithm: str) -> dict:
+    """Train ``algorithm`` ("dpo" or "ssapo") through the shared trainer; returns the summary fields
+    ``{"rounds": [{"round", "pairs", "eval", "stats"}...], "eval", "steps"}``."""
+    from stackalign.decoding.common import pad_id_of
+    from stackalign.training.evaluate import generate, gold_win_rate
+    from stackalign.training.loop import batch_indices, step_seed, train_loop
+
+    algo, common, out, world = ctx.algo, ctx.config, Path(ctx.out_dir), ctx.world
+    ssapo = algorithm == "ssapo"
+    if world is None:  # a user's own models: seeds and round prompts from files, no gold evaluation
+        if not algo.seeds_file:
+            raise ValueError("seeds_file: required when world is null (the seed pairs come from a file)")
+        if algo.data == "all" and not ssapo:
+            raise ValueError("data: 'all' needs a world's gold judge to label the rounds; use data: seeds")
+        if ssapo and algo.rounds > 0 and not algo.prompts_file:
+            raise ValueError("prompts_file: required when world is null (the rounds' new prompts)")
+    device = torch.device(common.device)
+    policy, tok = ctx.load_policy()
+    policy.eval()  # no dropout: the loss is deterministic given the weights
+    base = ctx.load_reference()  # pi_ref of the implicit reward (the initial policy)
+    ref = _frozen_copy(policy)  # the leader's reference pi_{t-1}, reloaded at the start of each round
+    pad = pad_id_of(tok)
+
+    seeds = load_pairs(algo.seeds_file) if algo.seeds_file else None
+    if seeds is None:
+        seeds = seed_pairs(world, algo.seed_pairs, label_noise=algo.label_noise, seed=common.seed)
+    seeds = validate_pairs(seeds, source="seed pairs")
+    sched = round_schedule(algo, len(seeds), ssapo)
+    n_rounds = len(sched) - 1
+    used = {p["prompt"] for p in seeds}
+    train_prompts = _load_prompts(algo.prompts_file) if algo.prompts_file else ctx.train_prompts()
+    rest = [p for p in train_prompts if p not in used] or train_prompts
+    _, pools = split_round_prompts(rest, 0, algo.prompts_per_round, n_rounds, seed=common.seed)
+
+    # evaluation: the base's samples drawn once; every policy sampled with the same seed (same streams)
+    eval_prompts = ctx.eval_prompts() if world is not None else []
+    n_eval = common.eval.samples
+    gcfg = ctx.eval_generation_config()
+    bpath = out / "base_eval.jsonl"
+    if world is None:
+        base_texts = []
+    elif bpath.is_file():
+        base_texts = [r["responses"] for r in _read_jsonl(bpath)]
+    else:
+        base_texts, _ = generate(base, tok, eval_prompts, gcfg, n=n_eval)
+        save_pairs([{"prompt": p, "responses": r} for p, r in zip(eval_prompts, base_texts)], bpath)
+    flat_p = [p for p in eval_prompts for _ in range(n_eval)]
+    flat_b = [y for row in base_texts for y in row]
+
+    def evaluate(t: int) -> dict:
+        ev: dict = {"win_rate_vs_base": None, "gold_reward": None}  # no gold judge without a world
+        if world is not None:
+            texts, _ = generate(policy, tok, eval_prompts, gcfg, n=n_eval)
+            flat = [y for row in texts for y in row]
+            ev = {
+                "win_rate_vs_base": gold_win_rate(world, flat_p, flat, flat_b),
+                "gold_reward": sum(world.gold(p, y) for p, y in zip(flat_p, flat)) / len(flat),
+            }
+        rdir = out / "rounds" / f"round_{t}"
+        n_pairs = len(_read_jsonl(rdir / "pairs.jsonl"))
+        stats = json.loads((rdir / "stats.json").read_text()) if (rdir / "stats.json").is_file() else {}
+        write_json_atomic(rdir / "done.json", {"round": t, "pairs": n_pairs, "eval": ev, "stats": stats})
+        return ev
+
+    def make_pairs(t: int) -> list[dict]:
+        """Round t's pairs (written once to rounds/round_t/pairs.jsonl and read back afterwards)."""
+        rdir = out / "rounds" / f"round_{t}"
+        path = rdir / "pairs.jsonl"
+        if path.is_file():
+            return _read_jsonl(path)
+        stats: dict = {}
+        if t == 0:
+            pairs = seeds
+        elif not ssapo:  # DPO-all: gold (noisy at label_noise) pairs for the round's new prompts
+            pool = pools[t - 1]
+            pairs = gold_pairs(
+                world, pool, len(pool), label_noise=algo.label_noise, seed=common.seed * 7919 + t
+            )
+        else:
+            pairs, stats = _self_annotate(t)
+        rdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(rdir / "stats.json", stats)
+        save_pairs(pairs, path)
+        return pairs
+
+    def _self_annotate(t: int) -> tuple[list[dict], dict]:
+        from stackalign.decoding.sampling import sample
+
+        pool = pools[t - 1]
+        g = replace(ctx.generation_config(), seed=step_seed(common.seed, t, "annotate") % (2**31))
+        t0 = time.perf_counter()
+        res = sample(policy, tok, pool, algo.samples_per_prompt, g)
+        prompts, responses = res.flat()
+        t1 = time.perf_counter()
+        lp_pol = batched_logprobs(policy, tok, prompts, responses)
+        lp_ref = batched_logprobs(base, tok, prompts, responses)
+        pairs = annotate_by_implicit_reward(pool, res.texts, lp_pol, lp_ref, beta=algo.beta)
+        t2 = time.perf_counter()
+        if not pairs:
+            raise RuntimeError(f"round {t}: every prompt's {algo.samples_per_prompt} samples were identical")
+        sol = solve_follower(
+            [p["margin"] for p in pairs],
+            eps=algo.eps,
+            space=algo.space,
+            pieces=algo.pieces,
+            group_size=algo.group_size,
+            pad=algo.pad,
+            q_box=algo.q_box,
+        )
+        for i, p in enumerate(pairs):
+            p["s"], p["shifts"] = sol.s[i].tolist(), sol.shifts[i].tolist()
+            if world is None:
+                continue
+            # gold labels of the self-labelled pairs: for the report only, never used in training
+            p["gold_chosen"], p["gold_rejected"] = (
+                world.gold(p["prompt"], p["chosen"]),
+                world.gold(p["prompt"], p["rejected"]),
+            )
+        agree = None
+        if world is not None:
+            agree = sum(p["gold_chosen"] > p["gold_rejected"] for p in pairs) / len(pairs)
+        stats = dict(
+            sample_seconds=t1 - t0, annotate_seconds=t2 - t1, self_label_gold_agreement=agree, **sol.stats()
+        )
+        return pairs, stats
+
+    def round_data(t: int) -> dict:
+        """Round t's tensors: token ids, the reference's log-probs (pi_{t-1} is frozen), the worst case."""
+        pairs = make_pairs(t)
+        data = _tensorize(tok, pairs)
+        N = len(pairs)
+        with torch.no_grad():
+            rc, rr = zip(*(_pair_logps(ref, data, list(range(s, min(N, s + 64))), pad, device)
+                           for s in range(0, N, 64)))  # fmt: skip
+        wc = None
+        if "s" in pairs[0]:
+            K = max(len(p["s"]) for p in pairs)
+            S, D = torch.zeros(N, K, dtype=torch.float64), torch.zeros(N, K, dtype=torch.float64)
+            for i, p in enumerate(pairs):
+                S[i, : len(p["s"])] = torch.tensor(p["s"], dtype=torch.float64)
+                D[i, : len(p["shifts"])] = torch.tensor(p["shifts"], dtype=torch.float64)
+            wc = (S.float(), D.float())
+        return dict(data=data, n=N, ref_c=torch.cat(rc), ref_r=torch.cat(rr), wc=wc)
+
+    from stackalign.training.loop import StepOutput, save_model_dir
+
+    trained_last = False
+    for t in range(n_rounds + 1):
+        rdir = out / "rounds" / f"round_{t}"
+        if (rdir / "done.json").is_file() and (rdir / "model").is_dir():
+            continue
+        trained_last = t == n_rounds
+        if t > 0:  # pi_{t-1}: the previous round's final weights (also after a restart)
+            prev, _ = ctx.load_policy(str(out / "rounds" / f"round_{t - 1}" / "model"))
+            policy.load_state_dict(prev.state_dict())
+            del prev
+        ref.load_state_dict(policy.state_dict())  # the leader's reference for this round: pi_{t-1}
+        cur = round_data(t)
+        rseed = step_seed(common.seed, t, "round")
+
+        def step_fn(step: int, t=t, cur=cur, rseed=rseed) -> StepOutput:
+            idx = batch_indices(cur["n"], algo.batch_size, step, rseed)
+            pc, pr = _pair_logps(policy, cur["data"], idx, pad, device)
+            kw = {}
+            if cur["wc"] is not None:
+                S, D = cur["wc"]
+                kw = dict(s=S[idx].to(device), shifts=D[idx].to(device), space=algo.space)
+            rc, rr = cur["ref_c"][idx], cur["ref_r"][idx]
+            loss = dpo_loss(pc, pr, rc, rr, beta=algo.beta, **kw)
+            with torch.no_grad():
+                m = algo.beta * ((pc - rc) - (pr - rr))
+            return StepOutput(
+                loss, {"round": t, "margin": float(m.mean()), "accuracy": float((m > 0).float().mean())}
+            )
+
+        # a fresh optimizer per round, as each round of the release is a new DPO run from pi_{t-1}
+        settings = replace(ctx.loop_settings(), steps=sched[t], seed=rseed % (2**31))
+        train_loop(policy, tok, step_fn, settings, rdir, algo_state={"round": t})
+        evaluate(t)
+        save_model_dir(policy, tok, rdir / "model")
+    # one metrics.jsonl over all rounds (global step numbers) for the trainer's plots
+    rows = []
+    off = 0
+    for t in range(n_rounds + 1):
+        for r in _read_jsonl(out / "rounds" / f"round_{t}" / "metrics.jsonl"):
+            rows.append({**r, "step": r["step"] + off, "round_step": r["step"]})
+        off += sched[t]
+    save_pairs(rows, out / "metrics.jsonl")
+    if not trained_last:  # restarted after the last round finished: final/ is that round's model
+        last, _ = ctx.load_policy(str(out / "rounds" / f"round_{n_rounds}" / "model"))
+        policy.load_state_dict(last.state_dict())
+    ctx.save_final(policy, tok)
+    rounds = [
+        json.loads((out / "rounds" / f"round_{t}" / "done.json").read_text()) for t in range(n_rounds + 1)
+    ]
+    if world is not None:
+        _plot_rounds(rounds, out / "rounds.png", algorithm)
+    return {"rounds": rounds, "eval": rounds[-1]["eval"], "steps": sum(sched)}
+
+
+def _plot_rounds(rounds: list[dict], path: Path, algorithm: str) -> None:
+    """Gold win rate vs base and gold utility per round (report.md lists it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3))
+    ax[0].plot(t, [r["eval"]["win_rate_vs_base"] for r in rounds], "o-")
+    ax[0].axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax[0].set(xlabel="round", ylabel="gold win rate vs base", xticks=t)
+    ax[1].plot(t, [r["eval"]["gold_reward"] for r in rounds], "o-")
+    ax[1].set(xlabel="round", ylabel="gold utility", xticks=t)
+    fig.suptitle(algorithm)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
