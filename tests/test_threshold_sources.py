@@ -60,6 +60,8 @@ def test_fit_recovers_a_linear_map_and_beats_the_constant():
     assert fit["val_mae"] < 0.05 * fit["const_val_mae"] and fit["val_r2"] > 0.99
     with pytest.raises(ValueError, match="at least 4"):
         fit_threshold_predictor(x[:3], y[:3])
+    with pytest.raises(ValueError, match="another policy"):
+        pred.predict(torch.zeros(2, 7, dtype=torch.float64))
 
 
 def test_predictor_trains_saves_loads_and_drives_args_and_bon(tmp_path):

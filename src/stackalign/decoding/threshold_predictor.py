@@ -111,13 +111,13 @@ class ThresholdPredictor:
 
     def predict(self, features: Tensor) -> Tensor:
         """``[P, F]`` features -> ``[P]`` float64 thresholds."""
-        x = (torch.as_tensor(features, dtype=torch.float64) - self.mu) / self.sd
+        x = torch.as_tensor(features, dtype=torch.float64)
         if x.shape[-1] != self.weight.shape[0]:
             raise ValueError(
                 f"threshold predictor: features have {x.shape[-1]} dims, the predictor {self.weight.shape[0]} "
                 "(was it trained on another policy?)"
             )
-        return x @ self.weight + self.bias
+        return (x - self.mu) / self.sd @ self.weight + self.bias
 
     def predict_prompts(
         self, policy: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = 16
