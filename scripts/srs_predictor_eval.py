@@ -33,7 +33,7 @@ for name, preset in (("SRS-ARGS-pred", "official-args"), ("SRS-BoN-pred", "offic
     rep = evaluate_threshold_predictor(pred, policy, tok, rm, prompts, sh, 16, gen, cache_dir=run / "mc_eval")
     rep["train_fit"] = pred.meta["fit"]
     # the noise floor: two independent N=16 Monte Carlo estimates of the same prompts' thresholds
-    from stackalign.decoding.threshold import mc_threshold
+    from stackalign.decoding.mc import mc_threshold
 
     a = mc_threshold(policy, tok, rm, prompts, 16, gen, shaper=sh, cache_dir=run / "mc_eval").thresholds
     b = mc_threshold(

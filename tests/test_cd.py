@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from tiny_models import bpe_tokenizer
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tiny_models import bpe_tokenizer, tiny_pair
+from transformers import PreTrainedTokenizerFast
 
 from stackalign.decoding.cd import CDConfig, _Batch, _Tokenwise, controlled_decode, final_hidden
 from stackalign.decoding.common import Cost, GenerationConfig, StopChecker
@@ -38,29 +38,9 @@ def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
 
 
 def make_lm(tok, arch: str = "llama", seed: int = 0):
-    torch.manual_seed(seed)
-    common = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    if arch == "llama":
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=HIDDEN,
-            intermediate_size=2 * HIDDEN,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            bos_token_id=None,
-            **common,
-        )
-        model = LlamaForCausalLM(cfg)
-    else:
-        cfg = GPT2Config(
-            vocab_size=len(tok), n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, **common
-        )
-        model = GPT2LMHeadModel(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    return model.eval()
+    """A tiny random policy (HF's default init; GPT-2 with 4 heads and a BOS id) from the shared builder."""
+    extra = dict(n_head=4, bos_token_id=1) if arch == "gpt2" else {}
+    return tiny_pair(arch, tok, seed=seed, init_std=0.02, **extra)[0]
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +92,14 @@ def test_chosen_row_cache_equals_fresh_forward(lm, tok, head, lookahead):
     batch = _Batch(lm, ids, tok.pad_token_id, Cost())
     run = _Tokenwise(batch, head, cfg, gen, StopChecker(tok, [], (), True), [None] * 3, Cost())
     with torch.no_grad():
-        for _ in range(8):
-            run.step()
+        steps = [run.step().tolist() for _ in range(8)]  # no row ends (EOS ignored, 50 tokens allowed)
+        generated = [[s[r] for s in steps] for r in range(3)]
         for j, r in enumerate(batch.rows):
-            full = torch.tensor([ids[r] + batch.tokens[r]])
+            full = torch.tensor([ids[r] + generated[r]])
             fresh = lm(full).logits[0, -1].float()
             torch.testing.assert_close(batch.logits[j], fresh, atol=1e-5, rtol=0)
     greedy_ref = hf_greedy(lm, tok, PROMPTS, 8)
-    assert any(batch.tokens[r] != greedy_ref[r] for r in range(3)), "lam should change some choices"
+    assert any(generated[r] != greedy_ref[r] for r in range(3)), "lam should change some choices"
 
 
 def test_tree_and_repeat_agree_with_value_head(lm, tok, head):

@@ -56,6 +56,8 @@ def test_fast_scores_equal_full_recompute_scores(arch):
     keep = torch.tensor([0, 2])
     for s in scorers.values():
         s.select(keep)
+    scorers["tree"].score(torch.randint(3, len(tok), (2, 3), generator=g))  # scored, then not advanced:
+    # the next score() forgets those candidates (the tree scorer discards their cache entries)
     cands = torch.randint(3, len(tok), (2, 5), generator=g)
     out = {m: s.score(cands) for m, s in scorers.items()}
     torch.testing.assert_close(out["tree"], out["ref"], atol=1e-5, rtol=1e-5)
@@ -117,7 +119,9 @@ def test_rm_token_cost_of_fast_mode():
     gen = GenerationConfig(max_new_tokens=T, ignore_eos=True)
     res = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=k, rm_mode="fast", rm_cache="tree"), gen)
     n_prompt = sum(len(tok(p)["input_ids"]) for p in PROMPTS)
-    assert res.cost.rm_tokens == n_prompt + len(PROMPTS) * k * T  # exactly k per step: the chosen one is reused
+    assert (
+        res.cost.rm_tokens == n_prompt + len(PROMPTS) * k * T
+    )  # exactly k per step: the chosen one is reused
     assert res.cost.lm_tokens == n_prompt + len(PROMPTS) * (T - 1)
     ref = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=k, rm_mode="reference"), gen)
     lengths = [len(tok(p)["input_ids"]) for p in PROMPTS]
@@ -168,6 +172,8 @@ def test_per_prompt_threshold_is_used():
         args_generate(policy, tok, rm, PROMPTS, None, GEN, shaper=srs, thresholds=[0.0, 1.0])
     with pytest.raises(ValueError, match="need a shaper"):
         args_generate(policy, tok, rm, PROMPTS, None, GEN, thresholds=[0.0] * 3)
+    with pytest.raises(ValueError, match="need a shaper that uses them"):  # meanstd has no threshold
+        args_generate(policy, tok, rm, PROMPTS, None, GEN, shaper="meanstd", thresholds=[0.0] * 3)
 
 
 def test_reward_weight_steers_decoding():
@@ -246,14 +252,6 @@ def test_w_defaults_to_the_shapers_beta():
 
 
 # ------------------------------------------------------------------------------------------ micro world
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    worlds = pytest.importorskip("stackalign.worlds")
-    if not hasattr(worlds, "build_world"):
-        pytest.skip("stackalign.worlds.build_world not available")
-    return worlds.build_world(tmp_path_factory.mktemp("micro"), preset="micro", progress=False)
-
-
 def test_micro_world_fast_equals_reference(micro):
     policy, tok = micro.load_policy()
     rm = micro.load_reward_model()

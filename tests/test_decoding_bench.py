@@ -1,4 +1,4 @@
-"""`stackalign bench args|sample|cd` plumbing (tiny random models; ratios are not asserted here)."""
+"""`stackalign bench args|sample|cd|generate` plumbing (tiny random models; ratios are not asserted here)."""
 
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ def test_bench_sample_table(capsys):
     assert "shared_prefill" in text and "hf_over_shared" in text
 
 
-def test_bench_cd_dispatches_to_cd_bench(monkeypatch):
+def test_bench_cd_dispatches_to_bench_cd(monkeypatch):
     seen = {}
-    fake = types.ModuleType("stackalign.decoding.cd_bench")
+    fake = types.ModuleType("stackalign.bench.cd")
     fake.main = lambda args: seen.setdefault("which", args.which) and 0
-    monkeypatch.setitem(sys.modules, "stackalign.decoding.cd_bench", fake)
+    monkeypatch.setitem(sys.modules, "stackalign.bench.cd", fake)
     assert bench.main(_ns("cd")) == 0
     assert seen == {"which": "cd"}
 
@@ -51,3 +51,12 @@ def test_bench_cd_dispatches_to_cd_bench(monkeypatch):
 def test_bench_rejects_bad_arguments():
     with pytest.raises(ValueError, match="max-new-tokens"):
         bench.main(argparse.Namespace(which="args", json=True, world="tiny", prompts=1, max_new_tokens=-1))
+
+
+def test_bench_generate_json(capsys):
+    assert bench.main(_ns("generate")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ratios"]["identical_vanilla"] is True and out["ratios"]["identical_srs"] is True
+    v = out["variants"]
+    assert set(v) == {f"{a}_{b}" for a in ("vanilla", "srs") for b in ("args_generate", "generate")}
+    assert v["vanilla_args_generate"]["rm_tokens"] > 0 and v["srs_generate"]["seconds"] > 0

@@ -6,14 +6,8 @@ import functools
 
 import pytest
 import torch
-from tiny_models import bpe_tokenizer
+from tiny_models import bpe_tokenizer, tiny_pair
 from transformers import (
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
     PreTrainedTokenizerFast,
 )
 
@@ -28,7 +22,6 @@ from stackalign.decoding.common import (
     resolve_eos_ids,
     sample_rows,
 )
-from stackalign.models import RewardModel
 
 CORPUS = [
     "User: How do I bake bread?\nAssistant: Mix flour, water and yeast, then bake it.",
@@ -48,32 +41,14 @@ def make_tokenizer(vocab_size: int = 300, extra: str = "") -> PreTrainedTokenize
     return bpe_tokenizer([c + extra for c in CORPUS], vocab_size)
 
 
-def _config(arch: str, tok, **kw):
-    if arch == "gpt2":
-        return GPT2Config(
-            vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None, **kw,
-        )  # fmt: skip
-    return LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None, **kw,
-    )  # fmt: skip
-
-
 @functools.cache
 def make_models(arch: str = "llama", seed: int = 0, init_std: float = 0.2):
     """(policy, RewardModel, tokenizer): tiny random fp32 models of `arch` sharing one tokenizer.
 
     A larger init std than HF's default makes logits and rewards spread out (fewer near-ties)."""
     tok = make_tokenizer()
-    torch.manual_seed(seed)
-    lm_cls = GPT2LMHeadModel if arch == "gpt2" else LlamaForCausalLM
-    rm_cls = GPT2ForSequenceClassification if arch == "gpt2" else LlamaForSequenceClassification
-    policy = lm_cls(_config(arch, tok, initializer_range=init_std)).eval()
-    rm_model = rm_cls(_config(arch, tok, num_labels=1, initializer_range=init_std)).eval()
-    policy.generation_config.pad_token_id = tok.pad_token_id
-    return policy, RewardModel(rm_model, tok), tok
+    policy, rm = tiny_pair(arch, tok, seed=seed, init_std=init_std)
+    return policy, rm, tok
 
 
 # ------------------------------------------------------------------------------------------------ tests

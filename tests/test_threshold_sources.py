@@ -9,7 +9,7 @@ from test_decoding_common import PROMPTS, make_models
 from stackalign.decoding.args import ARGSConfig, args_generate
 from stackalign.decoding.bon import BoNConfig, best_of_n
 from stackalign.decoding.common import GenerationConfig
-from stackalign.decoding.threshold import mc_threshold
+from stackalign.decoding.mc import mc_threshold
 from stackalign.decoding.threshold_predictor import (
     PredictorConfig,
     fit_threshold_predictor,

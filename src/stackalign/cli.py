@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_handler("stackalign.runner.run:eval_main"))
 
     bench = sub.add_parser("bench", help="speed benchmarks (ratios measured in one process)")
-    bench.add_argument("which", choices=["args", "cd", "sample", "ray"])
+    bench.add_argument("which", choices=["args", "cd", "generate", "sample", "ray"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--world", default=None, help="world directory (default: the cached default world)")
     bench.add_argument("--prompts", type=int, default=4, help="number of prompts")
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 3)")
     bench.set_defaults(
-        func=lambda a: _handler("stackalign.bench_ray:main" if a.which == "ray" else "stackalign.bench:main")(
+        func=lambda a: _handler("stackalign.bench.ray:main" if a.which == "ray" else "stackalign.bench:main")(
             a
         )
     )

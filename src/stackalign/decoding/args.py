@@ -9,7 +9,7 @@ At every step, for every row:
 3. shape the rewards: ``s = shaper(r, weights=softmax(l), threshold=m)``. With no per-prompt threshold the
    shaper computes its threshold over the k candidates, weighted by their base probabilities (the
    ``official-args`` preset); with ``thresholds=`` (one per prompt, e.g. a Monte Carlo estimate from
-   :mod:`stackalign.decoding.threshold`) it uses that m instead. No shaper = vanilla ARGS (raw r);
+   :mod:`stackalign.decoding.mc`) it uses that m instead. No shaper = vanilla ARGS (raw r);
 4. fuse ``l_j + w * s_j`` with ``w = 1/beta``; greedy takes the argmax, stochastic samples from
    ``softmax(fused / temperature)`` over the k candidates;
 5. the row ends at an EOS / end-of-turn id or a stop string (unless ``ignore_eos``); finished rows leave the
@@ -22,7 +22,7 @@ attention mask, randomness is per prompt).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,12 +52,14 @@ from stackalign.decoding.rm_cache import (
     TextScorer,
     TreeScorer,
     supports_incremental,
+    tree_mask_unsupported,
 )
 from stackalign.decoding.sampling import lm_forward
+from stackalign.shaping.resolve import describe_shaper, resolve_shaper
 
 Tensor = torch.Tensor
 
-__all__ = ["ARGSConfig", "args_generate", "resolve_shaper", "make_scorer"]
+__all__ = ["ARGSConfig", "args_generate", "make_scorer"]
 
 RM_MODES = ("auto", "fast", "reference", "text")
 RM_CACHES = ("auto", "tree", "repeat")
@@ -99,7 +101,8 @@ class ARGSConfig:
         default="auto",
         metadata={
             "help": "fast-mode strategy: tree (4D tree mask over one cache), repeat (repeat-and-select), or auto "
-            "(tree unless the model's attention cannot take custom masks)"
+            "(tree unless the model's attention cannot take custom masks or has sliding-window layers; the run "
+            "records why)"
         },
     )
     reference_chunk_size: int = field(
@@ -141,49 +144,32 @@ class ARGSConfig:
                 raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
 
 
-def resolve_shaper(shaper: Any) -> Callable | None:
-    """None / a callable pass through; a string is a preset ("paper", "official-args", "official-cd") or a
-    shaper name ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")."""
-    if shaper is None or callable(shaper):
-        return shaper
-    if isinstance(shaper, str):
-        from stackalign.shaping import PRESETS, get_preset, get_shaper
-
-        return get_preset(shaper) if shaper in PRESETS else get_shaper(shaper)
-    raise ValueError(f"shaper: expected None, a name or a callable, got {shaper!r}")
-
-
 def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
     """The candidate scorer for ``config.rm_mode`` / ``config.rm_cache`` (see ``rm_cache.py``)."""
     why_not = supports_incremental(policy_tokenizer, rm)
     mode = config.rm_mode
+    reason = None  # why an automatic choice fell back from the fastest scorer (recorded in the run's meta)
     if mode == "auto":
         mode = "fast" if why_not is None else "text"
+        reason = None if why_not is None else f"text scoring: {why_not}"
     if mode in ("fast", "reference") and why_not is not None:
         raise ValueError(
             f"rm_mode={mode!r} scores token ids and needs the reward model to share the policy's tokenizer, "
             f"but {why_not}; use rm_mode='text' (or 'auto')"
         )
     if mode == "text":
-        return TextScorer(rm, policy_tokenizer, config.text_batch_size)
-    if mode == "reference":
-        return FullRecomputeScorer(rm, config.reference_chunk_size)
-    strategy = config.rm_cache
-    if strategy == "auto":
-        impl = getattr(rm.model.config, "_attn_implementation", "sdpa") or "sdpa"
-        sliding = getattr(rm.model.config, "sliding_window", None) and any(
-            t != "full_attention" for t in (getattr(rm.model.config, "layer_types", None) or ["sliding"])
-        )
-        strategy = "tree" if impl in ("eager", "sdpa") and not sliding else "repeat"
-    return TreeScorer(rm) if strategy == "tree" else RepeatScorer(rm)
-
-
-def _describe(shaper: Any) -> Any:
-    if shaper is None:
-        return None
-    if dataclasses.is_dataclass(shaper):
-        return dataclasses.asdict(shaper)
-    return repr(shaper)
+        scorer: Scorer = TextScorer(rm, policy_tokenizer, config.text_batch_size)
+    elif mode == "reference":
+        scorer = FullRecomputeScorer(rm, config.reference_chunk_size)
+    else:
+        strategy = config.rm_cache
+        if strategy == "auto":
+            why_not_tree = tree_mask_unsupported(rm.model)
+            strategy = "tree" if why_not_tree is None else "repeat"
+            reason = None if why_not_tree is None else f"repeat-and-select: {why_not_tree}"
+        scorer = TreeScorer(rm) if strategy == "tree" else RepeatScorer(rm)
+    scorer.reason = reason
+    return scorer
 
 
 @torch.no_grad()
@@ -239,8 +225,11 @@ def args_generate(
             policy, tokenizer, rm, prompts, config, generation, shaper, predictor, mc_cache_dir, cost
         )
     if thresholds is not None:
-        if shaper is None:
-            raise ValueError("thresholds: per-prompt thresholds need a shaper that uses them (e.g. 'srs')")
+        if shaper is None or not getattr(shaper, "uses_threshold", True):
+            raise ValueError(
+                f"thresholds: per-prompt thresholds need a shaper that uses them ('srs', 'hard' or a preset), "
+                f"got {describe_shaper(shaper)!r}"
+            )
         m_all = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
         if m_all.numel() != len(prompts):
             raise ValueError(f"thresholds: got {m_all.numel()} values for {len(prompts)} prompts")
@@ -258,11 +247,11 @@ def args_generate(
     pad = pad_id_of(tokenizer)
     texts: list[str] = []
     token_ids: list[list[int]] = []
-    scorer_name = None
+    scorer_name = scorer_reason = None
     with Timer(cost, device):
         for s in range(0, len(prompts), config.batch_size):
             scorer = make_scorer(tokenizer, rm, config)
-            scorer_name = scorer.name
+            scorer_name, scorer_reason = scorer.name, scorer.reason
             rows = _decode_batch(
                 policy,
                 scorer,
@@ -289,7 +278,8 @@ def args_generate(
         "beta": beta,
         "w": w,
         "scorer": scorer_name,
-        "shaper": _describe(shaper),
+        "scorer_reason": scorer_reason,
+        "shaper": describe_shaper(shaper),
         "per_prompt_threshold": m_all is not None,
         "threshold_source": config.threshold if m_all is not None else "step",
         "generation": generation.to_dict(),
@@ -315,7 +305,7 @@ def _prompt_thresholds(
             f"threshold: {config.threshold!r} needs a threshold shaping (srs or hard), got shaper {shaper!r}"
         )
     if config.threshold == "mc":
-        from stackalign.decoding.threshold import mc_threshold
+        from stackalign.decoding.mc import mc_threshold
 
         mc_gen = GenerationConfig(
             max_new_tokens=generation.max_new_tokens,

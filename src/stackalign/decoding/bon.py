@@ -164,7 +164,7 @@ def best_of_n(
             ``mc_cache_dir``) or "predicted" (``predictor``: a ThresholdPredictor or its directory). The
             extra cost is counted.
     """
-    from stackalign.decoding.args import resolve_shaper
+    from stackalign.shaping.resolve import resolve_shaper
 
     config = config or GenerationConfig()
     shaper = resolve_shaper(shaper)

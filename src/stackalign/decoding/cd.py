@@ -13,7 +13,7 @@ The official code runs the k candidates against a k-times tiled KV cache and the
 the chosen token to advance its real cache. Here the candidate pass is reused, so each step costs one LM
 forward of k query tokens and nothing else:
 
-  * lookahead="tree" (default): the k candidates go in as one query of length k at the same position,
+  * lookahead="tree" (what "auto", the default, picks when it can): the k candidates go in as one query of length k at the same position,
     with a 4D additive mask that lets candidate i see the (unpadded) prefix and itself only. Afterwards
     the chosen candidate's key/value entry is moved into the first new cache slot and the cache is cut
     back to prefix + 1. The cache stays batch x L (no k-times copy); the chosen candidate's logits are
@@ -37,7 +37,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -47,6 +47,7 @@ from stackalign.decoding.common import (
     Cost,
     DecodeResult,
     GenerationConfig,
+    LiveRows,
     StopChecker,
     Timer,
     encode_prompts,
@@ -58,6 +59,7 @@ from stackalign.decoding.common import (
     prompt_generators,
     resolve_eos_ids,
     row_uniforms,
+    run_steps,
     sample_rows,
 )
 
@@ -84,16 +86,20 @@ class CDConfig:
     )
     num_blocks: int = field(default=4, metadata={"help": "blockwise: K continuations per block"})
     block_size: int = field(default=8, metadata={"help": "blockwise: M tokens per block"})
-    lookahead: Literal["tree", "repeat"] = field(
-        default="tree", metadata={"help": "tokenwise cache strategy: 'tree' or 'repeat'"}
+    lookahead: Literal["auto", "tree", "repeat"] = field(
+        default="auto",
+        metadata={
+            "help": "tokenwise cache strategy: 'tree', 'repeat', or 'auto' (tree unless the model has "
+            "sliding-window layers or an attention kernel without 4D masks; the run's meta records why)"
+        },
     )
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
 
     def __post_init__(self) -> None:
         if self.mode not in ("tokenwise", "blockwise"):
             raise ValueError(f"mode: expected 'tokenwise' or 'blockwise', got {self.mode!r}")
-        if self.lookahead not in ("tree", "repeat"):
-            raise ValueError(f"lookahead: expected 'tree' or 'repeat', got {self.lookahead!r}")
+        if self.lookahead not in ("auto", "tree", "repeat"):
+            raise ValueError(f"lookahead: expected 'auto', 'tree' or 'repeat', got {self.lookahead!r}")
         for name in ("top_k", "num_blocks", "block_size", "batch_size"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
@@ -153,7 +159,7 @@ class _Batch:
     def __init__(self, model, prompt_ids: list[list[int]], pad: int, cost: Cost):
         from transformers import DynamicCache
 
-        self.model = model
+        self.model, self.pad = model, pad
         self.lm_head = _LMHead(model)
         self.device = model_device(model)
         ids, self.mask = left_pad(prompt_ids, pad, self.device)
@@ -204,51 +210,14 @@ class _Tokenwise(_Run):
         self.dtype = next(self.model.parameters()).dtype
         self.k = min(cfg.top_k, batch.logits.shape[-1])
         if cfg.lookahead == "tree":
-            for layer in batch.cache.layers:
-                if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
-                    raise ValueError(
-                        "tokenwise CD lookahead='tree' needs a plain dynamic KV cache; this model's cache has "
-                        f"{type(layer).__name__} layers. Use lookahead='repeat'."
-                    )
-            # The tree mask, kept incrementally: `prefix` (b, 1, 1, L) hides the left padding of the cached
-            # prefix, `own` (1, 1, k, k) lets candidate i see itself only. SDPA takes a boolean mask
-            # (True = attend; cheaper on CPU); other attention kernels add a float bias (0 or min).
-            self.bool_mask = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
-            eye = torch.eye(self.k, dtype=torch.bool, device=batch.device)
-            self.prefix = self._mask_value(batch.mask.bool())[:, None, None, :]
-            self.own = self._mask_value(eye)[None, None]
-            self.grow = self._mask_value(torch.ones(1, 1, 1, 1, dtype=torch.bool, device=batch.device))
+            from stackalign.decoding.tree import TreeLookahead, check_plain_cache
+
+            check_plain_cache(batch.cache, "Use lookahead='repeat' (or 'auto').")
+            self.tree = TreeLookahead(
+                self.model.base_model, batch.cache, batch.mask, batch.mask.sum(-1), self.dtype
+            )
         else:
             batch.cache.batch_repeat_interleave(self.k)
-
-    def _mask_value(self, allowed: Tensor) -> Tensor:
-        if self.bool_mask:
-            return allowed
-        neg = torch.finfo(self.dtype).min
-        return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(~allowed, neg)
-
-    def _tree_hidden(self, cand: Tensor) -> Tensor:
-        """Hidden states (b, k, H) of every row's k candidates: one query of k tokens at the same position;
-        candidate i attends to the row's unpadded prefix and to itself only."""
-        b, k = cand.shape
-        past = self.prefix.shape[-1]
-        attn = torch.cat([self.prefix.expand(b, 1, k, past), self.own.expand(b, 1, k, k)], dim=-1)
-        return final_hidden(self.model, cand, attn, self.b.next_position().expand(b, k), self.b.cache)
-
-    def _tree_keep(self, choice: Tensor, past: int) -> None:
-        """Move the chosen candidate's K/V entry into slot `past` and drop the other k - 1 new entries."""
-        n = choice.shape[0]
-        src = past + (int(choice[0]) if n == 1 else choice)  # one row: a plain slice, no gather
-        rows = torch.arange(n, device=choice.device) if n > 1 else None
-        for layer in self.b.cache.layers:
-            for name in ("keys", "values"):
-                t = getattr(layer, name)
-                if rows is None:
-                    t[:, :, past].copy_(t[:, :, src])
-                else:
-                    t[:, :, past] = t[rows, :, src]
-                setattr(layer, name, t[:, :, : past + 1])
-        self.prefix = torch.cat([self.prefix, self.grow.expand(n, 1, 1, 1)], dim=-1)
 
     def _repeat_hidden(self, cand: Tensor) -> Tensor:
         """Hidden states (b, k, H): the k candidates as k rows of one token against the k-times tiled cache."""
@@ -257,15 +226,15 @@ class _Tokenwise(_Run):
         pos = self.b.next_position().repeat_interleave(k, dim=0)
         return final_hidden(self.model, cand.reshape(b * k, 1), mask, pos, self.b.cache).view(b, k, -1)
 
-    def step(self) -> None:
+    def step(self) -> Tensor:
+        """Advance every live row by one token; returns the tokens [n]."""
         cfg, k, batch = self.cfg, self.k, self.b
         n = batch.logits.shape[0]
         # log p_i = logit_i / T - logsumexp(logits / T): the second term is the same for every candidate of a
         # row, and argmax / softmax over the row ignore it, so it is never computed.
         top_logits, cand = batch.logits.topk(k, dim=-1)  # (n, k)
         top_logp = top_logits / cfg.score_temperature
-        past = batch.mask.shape[1]
-        h = self._tree_hidden(cand) if cfg.lookahead == "tree" else self._repeat_hidden(cand)
+        h = self.tree.forward(cand) if cfg.lookahead == "tree" else self._repeat_hidden(cand)
         self.cost.lm_tokens += n * k
         self.cost.lm_calls += 1
         score = top_logp
@@ -279,39 +248,35 @@ class _Tokenwise(_Run):
             choice = score.argmax(dim=-1)
         if n == 1:  # one row: plain indexing with a Python int (fewer, cheaper ops than gathers)
             c = int(choice[0])
-            chosen_h, tokens = h[:, c], [int(cand[0, c])]
+            chosen_h, tokens = h[:, c], cand[:, c]
         else:
             rows = torch.arange(n, device=batch.device)
-            chosen_h, tokens = h[rows, choice], cand[rows, choice].tolist()
+            chosen_h, tokens = h[rows, choice], cand[rows, choice]
         if cfg.lookahead == "tree":
-            self._tree_keep(choice, past)
+            self.tree.keep_choice(choice)  # the chosen candidate's K/V entry becomes the next cache slot
         else:
             batch.cache.batch_select_indices(
                 (torch.arange(n, device=batch.device) * k + choice).repeat_interleave(k)
             )
         batch.logits = batch.lm_head(chosen_h)  # the candidate pass is the next step's pass
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(n, 1)], dim=-1)
-        self._record(tokens)
+        return tokens
 
-    def _record(self, tokens: list[int]) -> None:
-        batch, keep, eos = self.b, [], self.eos
-        for j, t in enumerate(tokens):
-            ids = batch.tokens[batch.rows[j]]
-            ids.append(t)
-            if not (t in eos or len(ids) >= self.gen.max_new_tokens or self.stop.hits_stop_string(ids)):
-                keep.append(j)
-        if len(keep) < len(batch.rows):
-            index = None
-            if self.cfg.lookahead == "tree":
-                self.prefix = self.prefix[keep]
-            else:
-                kk = torch.tensor(keep, device=batch.device)
-                index = (kk[:, None] * self.k + torch.arange(self.k, device=batch.device)).flatten()
-            batch.drop(keep, index)
+    def select(self, keep: Tensor) -> None:
+        """Rows ``keep`` (batch positions) stay; the others have finished."""
+        batch, index = self.b, None
+        if self.cfg.lookahead == "tree":
+            self.tree.select(keep, cache=False)  # batch.drop selects the cache
+        else:  # the cache holds k copies of each row
+            index = (keep[:, None] * self.k + torch.arange(self.k, device=batch.device)).flatten()
+        batch.drop(keep.tolist(), index)
 
     def run(self) -> None:
-        while self.b.rows:
-            self.step()
+        """The shared step loop (:func:`decoding.common.run_steps`); the candidate pass is the forward."""
+        batch = self.b
+        rows = LiveRows(len(batch.rows), self.gen.max_new_tokens, batch.pad, batch.device)
+        run_steps(rows, self.stop, self.gen.max_new_tokens, lambda step: self.step(), self.select)
+        batch.tokens = rows.outputs()
 
 
 # --------------------------------------------------------------------------------------------- blockwise
@@ -402,6 +367,12 @@ def controlled_decode(
         raise ValueError("controlled_decode: a value_head is required unless mode='tokenwise' and lam=0")
     if cfg.mode == "blockwise" and gen.greedy:
         raise ValueError("blockwise CD samples its blocks from the base: generation.temperature must be > 0")
+    lookahead_reason = None
+    if cfg.lookahead == "auto":
+        from stackalign.decoding.rm_cache import tree_mask_unsupported
+
+        lookahead_reason = tree_mask_unsupported(model)
+        cfg = replace(cfg, lookahead="tree" if lookahead_reason is None else "repeat")
     device = model_device(model)
     if value_head is not None:
         hidden = model.config.get_text_config().hidden_size
@@ -435,6 +406,7 @@ def controlled_decode(
     meta = {
         "decoder": f"cd_{cfg.mode}",
         "cd": asdict(cfg),
+        "lookahead_reason": lookahead_reason,
         "generation": gen.to_dict(),
         "value_evals": value_evals,
         "new_tokens": sum(len(t) for t in token_ids),

@@ -18,7 +18,7 @@ import hashlib
 import inspect
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -318,6 +318,37 @@ class LiveRows:
 
     def outputs(self) -> list[list[int]]:
         return [row[:L] for row, L in zip(self.buf.tolist(), self.lengths.tolist())]
+
+
+def run_steps(
+    rows: LiveRows,
+    stop: StopChecker,
+    max_new_tokens: int,
+    choose: Callable[[int], Tensor],
+    select: Callable[[Tensor], None],
+    feed: Callable[[Tensor], None] | None = None,
+) -> None:
+    """The step loop the decoders share (sampling, ARGS's per-step shape, tokenwise CD).
+
+    Each step: ``choose(step)`` returns the token of every live row ([R'] long); the loop records it in
+    ``rows``, ends rows at EOS / a stop string (:meth:`StopChecker.finished`), hands the surviving batch
+    indices to ``select(keep)`` when some rows ended (the decoder drops them from every cache it holds, so
+    caches stay aligned with ``rows.active``), and calls ``feed(tokens)`` with the surviving rows' tokens
+    (the decoder's next forward; None when ``choose`` already ran it). Stops after ``max_new_tokens``
+    steps or when no row is left."""
+    for step in range(max_new_tokens):
+        tok = choose(step)
+        rows.record(tok, step)
+        if step == max_new_tokens - 1:
+            break
+        keep = rows.drop_finished(stop.finished(rows.buf, rows.active, tok, step), step)
+        if keep is not None:
+            if keep.numel() == 0:
+                break
+            select(keep)
+            tok = tok[keep]
+        if feed is not None:
+            feed(tok)
 
 
 class StopChecker:

@@ -10,12 +10,13 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
     cost                          RM tokens and calls spent
 
 * :class:`TreeScorer` (fast, default when the RM shares the policy's tokenizer). ONE RM KV cache holds each
-  row's prefix. Each step runs a single RM forward whose query is ``[last chosen token, c_1 .. c_k]`` with a
-  4D "tree" attention mask: candidate j sees the prefix and itself only, and all k candidates get the same
-  position id. The score head is applied to the backbone's hidden state at every candidate position (a
-  decoder classifier's head is per position; HF pools afterwards). When a candidate is chosen, its cache
-  column (computed with exactly the context it will have) is moved next to the prefix and the other k - 1
-  are cropped. Cost per step: k RM tokens per row, O(L) cache memory, one column copy per layer.
+  row's prefix. Each step runs a single RM forward whose query is the k candidates with a 4D "tree"
+  attention mask: candidate j sees the prefix and itself only, and all k candidates get the same position
+  id. The score head is applied to the backbone's hidden state at every candidate position (a decoder
+  classifier's head is per position; HF pools afterwards). When a candidate is chosen, its cache column
+  (computed with exactly the context it will have) is moved next to the prefix and the other k - 1 are
+  cropped. Cost per step: k RM tokens per row, O(L) cache memory, one column copy per layer. The step is
+  :class:`stackalign.decoding.tree.TreeLookahead`, shared with controlled decoding's lookahead.
 * :class:`RepeatScorer` (fast fallback): repeat-and-select. Repeat the prefix cache k times
   (``batch_repeat_interleave``), feed the k candidates as a batch of one-token queries, and keep the chosen
   copy (``batch_select_indices``). k RM tokens per step, but a k-fold cache copy every step and k x memory.
@@ -57,7 +58,7 @@ __all__ = [
     "FullRecomputeScorer",
     "TextScorer",
     "supports_incremental",
-    "crop_cache",
+    "tree_mask_unsupported",
 ]
 
 
@@ -90,18 +91,21 @@ def supports_incremental(policy_tokenizer: Any, rm: Any) -> str | None:
     return None
 
 
-def crop_cache(cache: Any, length: int) -> None:
-    """Keep the first ``length`` positions of every layer of a DynamicCache (version-independent crop)."""
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
+def tree_mask_unsupported(model: Any) -> str | None:
+    """None if ``model`` can run k candidates under a 4D tree mask over one KV cache, else why not.
 
-
-def _plain_dynamic(cache: Any) -> bool:
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+    Needs eager or SDPA attention (FlashAttention / flex kernels take no arbitrary 4D additive mask) and
+    no sliding-window layer (a sliding layer's cache keeps only the last ``window`` entries and HF builds
+    its window mask itself, so cropping k candidates back out is not exact)."""
+    cfg = model.config
+    impl = getattr(cfg, "_attn_implementation", None) or "sdpa"
+    if impl not in ("eager", "sdpa"):
+        return f"attention implementation {impl!r} takes no 4D tree mask"
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if window and (types is None or any(t != "full_attention" for t in types)):
+        return f"sliding-window attention layers (window {window})"
+    return None
 
 
 class Scorer:
@@ -111,6 +115,7 @@ class Scorer:
 
     def __init__(self) -> None:
         self.cost = Cost()
+        self.reason: str | None = None  # why this scorer was chosen over a faster one (set by make_scorer)
 
     def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
         raise NotImplementedError
@@ -167,68 +172,43 @@ class _CachedScorer(Scorer):
 
 
 class TreeScorer(_CachedScorer):
-    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask.
+    """k candidates per row scored in one forward over one shared RM cache, with a 4D tree mask
+    (:class:`stackalign.decoding.tree.TreeLookahead`, the lookahead CD uses too).
 
-    k RM tokens per row and step, not k + 1: the chosen candidate's keys and values were computed when it was
-    scored (it saw the prefix and itself, at its final position), exactly what appending it would compute, so
-    :meth:`advance` moves that cache column into place instead of running the token through the RM again.
+    k RM tokens per row and step, not k + 1: the chosen candidate's keys and values were computed when it
+    was scored (it saw the prefix and itself, at its final position), exactly what appending it would
+    compute, so :meth:`advance` moves that cache column into place instead of running the token again.
     """
 
     name = "tree"
 
     def start(self, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str]) -> None:
-        super().start(prompt_ids, prompts)
-        if not _plain_dynamic(self.cache):
-            raise ValueError(
-                "tree scoring needs a plain DynamicCache (no sliding-window layers); use rm_cache='repeat'"
-            )
-        self.neg = torch.finfo(self.dtype).min
-        # additive mask over the cached columns (0 = visible, min = padding), kept in step with the cache
-        self.past = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.device)
-        self.past.masked_fill_(self.mask == 0, self.neg)
-        self.mask = None  # superseded by self.past
-        self.scored: int | None = None  # cache length before the candidates of the last score()
-        self._trees: dict[int, Tensor] = {}
+        from stackalign.decoding.tree import TreeLookahead, check_plain_cache
 
-    def _tree(self, k: int) -> Tensor:
-        """Additive [k, k] mask of the candidates: each sees itself (and the prefix), not its siblings."""
-        if k not in self._trees:
-            t = torch.zeros(k, k, dtype=self.dtype, device=self.device)
-            self._trees[k] = t.masked_fill_(~torch.eye(k, dtype=torch.bool, device=self.device), self.neg)
-        return self._trees[k]
+        super().start(prompt_ids, prompts)
+        check_plain_cache(self.cache, "Use rm_cache='repeat'.")
+        self.tree = TreeLookahead(self.backbone, self.cache, self.mask, self.next_pos, self.dtype)
+        self.mask = self.next_pos = None  # superseded by the lookahead's own bookkeeping
+        self.scored = False
 
     def score(self, cands: Tensor) -> Tensor:
         R, k = cands.shape
-        L = self.past.shape[1]
-        if self.scored is not None:  # scored again without advancing: forget the previous candidates
-            crop_cache(self.cache, L)
-        mask4d = torch.cat(
-            [self.past[:, None, None, :].expand(R, 1, k, L), self._tree(k).expand(R, 1, k, k)], dim=-1
-        )
-        pos = self.next_pos[:, None].expand(R, k)  # every candidate sits at the row's next position
-        scores = self._run(cands.to(self.device), mask4d, pos, self.cache)
+        if self.scored:  # scored again without advancing: forget the previous candidates
+            self.tree.discard()
+        hidden = self.tree.forward(cands.to(self.device))
+        self.cost.rm_calls += 1
         self._count(R * k)
-        self.scored = L
-        return scores
+        self.scored = True
+        return self.head(hidden)[..., 0].float()
 
     def advance(self, tokens: Tensor, index: Tensor) -> None:
-        if self.scored is None:
+        if not self.scored:
             raise RuntimeError("TreeScorer.advance: no scored candidates to choose from (call score first)")
-        L = self.scored
-        rows = torch.arange(index.shape[0], device=self.device)
-        col = index.to(self.device) + L
-        for layer in self.cache.layers:  # the chosen candidate's column becomes column L; then drop the rest
-            layer.keys[:, :, L] = layer.keys[rows, :, col]
-            layer.values[:, :, L] = layer.values[rows, :, col]
-        crop_cache(self.cache, L + 1)
-        self.past = torch.cat([self.past, self.past.new_zeros(self.past.shape[0], 1)], dim=1)
-        self.next_pos = self.next_pos + 1
-        self.scored = None
+        self.tree.keep_choice(index)
+        self.scored = False
 
     def select(self, keep: Tensor) -> None:
-        keep = keep.to(self.device)
-        self.cache.batch_select_indices(keep)
-        self.past, self.next_pos = self.past[keep], self.next_pos[keep]
+        self.tree.select(keep)
 
 
 class RepeatScorer(_CachedScorer):

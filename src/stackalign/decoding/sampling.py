@@ -37,6 +37,7 @@ from stackalign.decoding.common import (
     prompt_generators,
     resolve_eos_ids,
     row_uniforms,
+    run_steps,
     sample_rows,
 )
 
@@ -162,27 +163,29 @@ def _sample_batch(
     T = config.max_new_tokens
     gens = None if config.greedy else prompt_generators(prompts, config.seed, device, salt="sample")
     rows = LiveRows(R, T, pad, device)
-    for step in range(T):
+    state = {"logits": logits, "mask": mask, "cache": cache}
+
+    def choose(step: int) -> Tensor:
+        logits = state["logits"]
         if gens is None:
-            tok = logits.argmax(-1)
-        else:
-            probs = filter_logits(logits, config.temperature, config.top_k, config.top_p).softmax(-1)
-            # drawn for every row every step, finished or not: per-prompt streams stay aligned
-            u = row_uniforms(gens, n, device)
-            tok = sample_rows(probs, u[rows.active])
-        rows.record(tok, step)
-        if step == T - 1:
-            break
-        keep = rows.drop_finished(stop.finished(rows.buf, rows.active, tok, step), step)
-        if keep is not None:
-            if keep.numel() == 0:
-                break
-            tok, mask = tok[keep], mask[keep]
-            cache.batch_select_indices(keep)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        logits, cache = lm_forward(model, tok.unsqueeze(-1), mask, cache)
+            return logits.argmax(-1)
+        probs = filter_logits(logits, config.temperature, config.top_k, config.top_p).softmax(-1)
+        # drawn for every row every step, finished or not: per-prompt streams stay aligned
+        u = row_uniforms(gens, n, device)
+        return sample_rows(probs, u[rows.active])
+
+    def select(keep: Tensor) -> None:
+        state["mask"] = state["mask"][keep]
+        state["cache"].batch_select_indices(keep)
+
+    def feed(tok: Tensor) -> None:
+        mask = state["mask"]
+        state["mask"] = mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        state["logits"], state["cache"] = lm_forward(model, tok.unsqueeze(-1), mask, state["cache"])
         cost.lm_tokens += int(rows.active.numel())
         cost.lm_calls += 1
+
+    run_steps(rows, stop, T, choose, select, feed)
     return rows.outputs()
 
 

@@ -243,7 +243,7 @@ def train_threshold_predictor(
     """Monte Carlo thresholds of ``prompts`` (``shaper``'s rule, :func:`mc_threshold`), their features, the
     fit; saved to ``out_dir`` when given. Returns the predictor and the cost of building it."""
     from stackalign.decoding.common import GenerationConfig
-    from stackalign.decoding.threshold import mc_threshold
+    from stackalign.decoding.mc import mc_threshold
 
     config = config or PredictorConfig()
     generation = generation or GenerationConfig(temperature=1.0, max_new_tokens=64)
@@ -289,7 +289,7 @@ def evaluate_threshold_predictor(
     error of the predictor's own training mean (the bias term at the mean feature), the baseline to beat.
     The MC cost is what sampling cost when it ran (0 for prompts already in ``cache_dir``)."""
     from stackalign.decoding.common import GenerationConfig
-    from stackalign.decoding.threshold import mc_threshold
+    from stackalign.decoding.mc import mc_threshold
 
     prompts = list(prompts)
     generation = generation or GenerationConfig(temperature=1.0, max_new_tokens=64)

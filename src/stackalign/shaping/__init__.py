@@ -6,6 +6,7 @@
 """
 
 from stackalign.shaping.presets import PRESETS, Preset, get_preset
+from stackalign.shaping.resolve import Shaping, describe_shaper, resolve_shaper
 from stackalign.shaping.shapers import PARAMS_USED, SHAPERS, Shaper, effective_budget, get_shaper
 from stackalign.shaping.threshold import F_value, stackelberg_threshold, threshold_from_log_gamma
 
@@ -15,9 +16,12 @@ __all__ = [
     "PARAMS_USED",
     "SHAPERS",
     "Shaper",
+    "Shaping",
     "F_value",
     "effective_budget",
+    "describe_shaper",
     "get_preset",
+    "resolve_shaper",
     "get_shaper",
     "stackelberg_threshold",
     "threshold_from_log_gamma",

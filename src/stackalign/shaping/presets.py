@@ -22,9 +22,12 @@ __all__ = ["Preset", "PRESETS", "get_preset"]
 
 @dataclass(frozen=True)
 class Preset:
+    """A named parameter set of the ``srs`` / ``hard`` shaper. The weights column of the table above is the
+    decoder's side of the protocol (see :mod:`stackalign.shaping.resolve`): ARGS passes the candidates'
+    softmax probabilities, the Monte Carlo threshold passes uniform weights over i.i.d. samples."""
+
     name: str
     description: str
-    weights: str  # "as-given" | "candidate-probs" | "uniform": what the decoder should pass as p_i
     params: dict = field(default_factory=dict)
 
     def to_config(self) -> dict:
@@ -35,21 +38,18 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(
         "paper",
         "the paper's formula: gamma = exp(B/beta), B_eff = B, no clipping",
-        "as-given",
         dict(B=12.0, beta=2.0, alpha=1.5, gamma_cap=None, budget_stretch=None, strict=False),
     ),
     "official-args": Preset(
         "official-args",
         "official SRS-ARGS code: per step over the k candidates, weights = softmax of their logits, "
         "B_eff = min(B, 1.01*range), gamma = min(exp(B_eff/beta), 2), above is r >= m",
-        "candidate-probs",
         dict(B=12.0, beta=2.0, alpha=1.5, gamma_cap=2.0, budget_stretch=1.01, strict=False),
     ),
     "official-cd": Preset(
         "official-cd",
         "official SRS-CD code: per prompt over N i.i.d. samples, uniform weights, B_eff = min(B, 2*range), "
         "gamma = exp(min(B_eff/beta, 2)), above is r > m",
-        "uniform",
         dict(B=15.0, beta=0.667, alpha=1.0, gamma_cap=math.exp(2.0), budget_stretch=2.0, strict=True),
     ),
 }

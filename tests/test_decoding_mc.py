@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_decoding_common import PROMPTS, make_models
 
-import stackalign.decoding.threshold as th
+import stackalign.decoding.mc as th
 from stackalign.decoding.common import GenerationConfig
 from stackalign.shaping import get_preset, stackelberg_threshold
 

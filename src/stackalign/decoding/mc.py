@@ -199,7 +199,7 @@ def mc_threshold(
     if shaper is None and (B is None or beta is None):
         raise ValueError("mc_threshold needs a shaper (e.g. 'official-cd') or both B and beta")
     if isinstance(shaper, str):
-        from stackalign.decoding.args import resolve_shaper
+        from stackalign.shaping.resolve import resolve_shaper
 
         shaper = resolve_shaper(shaper)
     if shaper is not None and not hasattr(shaper, "threshold"):

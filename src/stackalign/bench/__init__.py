@@ -8,7 +8,8 @@
   ``identical`` (reference and fast ARGS chose the same greedy tokens).
 * ``bench sample``: N = 10 samples per prompt with a shared prompt prefill vs HF ``num_return_sequences``;
   ratio ``hf_over_shared``.
-* ``bench cd``: implemented in :mod:`stackalign.decoding.cd_bench`.
+* ``bench generate``: ARGS inside HF ``generate`` vs ``args_generate`` (:mod:`stackalign.bench.generate`).
+* ``bench cd``: implemented in :mod:`stackalign.bench.cd`; shared pieces in :mod:`stackalign.bench.common`.
 
 Every variant is warmed up before timing; timed runs are repeated and the fastest is kept (the usual
 defence against scheduler noise), except the slow reference run, which is timed once.
@@ -21,88 +22,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import torch
 
+from stackalign.bench.common import Clock, load_models, print_table, row
+
 __all__ = ["main", "bench_args", "bench_sample", "load_models"]
-
-
-def load_models(world: str | None, device: str = "cpu") -> tuple[Any, Any, Any, list[str], str]:
-    """``(policy, tokenizer, reward_model, prompts, description)`` from a world directory, the cached
-    default world (``world=None``), or tiny random models (``world="tiny"``)."""
-    if world == "tiny":
-        return _tiny_models(device) + ("tiny random Llama policy + reward model (no world)",)
-    from stackalign.worlds import default_world, load_world
-
-    w = load_world(world) if world else default_world()
-    policy, tok = w.load_policy(device=device)
-    rm = w.load_reward_model(device=device)
-    return policy, tok, rm, list(w.test_prompts), f"world {w.root}"
-
-
-def _tiny_models(device: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        LlamaForSequenceClassification,
-        PreTrainedTokenizerFast,
-    )
-
-    from stackalign.models import RewardModel
-
-    texts = [
-        f"User: question {i} about topic {i % 7}?\nAssistant: answer {i} with detail {i * 3}."
-        for i in range(200)
-    ]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=["<pad>", "<eos>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>", pad_token="<pad>")
-    t.padding_side = "left"
-
-    def cfg(**kw):
-        return LlamaConfig(
-            vocab_size=len(t), hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=256, eos_token_id=t.eos_token_id,
-            pad_token_id=t.pad_token_id, bos_token_id=None, **kw,
-        )  # fmt: skip
-
-    torch.manual_seed(0)
-    policy = LlamaForCausalLM(cfg()).eval().to(device)
-    rm = RewardModel(LlamaForSequenceClassification(cfg(num_labels=1)).eval().to(device), t)
-    prompts = [f"User: tell me about topic {i} and question {3 * i}?\nAssistant:" for i in range(32)]
-    return policy, t, rm, prompts
-
-
-class _Clock:
-    """Best (minimum) wall-clock and process-CPU seconds per variant over repeated runs.
-
-    Wall-clock is the decoder's own ``cost.seconds``. Process CPU time (``time.process_time``) is also kept:
-    on a CPU shared with other jobs it is far less noisy than wall-clock, because time spent descheduled does
-    not count (with several torch threads it sums them, so compare it only within one run)."""
-
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self.outs: dict[str, Any] = {}
-
-    def run(self, name: str, fn, gen) -> Any:
-        c0 = time.process_time()
-        out = fn(gen)
-        cpu = time.process_time() - c0
-        self.outs[name] = out
-        self.wall[name] = min(self.wall.get(name, float("inf")), out.cost.seconds)
-        self.cpu[name] = min(self.cpu.get(name, float("inf")), cpu)
-        return out
 
 
 def bench_args(
@@ -137,14 +63,14 @@ def bench_args(
     warm = GenerationConfig(max_new_tokens=8, ignore_eos=True)
     for fn in variants.values():
         fn(warm)
-    clock = _Clock()
+    clock = Clock()
     # Interleave the fast variants' repeats so slow drifts in machine speed hit them alike.
     for _ in range(repeats):
         for name in ("plain_greedy", "fast_args", "fast_srs_args"):
             clock.run(name, variants[name], gen)
     clock.run("reference_args", variants["reference_args"], gen)
     outs = clock.outs
-    results = {name: _row(outs[name], clock, name) for name in variants}
+    results = {name: row(outs[name], clock, name) for name in variants}
 
     def ratios_of(t: dict[str, float]) -> dict[str, float]:
         return {
@@ -203,11 +129,11 @@ def bench_sample(
     warm = GenerationConfig(max_new_tokens=8, ignore_eos=True)
     for fn in variants.values():
         fn(warm)
-    clock = _Clock()
+    clock = Clock()
     for _ in range(repeats):
         for name, fn in variants.items():
             clock.run(name, fn, gen)
-    results = {name: _row(o, clock, name) for name, o in clock.outs.items()}
+    results = {name: row(o, clock, name) for name, o in clock.outs.items()}
     cpu = str(device).startswith("cpu")
     return {
         "bench": "sample",
@@ -228,39 +154,6 @@ def bench_sample(
     }
 
 
-def _row(out: Any, clock: _Clock, name: str) -> dict:
-    ids = out.token_ids
-    n_tokens = sum(sum(len(x) for x in r) if r and isinstance(r[0], list) else len(r) for r in ids)
-    wall = clock.wall[name]
-    return {
-        "seconds": wall,
-        "cpu_seconds": clock.cpu[name],
-        "new_tokens": n_tokens,
-        "tokens_per_second": n_tokens / wall if wall > 0 else None,
-        "lm_tokens": out.cost.lm_tokens,
-        "rm_tokens": out.cost.rm_tokens,
-    }
-
-
-def _print_table(out: dict) -> None:
-    print(
-        f"stackalign bench {out['bench']} — {out['models']} — device {out['device']}, {out['prompts']} prompts"
-    )
-    for name, v in out["variants"].items():
-        tps = v.get("tokens_per_second")
-        print(
-            f"  {name:<24} {v['seconds']:8.3f} s  {v['new_tokens']:6d} new tokens  "
-            f"{(tps or 0):9.1f} tok/s  lm_tokens {v.get('lm_tokens', 0):7d}  rm_tokens {v.get('rm_tokens', 0):8d}"
-        )
-    targets = out.get("targets", {})
-    cpu = out.get("ratios_cpu_time") or {}
-    for name, r in out["ratios"].items():
-        shown = str(r).lower() if isinstance(r, bool) else f"{r:.2f}"
-        t = f"   (target {targets[name]})" if name in targets else ""
-        c = f"   [process CPU time: {cpu[name]:.2f}]" if name in cpu else ""
-        print(f"  ratio {name:<22} {shown}{t}{c}")
-
-
 def _arg(args: argparse.Namespace, name: str, default: Any) -> Any:
     v = getattr(args, name, None)
     return default if v is None else v
@@ -269,7 +162,7 @@ def _arg(args: argparse.Namespace, name: str, default: Any) -> Any:
 def main(args: argparse.Namespace) -> int:
     which = getattr(args, "which", None)
     if which == "cd":
-        from stackalign.decoding.cd_bench import main as cd_main
+        from stackalign.bench.cd import main as cd_main
 
         return int(cd_main(args) or 0)
     kwargs = dict(
@@ -287,11 +180,15 @@ def main(args: argparse.Namespace) -> int:
         out = bench_args(**kwargs, batch_size=bs, repeats=int(_arg(args, "repeats", 3)))
     elif which == "sample":
         out = bench_sample(**kwargs)
+    elif which == "generate":
+        from stackalign.bench.generate import bench_generate
+
+        out = bench_generate(**kwargs)
     else:
-        raise ValueError(f"unknown benchmark {which!r}; choose args, cd or sample")
+        raise ValueError(f"unknown benchmark {which!r}; choose args, cd, generate or sample")
     if getattr(args, "json", False):
         print(json.dumps(out))
     else:
-        _print_table(out)
+        print_table(out)
     sys.stdout.flush()
     return 0

@@ -26,6 +26,7 @@ from dataclasses import replace
 
 import torch
 
+from stackalign.bench.common import Clock, load_models, print_table, row
 from stackalign.decoding.cd import CDConfig, controlled_decode
 from stackalign.decoding.common import GenerationConfig
 from stackalign.decoding.sampling import greedy, hf_num_return_sequences
@@ -47,8 +48,6 @@ def bench_cd(
     k: int = 10,
 ) -> dict:
     """Time the variants on `prompts`; returns the `stackalign bench` JSON layout (variants, ratios, targets)."""
-    from stackalign.bench import _Clock, _row
-
     if head is None:
         head = ValueHead(ValueHeadConfig(hidden_size=model.config.get_text_config().hidden_size))
     head = head.eval()
@@ -71,7 +70,7 @@ def bench_cd(
     warm = replace(gen, max_new_tokens=min(8, max_new_tokens))
     for fn in variants.values():
         fn(warm)
-    clock = _Clock()
+    clock = Clock()
     for _ in range(repeats):
         for name, fn in variants.items():
             clock.run(name, fn, gen)
@@ -94,7 +93,7 @@ def bench_cd(
         "k": k,
         "max_new_tokens": max_new_tokens,
         "repeats": repeats,
-        "variants": {name: _row(clock.outs[name], clock, name) for name in variants},
+        "variants": {name: row(clock.outs[name], clock, name) for name in variants},
         "ratios": ratios,
         "ratios_cpu_time": ratios_of(clock.cpu),
         "targets": {"tokenwise_over_plain": f"<= {TARGET_TOKENWISE}"},
@@ -105,8 +104,6 @@ def bench_cd(
 def main(args: argparse.Namespace) -> int:
     """Entry point of `stackalign bench cd` (args: json, world, prompts, max_new_tokens; optional batch_size,
     repeats, value_head). `--world tiny` uses tiny random models (no world build)."""
-    from stackalign.bench import _print_table, load_models
-
     n_prompts = int(getattr(args, "prompts", None) or 4)
     T = int(getattr(args, "max_new_tokens", None) or 128)
     if n_prompts < 1 or T < 1:
@@ -126,6 +123,6 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(out))
     else:
-        _print_table(out)
+        print_table(out)
         print(f"  tokenwise CD <= {TARGET_TOKENWISE}x plain greedy: {'PASS' if out['pass'] else 'FAIL'}")
     return 0

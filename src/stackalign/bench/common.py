@@ -1,0 +1,92 @@
+"""What the benchmarks share: the models they time, a best-of-repeats clock, the result row and table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["Clock", "load_models", "print_table", "row", "tiny_models"]
+
+
+def load_models(world: str | None, device: str = "cpu") -> tuple[Any, Any, Any, list[str], str]:
+    """``(policy, tokenizer, reward_model, prompts, description)`` from a world directory, the cached
+    default world (``world=None``), or tiny random models (``world="tiny"``)."""
+    if world == "tiny":
+        return tiny_models(device) + ("tiny random Llama policy + reward model (no world)",)
+    from stackalign.worlds import default_world, load_world
+
+    w = load_world(world) if world else default_world()
+    policy, tok = w.load_policy(device=device)
+    rm = w.load_reward_model(device=device)
+    return policy, tok, rm, list(w.test_prompts), f"world {w.root}"
+
+
+def tiny_models(device: str = "cpu") -> tuple[Any, Any, Any, list[str]]:
+    """``(policy, tokenizer, reward_model, prompts)``: a random Llama pair (hidden 128, HF's default init) on
+    a 1024-token BPE vocabulary, from the builder the tests use (:mod:`stackalign.models.tiny`)."""
+    from stackalign.models.tiny import bpe_tokenizer, tiny_pair
+
+    texts = [
+        f"User: question {i} about topic {i % 7}?\nAssistant: answer {i} with detail {i * 3}."
+        for i in range(200)
+    ]
+    tok = bpe_tokenizer(texts, 1024)
+    sizes = dict(hidden_size=128, intermediate_size=384, num_key_value_heads=4)
+    policy, rm = tiny_pair("llama", tok, init_std=0.02, device=device, **sizes)
+    prompts = [f"User: tell me about topic {i} and question {3 * i}?\nAssistant:" for i in range(32)]
+    return policy, tok, rm, prompts
+
+
+class Clock:
+    """Best (minimum) wall-clock and process-CPU seconds per variant over repeated runs.
+
+    Wall-clock is the decoder's own ``cost.seconds``. Process CPU time (``time.process_time``) is also kept:
+    on a CPU shared with other jobs it is far less noisy than wall-clock, because time spent descheduled does
+    not count (with several torch threads it sums them, so compare it only within one run)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.outs: dict[str, Any] = {}
+
+    def run(self, name: str, fn, gen) -> Any:
+        c0 = time.process_time()
+        out = fn(gen)
+        cpu = time.process_time() - c0
+        self.outs[name] = out
+        self.wall[name] = min(self.wall.get(name, float("inf")), out.cost.seconds)
+        self.cpu[name] = min(self.cpu.get(name, float("inf")), cpu)
+        return out
+
+
+def row(out: Any, clock: Clock, name: str) -> dict:
+    ids = out.token_ids
+    n_tokens = sum(sum(len(x) for x in r) if r and isinstance(r[0], list) else len(r) for r in ids)
+    wall = clock.wall[name]
+    return {
+        "seconds": wall,
+        "cpu_seconds": clock.cpu[name],
+        "new_tokens": n_tokens,
+        "tokens_per_second": n_tokens / wall if wall > 0 else None,
+        "lm_tokens": out.cost.lm_tokens,
+        "rm_tokens": out.cost.rm_tokens,
+    }
+
+
+def print_table(out: dict) -> None:
+    print(
+        f"stackalign bench {out['bench']} — {out['models']} — device {out['device']}, {out['prompts']} prompts"
+    )
+    for name, v in out["variants"].items():
+        tps = v.get("tokens_per_second")
+        print(
+            f"  {name:<24} {v['seconds']:8.3f} s  {v['new_tokens']:6d} new tokens  "
+            f"{(tps or 0):9.1f} tok/s  lm_tokens {v.get('lm_tokens', 0):7d}  rm_tokens {v.get('rm_tokens', 0):8d}"
+        )
+    targets = out.get("targets", {})
+    cpu = out.get("ratios_cpu_time") or {}
+    for name, r in out["ratios"].items():
+        shown = str(r).lower() if isinstance(r, bool) else f"{r:.2f}"
+        t = f"   (target {targets[name]})" if name in targets else ""
+        c = f"   [process CPU time: {cpu[name]:.2f}]" if name in cpu else ""
+        print(f"  ratio {name:<22} {shown}{t}{c}")

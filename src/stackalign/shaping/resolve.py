@@ -1,0 +1,55 @@
+"""Turning what users pass as ``shaper=`` (None, a name, a preset, a callable) into a shaping callable.
+
+The protocol between decoders and shapings: a shaping is a callable
+``shaper(rewards [R, n], weights [R, n], threshold=None | [R]) -> shaped [R, n]`` on float64 tensors.
+``weights`` are the base policy's probabilities of the n candidates of each row (each row sums to 1) and
+``threshold`` an optional per-row leader threshold m; a shaping that does not use them ignores them.
+Decoders call :func:`resolve_shaper` once and record :func:`describe_shaper` in their run's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["Shaping", "resolve_shaper", "describe_shaper"]
+
+
+@runtime_checkable
+class Shaping(Protocol):
+    """What a decoder may call: ``rewards`` [R, n] (float), ``weights`` [R, n] (the base policy's
+    probabilities of the n candidates, rows summing to 1; None = uniform), ``threshold`` [R] (a per-row
+    leader threshold m; None = the shaping computes its own, or uses none) -> shaped rewards [R, n].
+    Optional attributes decoders read: ``beta`` (ARGS's default fusion weight is 1/beta) and
+    ``uses_threshold`` (False: per-prompt thresholds would be ignored, so decoders refuse them)."""
+
+    def __call__(
+        self,
+        rewards: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        threshold: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+
+def resolve_shaper(shaper: Any) -> Shaping | None:
+    """None / a callable pass through; a string is a preset ("paper", "official-args", "official-cd") or a
+    shaper name ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")."""
+    if shaper is None or callable(shaper):
+        return shaper
+    if isinstance(shaper, str):
+        from stackalign.shaping.presets import PRESETS, get_preset
+        from stackalign.shaping.shapers import get_shaper
+
+        return get_preset(shaper) if shaper in PRESETS else get_shaper(shaper)
+    raise ValueError(f"shaper: expected None, a name or a callable, got {shaper!r}")
+
+
+def describe_shaper(shaper: Any) -> Any:
+    """A JSON-able description of a resolved shaper for run configs (a dataclass's fields, else its repr)."""
+    if shaper is None:
+        return None
+    if dataclasses.is_dataclass(shaper):
+        return dataclasses.asdict(shaper)
+    return repr(shaper)

@@ -1,0 +1,11 @@
+"""Fixtures shared by several test modules."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory):
+    """The micro sandbox world (trained in ~15 s), built once per test session."""
+    from stackalign.worlds import build_world
+
+    return build_world(tmp_path_factory.mktemp("micro"), preset="micro", progress=False)
