@@ -95,8 +95,8 @@ def _non_default(tp_default):
         return (default or 1.0) * 0.5 if default else 0.5
     if name.startswith("dict"):  # refine.first_params: the first decoder's params (base takes none)
         return {}
-    if name.startswith("str"):  # refine.follower: a model path (not loaded when resolving)
-        return "some/follower"
+    if "str" in name:  # refine.follower, args.predictor: a path (not loaded when resolving)
+        return "some/dir"
     raise AssertionError(f"no probe value for {name}")
 
 
@@ -107,7 +107,11 @@ def test_every_param_reaches_its_config(decoder):
         tp, default, text = p.spec()
         assert text, f"{decoder}.{p.key} has no help text"
         value = _non_default((tp, default))
-        plan = M.resolve_method(M.MethodConfig(name="M", decoder=decoder, params={p.key: value}), 0)
+        # a threshold source other than "step" needs a threshold shaping
+        shaping = "srs" if p.key == "threshold" else "vanilla"
+        plan = M.resolve_method(
+            M.MethodConfig(name="M", decoder=decoder, shaping=shaping, params={p.key: value}), 0
+        )
         configs = M._configs(plan, batch_size=3, max_new_tokens=5, seed=9)
         if p.source is None:
             assert plan.decoder_params[p.key] == value

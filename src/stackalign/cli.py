@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--world", default=None, help="world directory (default: the cached default world)")
     bench.add_argument("--prompts", type=int, default=4, help="number of prompts")
     bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument(
+        "--batch-size", type=int, default=None, help="prompts decoded together (default: all, one batch)"
+    )
+    bench.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 3)")
     bench.set_defaults(
         func=lambda a: _handler("stackalign.bench.ray:main" if a.which == "ray" else "stackalign.bench:main")(
             a

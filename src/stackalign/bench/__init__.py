@@ -37,8 +37,10 @@ def bench_args(
     max_new_tokens: int = 128,
     device: str = "cpu",
     repeats: int = 3,
+    batch_size: int | None = None,
 ) -> dict:
-    """Time plain greedy, reference ARGS, fast ARGS and fast SRS-ARGS on the same prompts (one batch)."""
+    """Time plain greedy, reference ARGS, fast ARGS and fast SRS-ARGS on the same prompts, decoded
+    ``batch_size`` at a time (default: all in one batch)."""
     from stackalign.decoding.args import ARGSConfig, args_generate
     from stackalign.decoding.common import GenerationConfig
     from stackalign.decoding.sampling import greedy
@@ -47,10 +49,11 @@ def bench_args(
     prompts = prompts[:n_prompts]
     gen = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
     k = 10
-    ref_cfg = ARGSConfig(k=k, rm_mode="reference", reference_chunk_size=5, batch_size=len(prompts))
-    fast_cfg = ARGSConfig(k=k, rm_mode="fast", rm_cache="tree", batch_size=len(prompts))
+    bs = batch_size or len(prompts)
+    ref_cfg = ARGSConfig(k=k, rm_mode="reference", reference_chunk_size=5, batch_size=bs)
+    fast_cfg = ARGSConfig(k=k, rm_mode="fast", rm_cache="tree", batch_size=bs)
     variants = {
-        "plain_greedy": lambda g: greedy(policy, tok, prompts, g, batch_size=len(prompts)),
+        "plain_greedy": lambda g: greedy(policy, tok, prompts, g, batch_size=bs),
         "reference_args": lambda g: args_generate(policy, tok, rm, prompts, ref_cfg, g),
         "fast_args": lambda g: args_generate(policy, tok, rm, prompts, fast_cfg, g),
         "fast_srs_args": lambda g: args_generate(
@@ -90,6 +93,7 @@ def bench_args(
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "prompts": len(prompts),
+        "batch_size": bs,
         "k": k,
         "max_new_tokens": max_new_tokens,
         "repeats": repeats,
@@ -170,7 +174,10 @@ def main(args: argparse.Namespace) -> int:
     if kwargs["n_prompts"] < 1 or kwargs["max_new_tokens"] < 1:
         raise ValueError("--prompts and --max-new-tokens must be >= 1")
     if which == "args":
-        out = bench_args(**kwargs)
+        bs = getattr(args, "batch_size", None)
+        if bs is not None and bs < 1:
+            raise ValueError("--batch-size must be >= 1")
+        out = bench_args(**kwargs, batch_size=bs, repeats=int(_arg(args, "repeats", 3)))
     elif which == "sample":
         out = bench_sample(**kwargs)
     elif which == "generate":

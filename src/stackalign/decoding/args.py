@@ -63,6 +63,7 @@ __all__ = ["ARGSConfig", "args_generate", "make_scorer"]
 
 RM_MODES = ("auto", "fast", "reference", "text")
 RM_CACHES = ("auto", "tree", "repeat")
+THRESHOLD_SOURCES = ("step", "mc", "predicted")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,18 @@ class ARGSConfig:
     )
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
     text_batch_size: int = field(default=32, metadata={"help": "reward-model batch size in text mode"})
+    threshold: Literal["step", "mc", "predicted"] = field(
+        default="step",
+        metadata={
+            "help": "where a threshold shaping (srs, hard) gets m: step (per decoding step from the k "
+            "candidates weighted by their base probabilities, the official code), mc (per prompt from "
+            "mc_samples Monte Carlo base samples, the paper's theory), or predicted (per prompt from an "
+            "amortised predictor m^(x) on the policy's prompt state, trained on training prompts' MC thresholds)"
+        },
+    )
+    mc_samples: int = field(
+        default=16, metadata={"help": "base samples per prompt of a Monte Carlo threshold (threshold: mc)"}
+    )
 
     def __post_init__(self) -> None:
         if not (isinstance(self.k, int) and self.k >= 1):
@@ -123,7 +136,9 @@ class ARGSConfig:
             raise ValueError(f"rm_mode: expected one of {RM_MODES}, got {self.rm_mode!r}")
         if self.rm_cache not in RM_CACHES:
             raise ValueError(f"rm_cache: expected one of {RM_CACHES}, got {self.rm_cache!r}")
-        for name in ("reference_chunk_size", "batch_size", "text_batch_size"):
+        if self.threshold not in THRESHOLD_SOURCES:
+            raise ValueError(f"threshold: expected one of {THRESHOLD_SOURCES}, got {self.threshold!r}")
+        for name in ("reference_chunk_size", "batch_size", "text_batch_size", "mc_samples"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
@@ -168,6 +183,8 @@ def args_generate(
     *,
     shaper: Any = None,
     thresholds: Tensor | Sequence[float] | None = None,
+    predictor: Any = None,
+    mc_cache_dir: Any = None,
 ) -> DecodeResult:
     """Decode ``prompts`` with ARGS.
 
@@ -182,7 +199,11 @@ def args_generate(
         shaper: None (vanilla ARGS), a shaping callable ``(rewards [R,k], weights [R,k], threshold=[R]) ->
             [R,k]``, or a shaper / preset name.
         thresholds: optional per-prompt thresholds m (length P) passed to the shaper instead of the per-step
-            threshold over the candidates.
+            threshold over the candidates. Without them, ``config.threshold`` says where m comes from:
+            "step" (the shaper's own per-step rule), "mc" (computed here by :func:`mc_threshold` from
+            ``config.mc_samples`` base samples per prompt, cached in ``mc_cache_dir``; its cost is counted)
+            or "predicted" (``predictor``, a :class:`ThresholdPredictor` or its directory; the prompt
+            forward it needs is counted).
 
     Returns:
         :class:`DecodeResult` (texts, token ids, cost: LM tokens, RM tokens, seconds; meta: the resolved
@@ -198,6 +219,11 @@ def args_generate(
     if config.k > len(tokenizer):
         raise ValueError(f"k: {config.k} candidates but the vocabulary has only {len(tokenizer)} tokens")
     m_all = None
+    cost = Cost()
+    if thresholds is None and config.threshold != "step" and shaper is not None:
+        thresholds = _prompt_thresholds(
+            policy, tokenizer, rm, prompts, config, generation, shaper, predictor, mc_cache_dir, cost
+        )
     if thresholds is not None:
         if shaper is None or not getattr(shaper, "uses_threshold", True):
             raise ValueError(
@@ -219,7 +245,6 @@ def args_generate(
         generation.ignore_eos,
     )
     pad = pad_id_of(tokenizer)
-    cost = Cost()
     texts: list[str] = []
     token_ids: list[list[int]] = []
     scorer_name = scorer_reason = None
@@ -256,9 +281,54 @@ def args_generate(
         "scorer_reason": scorer_reason,
         "shaper": describe_shaper(shaper),
         "per_prompt_threshold": m_all is not None,
+        "threshold_source": config.threshold if m_all is not None else "step",
         "generation": generation.to_dict(),
     }
     return DecodeResult(prompts, texts, token_ids, cost, meta)
+
+
+def _prompt_thresholds(
+    policy: Any,
+    tokenizer: Any,
+    rm: Any,
+    prompts: Sequence[str],
+    config: ARGSConfig,
+    generation: GenerationConfig,
+    shaper: Any,
+    predictor: Any,
+    mc_cache_dir: Any,
+    cost: Cost,
+) -> Tensor:
+    """Per-prompt thresholds for ``config.threshold`` "mc" or "predicted"; their cost is added to ``cost``."""
+    if not getattr(shaper, "uses_threshold", False):
+        raise ValueError(
+            f"threshold: {config.threshold!r} needs a threshold shaping (srs or hard), got shaper {shaper!r}"
+        )
+    if config.threshold == "mc":
+        from stackalign.decoding.mc import mc_threshold
+
+        mc_gen = GenerationConfig(
+            max_new_tokens=generation.max_new_tokens,
+            temperature=1.0,
+            stop_strings=generation.stop_strings,
+            eos_token_ids=generation.eos_token_ids,
+            seed=generation.seed,
+        )
+        mc = mc_threshold(
+            policy, tokenizer, rm, prompts, config.mc_samples, mc_gen, shaper=shaper, cache_dir=mc_cache_dir
+        )
+        cost.merge(mc.cost)
+        return mc.thresholds
+    from stackalign.decoding.threshold_predictor import ThresholdPredictor, load_threshold_predictor
+
+    if predictor is None:
+        raise ValueError("threshold: 'predicted' needs a trained threshold predictor (predictor=...)")
+    if not isinstance(predictor, ThresholdPredictor):
+        predictor = load_threshold_predictor(predictor)
+    predictor.check_rule(shaper)
+    m, c = predictor.predict_prompts(policy, tokenizer, prompts)
+    cost.merge(c)
+    return m
 
 
 def _decode_batch(
@@ -290,17 +360,28 @@ def _decode_batch(
     )
     rows = LiveRows(R, T, pad, device)
     k = config.k
+    apply = getattr(shaper, "apply", None)  # a stackalign Shaper: the unchecked fast path
+    bad_reward = torch.zeros((), dtype=torch.bool, device=device)
+    if m is not None:
+        m = m.to(device)
     for step in range(T):
         top_logits, cands = logits.topk(k, dim=-1)  # [R', k]
         rewards = scorer.score(cands).to(device)
+        # A NaN reward would be silently argmax'ed: flag it on the device (no host sync per step) and raise
+        # after the batch. The shaper's own input checks are skipped below (``apply``): the rewards are
+        # checked here, and softmax weights are valid by construction.
+        bad_reward |= ~torch.isfinite(rewards).all()
         if shaper is None:
             shaped = rewards
         else:
             weights = top_logits.double().softmax(-1)
-            if m is None:
+            m_live = None if m is None else m[rows.active]
+            if apply is not None:
+                shaped = apply(rewards.double(), weights, m_live)
+            elif m_live is None:
                 shaped = shaper(rewards, weights)
             else:
-                shaped = shaper(rewards, weights, threshold=m[rows.active.cpu()].to(rewards.device))
+                shaped = shaper(rewards, weights, threshold=m_live)
             shaped = torch.as_tensor(shaped, device=device).to(top_logits.dtype)
         fused = top_logits + w * shaped
         if gens is None:
@@ -324,4 +405,6 @@ def _decode_batch(
         logits, cache = lm_forward(policy, tok.unsqueeze(-1), mask, cache)
         cost.lm_tokens += int(rows.active.numel())
         cost.lm_calls += 1
+    if bool(bad_reward):
+        raise ValueError("the reward model returned NaN or infinite scores for some ARGS candidates")
     return rows.outputs()

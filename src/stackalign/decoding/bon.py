@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -35,7 +35,43 @@ from stackalign.decoding.sampling import SampleResult, sample
 
 Tensor = torch.Tensor
 
-__all__ = ["BoNResult", "best_of_n", "soft_best_of_n", "select_best", "soft_select_probs", "soft_select"]
+__all__ = [
+    "BoNConfig", "BoNResult", "best_of_n", "soft_best_of_n", "select_best", "soft_select_probs", "soft_select",
+]  # fmt: skip
+
+THRESHOLD_SOURCES = ("step", "mc", "predicted")
+
+
+@dataclass(frozen=True)
+class BoNConfig:
+    """Best-of-N / soft Best-of-N settings (sampling settings come from :class:`GenerationConfig`)."""
+
+    n: int = field(default=10, metadata={"help": "base samples per prompt"})
+    beta_select: float | None = field(
+        default=None,
+        metadata={"help": "temperature of soft-BoN's resampling; null = the shaper's beta, else 1"},
+    )
+    threshold: Literal["step", "mc", "predicted"] = field(
+        default="step",
+        metadata={
+            "help": "where a threshold shaping (srs, hard) gets m: step (from the N candidates themselves, "
+            "uniform weights), mc (from mc_samples further Monte Carlo base samples per prompt), or predicted "
+            "(an amortised predictor m^(x) on the policy's prompt state)"
+        },
+    )
+    mc_samples: int = field(
+        default=16, metadata={"help": "base samples per prompt of a Monte Carlo threshold (threshold: mc)"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("n", "mc_samples"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+        if self.beta_select is not None and not self.beta_select > 0:
+            raise ValueError(f"beta_select: must be > 0, got {self.beta_select!r}")
+        if self.threshold not in THRESHOLD_SOURCES:
+            raise ValueError(f"threshold: expected one of {THRESHOLD_SOURCES}, got {self.threshold!r}")
 
 
 def select_best(shaped: Tensor) -> Tensor:
@@ -106,6 +142,10 @@ def best_of_n(
     samples: SampleResult | Sequence[Sequence[str]] | None = None,
     rewards: Tensor | None = None,
     rm_batch_size: int = 16,
+    threshold_source: str = "step",
+    mc_samples: int = 16,
+    predictor: Any = None,
+    mc_cache_dir: Any = None,
 ) -> BoNResult:
     """Best-of-N (``soft=False``) or soft Best-of-N (``soft=True``) over ``n`` base samples per prompt.
 
@@ -119,6 +159,10 @@ def best_of_n(
         thresholds: optional per-prompt thresholds for the shaper.
         samples: reuse these responses (a SampleResult or P lists of N texts) instead of sampling.
         rewards: their rewards ``[P, N]`` (scored with ``rm`` when omitted).
+        threshold_source: without ``thresholds``, where a threshold shaper's m comes from: "step" (the N
+            candidates), "mc" (``mc_samples`` independent base samples per prompt, seed + 1, cached in
+            ``mc_cache_dir``) or "predicted" (``predictor``: a ThresholdPredictor or its directory). The
+            extra cost is counted.
     """
     from stackalign.shaping.resolve import resolve_shaper
 
@@ -127,6 +171,18 @@ def best_of_n(
     rm = as_reward(rm) if rewards is None else rm
     prompts = list(prompts) if not isinstance(prompts, str) else prompts
     cost = Cost()
+    if threshold_source not in THRESHOLD_SOURCES:
+        raise ValueError(f"threshold: expected one of {THRESHOLD_SOURCES}, got {threshold_source!r}")
+    if thresholds is None and threshold_source != "step" and shaper is not None:
+        import dataclasses
+
+        from stackalign.decoding.args import ARGSConfig, _prompt_thresholds
+
+        src = ARGSConfig(threshold=threshold_source, mc_samples=mc_samples)
+        mc_gen = dataclasses.replace(config, seed=config.seed + 1)  # independent of the N candidates
+        thresholds = _prompt_thresholds(
+            policy, tokenizer, rm, prompts, src, mc_gen, shaper, predictor, mc_cache_dir, cost
+        )
     if samples is None:
         res = sample(policy, tokenizer, prompts, n, config)
         cost.merge(res.cost)
@@ -173,6 +229,7 @@ def best_of_n(
         "beta": b,
         "shaper": repr(shaper) if shaper is not None else None,
         "per_prompt_threshold": thresholds is not None,
+        "threshold_source": threshold_source if thresholds is not None else "step",
         "generation": config.to_dict(),
     }
     return BoNResult(prompts, chosen, index, rewards, shaped, texts, cost, meta)

@@ -7,8 +7,10 @@ It knows nothing of how a text was made: the inputs are prompts, responses and p
 - :mod:`.judges` — :class:`GoldJudge`, :class:`LLMJudge` (OpenAI-compatible HTTP, ARGS/SRS protocol) and
   :func:`win_tie`.
 - :mod:`.summary` — :func:`summarize` (rows → ``summary.json``), :func:`format_table`, :func:`plot_sweep`.
+- :mod:`.intervals` — seeded percentile-bootstrap intervals over prompts, paired against a baseline.
 """
 
+from .intervals import bootstrap_ci, paired_diff_ci, rate_ci
 from .judges import (
     JUDGE_SYSTEM_PROMPT,
     JUDGE_USER_TEMPLATE,
@@ -32,7 +34,7 @@ from .metrics import (
     response_diversity,
     word_tokenize,
 )
-from .summary import format_table, plot_sweep, summarize, sweep_series
+from .summary import format_paired, format_table, plot_sweep, summarize, sweep_intervals, sweep_series
 
 __all__ = [
     "DEFAULT_STOP_STRINGS",
@@ -56,6 +58,11 @@ __all__ = [
     "response_diversity",
     "summarize",
     "sweep_series",
+    "sweep_intervals",
+    "format_paired",
+    "bootstrap_ci",
+    "paired_diff_ci",
+    "rate_ci",
     "win_tie",
     "word_tokenize",
 ]

@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .intervals import DEFAULT_BOOTSTRAP, bootstrap_ci, paired_diff_ci, rate_ci
 from .judges import Judge, win_tie
 from .metrics import DEFAULT_STOP_STRINGS, clean_response, diversity
 
-__all__ = ["format_table", "plot_sweep", "summarize", "sweep_series"]
+__all__ = [
+    "format_paired", "format_table", "plot_sweep", "significance", "summarize", "sweep_intervals", "sweep_series",
+]  # fmt: skip
 
 _REQUIRED = ("prompt_id", "prompt", "method", "response")
 _NUMERIC = ("proxy_reward", "gold_reward", "seconds", "lm_tokens", "rm_tokens")
@@ -67,6 +70,10 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _as_list(t: tuple[float, ...] | None) -> list[float] | None:
+    return None if t is None else [float(v) for v in t]
+
+
 def summarize(
     rows: Iterable[Mapping[str, Any]],
     *,
@@ -76,6 +83,9 @@ def summarize(
     clean: bool = True,
     stop_strings: Iterable[str] = DEFAULT_STOP_STRINGS,
     judge_workers: int = 1,
+    ci_level: float = 0.95,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    ci_seed: int = 0,
 ) -> dict[str, Any]:
     """Aggregate rows per method into the ``summary.json`` shape (SPEC §6).
 
@@ -89,6 +99,21 @@ def summarize(
     Responses are cut at ``stop_strings`` first (``clean=True``) for diversity, coherence and the judge.
     Win-tie pairs a method's rows with the baseline's rows of the same ``prompt_id``; prompts only one of
     them has are skipped (the count ``n`` says how many pairs were judged).
+
+    Uncertainty (percentile bootstrap over prompts, ``n_boot`` resamples, seeded by ``ci_seed`` so the
+    summary is deterministic; see :mod:`.intervals`):
+
+    * ``ci``: ``{FIELD: [lo, hi]}``, the ``ci_level`` interval of every per-prompt mean above
+      (``proxy_reward``, ``gold_reward``, ``coherence``, ``seconds_per_prompt``, ``lm_tokens_per_prompt``,
+      ``rm_tokens_per_prompt``); ``None`` where the mean is ``None``. ``diversity`` is a corpus statistic,
+      not a mean over prompts, and has no interval.
+    * ``paired``: ``{BASELINE: {"gold_diff": [mean, lo, hi], "proxy_diff": [mean, lo, hi],
+      "win_tie": [rate, lo, hi], "n": pairs}}``: the per-prompt difference method − baseline on the prompts
+      both have (paired bootstrap, so prompt difficulty cancels) and the win-or-tie rate over the judged
+      pairs (unparseable verdicts excluded, as in ``win_tie``), and ``"net_win": [mean, lo, hi]``, the mean
+      of +1 (win) / 0 (tie) / -1 (loss), i.e. win rate minus loss rate. A difference is significant at
+      ``ci_level`` when its interval excludes 0. A win-tie interval excluding 0.5 is *not* evidence of a
+      better method when ties are common (two identical decoders tie 100%): ``net_win`` excluding 0 is.
     """
     rows = _validate(rows)
     if isinstance(baselines, str):
@@ -127,12 +152,22 @@ def summarize(
             "rm_tokens_per_prompt": _mean(r.get("rm_tokens") for r in mrows),
             "n": len(mrows),
         }
+        boot = dict(level=ci_level, n_boot=n_boot, seed=ci_seed)
+        per_prompt = {
+            "proxy_reward": [r.get("proxy_reward") for r in mrows],
+            "gold_reward": [r.get("gold_reward") for r in mrows],
+            "coherence": [coh[(name, r["prompt_id"])] for r in mrows] if coh else [],
+            "seconds_per_prompt": [r.get("seconds") for r in mrows],
+            "lm_tokens_per_prompt": [r.get("lm_tokens") for r in mrows],
+            "rm_tokens_per_prompt": [r.get("rm_tokens") for r in mrows],
+        }
+        entry["ci"] = {
+            key: _as_list(bootstrap_ci([v for v in vals if v is not None], **boot))
+            for key, vals in per_prompt.items()
+        }
+        entry["paired"] = {}
         for b in baselines:
             if b == name:
-                continue
-            if judge is None:
-                entry["win_tie"][b] = None
-                entry["win_tie_counts"][b] = None
                 continue
             base = {r["prompt_id"]: r for r in by_method[b]}
             pairs = [(r, base[r["prompt_id"]]) for r in mrows if r["prompt_id"] in base]
@@ -141,6 +176,20 @@ def summarize(
                     raise ValueError(
                         f"prompt_id {r['prompt_id']!r} has different prompt text for {name!r} and {b!r}"
                     )
+            paired: dict[str, Any] = {"n": len(pairs)}
+            for key in ("gold_reward", "proxy_reward"):
+                both = [
+                    (r[key], rb[key]) for r, rb in pairs if r.get(key) is not None and rb.get(key) is not None
+                ]
+                diff = paired_diff_ci([a for a, _ in both], [c for _, c in both], **boot) if both else None
+                paired[key.replace("_reward", "_diff")] = _as_list(diff)
+            paired["win_tie"] = None
+            paired["net_win"] = None
+            entry["paired"][b] = paired
+            if judge is None:
+                entry["win_tie"][b] = None
+                entry["win_tie_counts"][b] = None
+                continue
             result = win_tie(
                 judge,
                 [r["prompt"] for r, _ in pairs],
@@ -150,6 +199,11 @@ def summarize(
             )
             entry["win_tie"][b] = result.rate
             entry["win_tie_counts"][b] = result.to_dict()
+            outcomes = [float(j.outcome) for j in result.judgements if j.outcome is not None]
+            paired["win_tie"] = _as_list(rate_ci([o >= 0 for o in outcomes], **boot)) if outcomes else None
+            paired["net_win"] = (
+                _as_list(paired_diff_ci(outcomes, [0.0] * len(outcomes), **boot)) if outcomes else None
+            )
         methods[name] = entry
     return {"methods": methods}
 
@@ -160,14 +214,81 @@ def summarize(
 
 
 def _fmt(v: Any, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
+    if v is None:
+        return "n/a"
+    if isinstance(v, tuple):  # (value, lo, hi)
+        return f"{format(v[0], spec)} [{format(v[1], spec)}, {format(v[2], spec)}]"
+    return format(v, spec)
 
 
-def format_table(summary: Mapping[str, Any], *, baselines: Sequence[str] | None = None) -> str:
+def significance(interval: Sequence[float] | None, null: float) -> str:
+    """``"+"`` / ``"-"`` when ``[_, lo, hi]`` lies wholly above / below ``null``; ``"="`` when it covers it."""
+    if interval is None:
+        return "n/a"
+    lo, hi = interval[1], interval[2]
+    return "+" if lo > null else "-" if hi < null else "="
+
+
+def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None = None) -> str:
+    """A markdown table of each method's paired comparison with each baseline, with significance.
+
+    Columns: pairs, the gold (else proxy) reward difference method − baseline with its 95% interval, the
+    win-tie rate and the net win rate (wins − losses) with their intervals. The ``sig`` columns say ``+``
+    (the interval lies above 0: the method is significantly better), ``-`` (significantly worse) or ``=``
+    (not significant). Significance of the judge's verdicts is read from the net win rate, not from win-tie:
+    with many ties, win-tie exceeds 50% for a method no better than its baseline.
+    """
+    methods: Mapping[str, Mapping[str, Any]] = summary.get("methods", {})
+    rows = []
+    use_gold = any(
+        (p or {}).get("gold_diff") is not None
+        for m in methods.values()
+        for p in (m.get("paired") or {}).values()
+    )
+    key, label = ("gold_diff", "gold diff") if use_gold else ("proxy_diff", "proxy diff")
+    for name, m in methods.items():
+        for b, p in (m.get("paired") or {}).items():
+            if baselines is not None and b not in baselines:
+                continue
+            d, wt, nw = p.get(key), p.get("win_tie"), p.get("net_win")
+            rows.append(
+                [
+                    name,
+                    b,
+                    str(p.get("n", "")),
+                    _fmt(None if d is None else tuple(d), "+.3f"),
+                    significance(d, 0.0),
+                    _fmt(None if wt is None else tuple(100.0 * v for v in wt), ".1f"),
+                    _fmt(None if nw is None else tuple(100.0 * v for v in nw), "+.1f"),
+                    significance(nw, 0.0),
+                ]
+            )
+    if not rows:
+        return "(no paired comparisons)"
+    header = [
+        "method", "vs", "pairs", f"{label} [95% CI]", "sig", "win-tie % [95% CI]", "win-loss % [95% CI]", "sig",
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        parts = [c.ljust(w) for c, w in zip(cells[:2], widths[:2])]
+        parts += [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = (
+        "|" + "|".join(["-" * (w + 2) for w in widths[:2]] + ["-" * (w + 1) + ":" for w in widths[2:]]) + "|"
+    )
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def format_table(
+    summary: Mapping[str, Any], *, baselines: Sequence[str] | None = None, intervals: bool = True
+) -> str:
     """A markdown table of a summary, column-aligned so it also reads well in a terminal.
 
     Win-tie is shown in percent, one column per baseline. Columns with no value for any method (e.g. gold
-    reward without a gold judge) are left out.
+    reward without a gold judge) are left out. With ``intervals`` (and a summary that has them), rewards,
+    coherence and win-tie carry their 95% bootstrap interval: ``0.752 [0.731, 0.770]``.
     """
     methods: Mapping[str, Mapping[str, Any]] = summary.get("methods", {})
     if not methods:
@@ -177,17 +298,32 @@ def format_table(summary: Mapping[str, Any], *, baselines: Sequence[str] | None 
         order = list(methods)
         baselines = sorted(seen, key=lambda b: (order.index(b) if b in order else len(order), b))
 
+    def with_ci(key: str) -> Callable[[Mapping[str, Any]], Any]:
+        def get(m: Mapping[str, Any]) -> Any:
+            v = m.get(key)
+            if v is None or not intervals:
+                return v
+            ci = (m.get("ci") or {}).get(key)
+            return v if ci is None else (v, ci[0], ci[1])
+
+        return get
+
     columns: list[tuple[str, Callable[[Mapping[str, Any]], Any], str]] = [
-        ("proxy reward", lambda m: m.get("proxy_reward"), ".3f"),
-        ("gold reward", lambda m: m.get("gold_reward"), ".3f"),
+        ("proxy reward", with_ci("proxy_reward"), ".3f"),
+        ("gold reward", with_ci("gold_reward"), ".3f"),
         ("diversity", lambda m: m.get("diversity"), ".3f"),
-        ("coherence", lambda m: m.get("coherence"), ".3f"),
+        ("coherence", with_ci("coherence"), ".3f"),
     ]
     for b in baselines:
 
         def wt(m: Mapping[str, Any], b: str = b) -> Any:
             r = (m.get("win_tie") or {}).get(b)
-            return None if r is None else 100.0 * r
+            if r is None:
+                return None
+            p = ((m.get("paired") or {}).get(b) or {}).get("win_tie")
+            if p is None or not intervals:
+                return 100.0 * r
+            return (100.0 * r, 100.0 * p[1], 100.0 * p[2])
 
         columns.append((f"win-tie vs {b} (%)", wt, ".1f"))
     columns += [
@@ -256,6 +392,33 @@ def sweep_series(
     return {name: [float(x) for x in xs] for name in names}, series
 
 
+def sweep_intervals(
+    summaries: Mapping[float, Mapping[str, Any]], *, baseline: str | None = None
+) -> dict[str, dict[str, list[tuple[float, float] | None]]]:
+    """The 95% intervals matching :func:`sweep_series`'s series: ``{metric: {method: [(lo, hi) | None]}}``.
+
+    Rewards use each method's ``ci``; ``win_tie vs BASELINE`` uses the paired win-tie interval. Pass the
+    result as ``errors=`` to :func:`plot_sweep` to draw error bars.
+    """
+    xs = sorted(summaries)
+    _, series = sweep_series(summaries, baseline=baseline)
+    out: dict[str, dict[str, list[tuple[float, float] | None]]] = {}
+    for metric, per_method in series.items():
+        out[metric] = {}
+        for name in per_method:
+            bars: list[tuple[float, float] | None] = []
+            for x in xs:
+                m = summaries[x].get("methods", {}).get(name) or {}
+                if metric.startswith("win_tie"):
+                    iv = ((m.get("paired") or {}).get(baseline) or {}).get("win_tie")
+                    bars.append(None if iv is None else (iv[1], iv[2]))
+                else:
+                    iv = (m.get("ci") or {}).get(metric)
+                    bars.append(None if iv is None else (iv[0], iv[1]))
+            out[metric][name] = bars
+    return out
+
+
 def plot_sweep(
     x: Mapping[str, Sequence[float]] | Sequence[float],
     series: Mapping[str, Mapping[str, Sequence[float | None]]],
@@ -266,6 +429,7 @@ def plot_sweep(
     chosen_x: float | None = None,
     logx: bool = False,
     dpi: int = 120,
+    errors: Mapping[str, Mapping[str, Sequence[tuple[float, float] | None]]] | None = None,
 ) -> Path:
     """Plot metrics against 1/β, one panel per metric and one line per method; save a PNG at ``path``.
 
@@ -277,6 +441,8 @@ def plot_sweep(
             value at all is skipped, so a run without a gold judge just has no gold panel.
         chosen_x: draw a dotted vertical line at the 1/β picked for the comparison.
         logx: logarithmic x axis (for geometric sweeps).
+        errors: optional ``{metric: {method: [(lo, hi) | None, ...]}}`` intervals drawn as error bars
+            (:func:`sweep_intervals` makes them from summaries).
 
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
     """
@@ -316,6 +482,16 @@ def plot_sweep(
             xs = xs_for(name, len(vals))
             ys = [math.nan if v is None else float(v) for v in vals]
             ax.plot(xs, ys, marker="o", ms=4, lw=1.6, label=name, color=colors[name])
+            bars = (errors or {}).get(metric, {}).get(name)
+            if bars is not None:
+                pts = [(xv, yv, b) for xv, yv, b in zip(xs, ys, bars) if b is not None and not math.isnan(yv)]
+                if pts:
+                    ax.errorbar(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        yerr=[[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]],
+                        fmt="none", ecolor=colors[name], elinewidth=1.0, capsize=2.5, alpha=0.8,
+                    )  # fmt: skip
         if metric.startswith("win_tie"):
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
             ax.set_ylim(0.0, 1.0)

@@ -35,8 +35,27 @@ def demo_recipe_path() -> Path:
     return Path(str(resources.files("stackalign") / "recipes" / "sandbox.yaml"))
 
 
+def significance_sentence(summary: dict) -> str:
+    """Which SRS methods differ significantly from their baselines at 95%, in words: the gold (else proxy)
+    difference and the judge's net win rate (wins - losses), each significant when its interval excludes 0."""
+    from stackalign.evaluation.summary import significance
+
+    parts = []
+    for name, m in summary["methods"].items():
+        if "SRS" not in name.upper():
+            continue
+        for b, p in (m.get("paired") or {}).items():
+            d = p.get("gold_diff") or p.get("proxy_diff")
+            s_d, s_w = significance(d, 0.0), significance(p.get("net_win"), 0.0)
+            word = {"+": "better", "-": "worse", "=": "no significant difference", "n/a": "n/a"}
+            parts.append(f"{name} vs {b}: reward {word[s_d]}, judge {word[s_w]}")
+    if not parts:
+        return "No SRS method in this run."
+    return "Significance at 95% (interval excludes 0): " + "; ".join(parts) + "."
+
+
 def main(args: argparse.Namespace) -> int:
-    from stackalign.evaluation.summary import format_table
+    from stackalign.evaluation.summary import format_paired, format_table
     from stackalign.runner.run import execute
 
     t0 = time.perf_counter()
@@ -80,6 +99,9 @@ def main(args: argparse.Namespace) -> int:
     summary = execute(recipe, out, world=world)
     print()
     print(format_table(summary, baselines=recipe.evaluation.baselines))
+    print("\nPaired against each baseline (95% bootstrap intervals over prompts):\n")
+    print(format_paired(summary, baselines=recipe.evaluation.baselines))
+    print("\n" + significance_sentence(summary))
     print(
         f"\n[demo] done in {time.perf_counter() - t0:.0f} s. Report: {out}/report.md, plot: {out}/methods.png"
     )

@@ -24,9 +24,11 @@ from pydantic import Field
 
 from stackalign.config import STRICT, ConfigError, help_of, type_name, validate_with
 from stackalign.decoding.args import ARGSConfig
+from stackalign.decoding.bon import BoNConfig
 from stackalign.decoding.cd import CDConfig
 from stackalign.decoding.cd_data import CDDataConfig
 from stackalign.decoding.refine import RefineConfig
+from stackalign.decoding.threshold_predictor import PredictorConfig
 from stackalign.decoding.value_head import ValueTrainConfig
 from stackalign.runner.recipe import DECODER_NAMES, MethodConfig, RecipeError
 from stackalign.shaping import PARAMS_USED, Shaper, get_preset, get_shaper
@@ -93,25 +95,39 @@ def _cd_params(tokenwise: bool) -> tuple[Param, ...]:
     )
 
 
-_N = Param("n", type=int, default=10, help="base samples per prompt")
+_N = Param("n", (BoNConfig, "n"))
+_PREDICTOR = (
+    Param(
+        "predictor",
+        type=str | None,
+        default=None,
+        help="threshold: predicted: directory of a trained threshold predictor; null = train one on the "
+        "world's training prompts and cache it in the run directory (threshold_predictors/<method>)",
+    ),
+    Param("predictor_train_prompts", (PredictorConfig, "train_prompts")),
+    Param("predictor_samples", (PredictorConfig, "n_samples")),
+)
 DECODERS: dict[str, DecoderSpec] = {
     "base": DecoderSpec(
         "base", "one sample per prompt from the policy at the recipe's temperature", shaped=False
     ),
     "greedy": DecoderSpec("greedy", "greedy decoding of the policy", shaped=False),
-    "bon": DecoderSpec("bon", "Best-of-N: the sample with the highest (shaped) reward", (_N,)),
+    "bon": DecoderSpec(
+        "bon",
+        "Best-of-N: the sample with the highest (shaped) reward",
+        (_N, Param("threshold", (BoNConfig, "threshold")), Param("mc_samples", (BoNConfig, "mc_samples")))
+        + _PREDICTOR,
+    ),
     "soft_bon": DecoderSpec(
         "soft_bon",
         "soft Best-of-N: resample from softmax(shaped / beta_select) over the N samples",
         (
             _N,
-            Param(
-                "beta_select",
-                type=float | None,
-                default=None,
-                help="temperature of the resampling; null = the shaper's beta, else 1",
-            ),
-        ),
+            Param("beta_select", (BoNConfig, "beta_select")),
+            Param("threshold", (BoNConfig, "threshold")),
+            Param("mc_samples", (BoNConfig, "mc_samples")),
+        )
+        + _PREDICTOR,
     ),
     "args": DecoderSpec(
         "args",
@@ -127,7 +143,10 @@ DECODERS: dict[str, DecoderSpec] = {
             Param("rm_cache", (ARGSConfig, "rm_cache")),
             Param("reference_chunk_size", (ARGSConfig, "reference_chunk_size")),
             Param("text_batch_size", (ARGSConfig, "text_batch_size")),
-        ),
+            Param("threshold", (ARGSConfig, "threshold")),
+            Param("mc_samples", (ARGSConfig, "mc_samples")),
+        )
+        + _PREDICTOR,
     ),
     "cd_tokenwise": DecoderSpec(
         "cd_tokenwise", "controlled decoding, tokenwise: top-k lookahead by log p + lam * V", _cd_params(True)
@@ -237,6 +256,11 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
         if spec.shaped:
             plan.shaper = make_shaper(m, shp, w=dec.get("w"))
         _configs(plan, batch_size=1, max_new_tokens=1, seed=0)  # value-range checks of every config
+        if dec.get("threshold", "step") != "step" and not getattr(plan.shaper, "uses_threshold", False):
+            raise ValueError(
+                f"threshold: {dec['threshold']!r} gives a per-prompt threshold to a threshold shaping "
+                f"(srs or hard), but this method's shaping is {m.shaping!r}"
+            )
     except ValueError as e:
         msg = str(e)
         raise RecipeError(f"{where}.params.{msg}" if not msg.startswith(where) else msg) from None
@@ -289,16 +313,27 @@ def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: in
                 reference_chunk_size=d["reference_chunk_size"],
                 batch_size=batch_size,
                 text_batch_size=d["text_batch_size"],
-            )
+                threshold=d["threshold"],
+                mc_samples=d["mc_samples"],
+            ),
+            "predictor": PredictorConfig(
+                n_samples=d["predictor_samples"], train_prompts=d["predictor_train_prompts"], seed=seed
+            ),
         }
     if plan.decoder == "refine":
         return {"refine": RefineConfig(steps=d["steps"])}
     if plan.decoder in ("bon", "soft_bon"):
-        if d["n"] < 1:
-            _bad("n", "must be >= 1", d["n"])
-        if d.get("beta_select") is not None and not d["beta_select"] > 0:
-            _bad("beta_select", "must be > 0", d["beta_select"])
-        return {}
+        return {
+            "bon": BoNConfig(
+                n=d["n"],
+                beta_select=d.get("beta_select"),
+                threshold=d["threshold"],
+                mc_samples=d["mc_samples"],
+            ),
+            "predictor": PredictorConfig(
+                n_samples=d["predictor_samples"], train_prompts=d["predictor_train_prompts"], seed=seed
+            ),
+        }
     if plan.decoder.startswith("cd_"):
         tokenwise = plan.decoder == "cd_tokenwise"
         if d["train_prompts"] < 1:
@@ -371,7 +406,6 @@ def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
         seed=ctx.recipe.seed,
     )
     configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=ctx.recipe.seed)
-    d = plan.decoder_params
     if plan.decoder in ("base", "greedy"):
         from stackalign.decoding.sampling import sample
 
@@ -386,17 +420,24 @@ def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
     if plan.decoder in ("bon", "soft_bon"):
         from stackalign.decoding.bon import best_of_n
 
+        bcfg = configs["bon"]
+        predictor = _threshold_predictor(plan, configs, ctx, gen)
+
         def run(prompts: list[str]) -> list[dict]:
             res = best_of_n(
                 ctx.policy,
                 ctx.tokenizer,
                 ctx.reward,
                 prompts,
-                d["n"],
+                bcfg.n,
                 gen,
                 shaper=plan.shaper,
                 soft=plan.decoder == "soft_bon",
-                beta=d.get("beta_select"),
+                beta=bcfg.beta_select,
+                threshold_source=bcfg.threshold,
+                mc_samples=bcfg.mc_samples,
+                predictor=predictor,
+                mc_cache_dir=ctx.out_dir / "mc_cache",
             )
             return _rows(res.texts, res.cost, len(prompts))
 
@@ -406,9 +447,20 @@ def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
         from stackalign.decoding.args import args_generate
 
         cfg = configs["args"]
+        predictor = _threshold_predictor(plan, configs, ctx, gen)
 
         def run(prompts: list[str]) -> list[dict]:
-            res = args_generate(ctx.policy, ctx.tokenizer, ctx.reward, prompts, cfg, gen, shaper=plan.shaper)
+            res = args_generate(
+                ctx.policy,
+                ctx.tokenizer,
+                ctx.reward,
+                prompts,
+                cfg,
+                gen,
+                shaper=plan.shaper,
+                predictor=predictor,
+                mc_cache_dir=ctx.out_dir / "mc_cache",
+            )
             return _rows(res.texts, res.cost, len(prompts))
 
         return run
@@ -450,6 +502,49 @@ def _make_refine(plan: MethodPlan, ctx, gen) -> Generate:
         ]
 
     return run
+
+
+def _threshold_predictor(plan: MethodPlan, configs: dict, ctx, gen) -> Any:
+    """The method's amortised threshold predictor (``threshold: predicted``): loaded from ``predictor`` when
+    given, else from the run directory (``threshold_predictors/<method>``), else trained there on the world's
+    training prompts' Monte Carlo thresholds (like CD's value heads). None for other threshold sources."""
+    from stackalign.decoding.threshold_predictor import (
+        CONFIG_NAME,
+        load_threshold_predictor,
+        train_threshold_predictor,
+    )
+
+    if plan.decoder_params.get("threshold") != "predicted":
+        return None
+    path = plan.decoder_params.get("predictor")
+    if path:
+        return load_threshold_predictor(path)
+    out = ctx.out_dir / "threshold_predictors" / plan.name
+    if (out / CONFIG_NAME).exists():
+        cached = load_threshold_predictor(out)
+        try:
+            cached.check_rule(plan.shaper)
+            return cached
+        except ValueError:
+            pass  # trained for an earlier version of this method (another B or beta): retrain below
+    if ctx.world is None:
+        raise RecipeError(
+            f"methods[{plan.name}].params.threshold: 'predicted' trains on a world's training prompts; "
+            "give a world or a trained predictor directory (params.predictor)"
+        )
+    mc_gen = dataclasses.replace(gen, temperature=1.0, top_p=1.0, top_k=0)
+    pred, _ = train_threshold_predictor(
+        ctx.policy,
+        ctx.tokenizer,
+        ctx.reward,
+        list(ctx.world.train_prompts),
+        plan.shaper,
+        configs["predictor"],
+        mc_gen,
+        cache_dir=ctx.out_dir / "mc_cache",
+        out_dir=out,
+    )
+    return pred
 
 
 def _rows(texts: list[str], cost, n_prompts: int) -> list[dict]:

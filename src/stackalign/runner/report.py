@@ -8,7 +8,8 @@ from typing import Any
 
 
 def plot_methods(summary: dict, path: Path) -> Path:
-    """Bars per method: proxy reward, gold reward, and seconds per prompt (one panel each)."""
+    """Bars per method: proxy reward, gold reward, and seconds per prompt (one panel each), with the
+    summary's 95% bootstrap intervals as error bars where it has them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -29,7 +30,14 @@ def plot_methods(summary: dict, path: Path) -> Path:
         vals = [summary["methods"][n].get(k) for n in names]
         ys = [math.nan if v is None else v for v in vals]
         colors = ["C3" if "SRS" in n.upper() else "C0" for n in names]
-        ax.bar(range(len(names)), ys, color=colors)
+        cis = [(summary["methods"][n].get("ci") or {}).get(k) for n in names]
+        yerr = None
+        if any(c is not None for c in cis):
+            yerr = [
+                [0.0 if c is None or math.isnan(y) else y - c[0] for c, y in zip(cis, ys)],
+                [0.0 if c is None or math.isnan(y) else c[1] - y for c, y in zip(cis, ys)],
+            ]
+        ax.bar(range(len(names)), ys, color=colors, yerr=yerr, capsize=3, ecolor="black")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -38,6 +46,8 @@ def plot_methods(summary: dict, path: Path) -> Path:
 
 
 def write_report(out: Path, recipe, summary: dict, table: str, rows: list[dict[str, Any]]) -> Path:
+    from stackalign.evaluation.summary import format_paired
+
     png = plot_methods(summary, out / "methods.png")
     n_prompts = len({r["prompt_id"] for r in rows})
     lines = [
@@ -50,10 +60,15 @@ def write_report(out: Path, recipe, summary: dict, table: str, rows: list[dict[s
         "",
         f"![methods]({png.name})",
         "",
+        "Paired comparisons (per-prompt differences against each baseline; 95% percentile-bootstrap "
+        "intervals over prompts; sig: + significantly better, - significantly worse, = not significant):",
+        "",
+        format_paired(summary),
+        "",
         "Columns: proxy = the guiding reward model's score; gold = the gold utility (sandbox only); "
         "diversity = ARGS definition; coherence = prompt/response cosine similarity of sentence embeddings; "
         "win-tie = (wins + ties) / judged pairs against each baseline; cost = seconds, LM tokens and "
-        "reward-model tokens per prompt.",
+        "reward-model tokens per prompt. Brackets: 95% bootstrap intervals over prompts (seeded).",
         "",
         "Methods:",
         "",

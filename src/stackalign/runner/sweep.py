@@ -208,7 +208,7 @@ def run_sweep(
         out_dir: the sweep directory; sub-runs go to ``out_dir/<key>=<v>`` and resume when rerun.
         world: an already loaded world (else loaded once here from ``recipe.world``).
     """
-    from stackalign.evaluation.summary import plot_sweep, sweep_series
+    from stackalign.evaluation.summary import plot_sweep, sweep_intervals, sweep_series
     from stackalign.runner.run import execute
 
     vals = parse_values(values)
@@ -259,6 +259,7 @@ def run_sweep(
         title=f"{method_name} sweep on {split}: chosen {key}={_label(chosen)} (max {criterion.split('_')[0]})",
         chosen_x=chosen,
         logx=geometric,
+        errors=sweep_intervals(per_value, baseline=method_name),
     )
     return result
 

@@ -38,11 +38,10 @@ __all__ = ["Shaper", "SHAPERS", "PARAMS_USED", "get_shaper", "effective_budget"]
 
 def effective_budget(rewards: Tensor, B: float, budget_stretch: float | None) -> Tensor:
     """B_eff per row: B, or min(B, stretch * (max r - min r)) as in the official code. Shape (...)."""
-    B_t = torch.full(rewards.shape[:-1], float(B), dtype=torch.float64, device=rewards.device)
     if budget_stretch is None:
-        return B_t
-    spread = rewards.max(-1).values - rewards.min(-1).values
-    return torch.minimum(B_t, budget_stretch * spread)
+        return torch.full(rewards.shape[:-1], float(B), dtype=torch.float64, device=rewards.device)
+    lo, hi = torch.aminmax(rewards, dim=-1)
+    return ((hi - lo) * budget_stretch).clamp_(max=float(B))
 
 
 def _positive(name: str, value: float | None, allow_none: bool = False) -> None:
@@ -106,6 +105,20 @@ class Shaper:
         self, rewards: Tensor, weights: Tensor | None = None, threshold: Tensor | None = None
     ) -> Tensor:
         rewards, weights = validate_rewards(rewards, weights)
+        if threshold is not None:
+            threshold = torch.as_tensor(threshold, dtype=torch.float64, device=rewards.device)
+            if threshold.shape != rewards.shape[:-1]:
+                raise ValueError(
+                    f"threshold: shape {tuple(threshold.shape)} must be {tuple(rewards.shape[:-1])}"
+                )
+            if not torch.isfinite(threshold).all():
+                raise ValueError("threshold: contains NaN or infinite values")
+        return self.apply(rewards, weights, threshold)
+
+    def apply(self, rewards: Tensor, weights: Tensor, threshold: Tensor | None = None) -> Tensor:
+        """:meth:`__call__` without the input checks, for a decoder's inner loop that has checked its inputs
+        once: ``rewards`` float64 (..., N) and finite, ``weights`` float64 (..., N), non-negative, each row
+        summing to 1, ``threshold`` None or float64 (...) and finite. Returns float64 (..., N)."""
         k = self.kind
         if k == "vanilla":
             return rewards
@@ -127,11 +140,7 @@ class Shaper:
                 rewards, weights, log_gamma(b_eff.squeeze(-1), self.beta, self.gamma_cap), self.method
             )
         else:
-            m = torch.as_tensor(threshold, dtype=torch.float64, device=rewards.device)
-            if m.shape != rewards.shape[:-1]:
-                raise ValueError(f"threshold: shape {tuple(m.shape)} must be {tuple(rewards.shape[:-1])}")
-            if not torch.isfinite(m).all():
-                raise ValueError("threshold: contains NaN or infinite values")
+            m = threshold
         m = m.unsqueeze(-1)
         if k == "hard":
             above = rewards > m if self.strict else rewards >= m

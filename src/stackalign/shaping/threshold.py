@@ -91,22 +91,26 @@ def F_value(m: Tensor, rewards: Tensor, weights: Tensor, log_g: Tensor | float) 
 
 def _exact(rewards: Tensor, weights: Tensor, log_g: Tensor) -> Tensor:
     inv_gamma = torch.exp(-log_g)  # shape (...)
-    # Zero-weight entries contribute nothing to F; move them onto the smallest live reward so that they can
-    # neither be the bracket's lower end nor sit alone above it.
-    live_min = torch.where(weights > 0, rewards, torch.inf).min(-1, keepdim=True).values
-    rewards = torch.where(weights > 0, rewards, live_min)
-    r_sorted = torch.sort(rewards, dim=-1).values
-    n = r_sorted.shape[-1]
-    # F is strictly decreasing: find j* = the last sorted reward with F(r_(j)) >= 0 (F(r_(0)) >= 0 always).
-    # F is evaluated directly, term by term (prefix sums would cancel catastrophically when gamma * p_i
-    # spans many orders of magnitude).
+    n = rewards.shape[-1]
+    # F is strictly decreasing: the root's bracket starts at m0 = the largest reward with F(m0) >= 0
+    # (F(min r) >= 0 always, so m0 exists). F is evaluated directly, term by term (prefix sums would cancel
+    # catastrophically when gamma * p_i spans many orders of magnitude).
     if n <= ALL_PAIRS_MAX_N:
-        # Small rows (ARGS' k candidates, CD's N samples): every F(r_(j)) at once, an (N x N) table, no loop.
-        diff = rewards.unsqueeze(-2) - r_sorted.unsqueeze(-1)  # [..., j, i] = r_i - r_(j)
-        scale = torch.where(diff >= 0, torch.ones_like(diff), inv_gamma[..., None, None])
-        G = (weights.unsqueeze(-2) * diff * scale).sum(-1)
-        lo = ((G >= 0).sum(-1, keepdim=True) - 1).clamp(min=0)
+        # Small rows (ARGS' k candidates, CD's N samples): F at every reward at once, an (N x N) table, no
+        # sort and no loop; a decoding step calls this once per token, so every op counts. Only live
+        # (positive-weight) rewards may be m0: zero-weight ones add nothing to F, and where 1/gamma underflows
+        # F at a zero-weight reward above every live one would read 0 instead of a tiny negative number.
+        diff = rewards.unsqueeze(-2) - rewards.unsqueeze(-1)  # [..., j, i] = r_i - r_j
+        scale = torch.where(diff >= 0, 1.0, inv_gamma[..., None, None])
+        G = (weights.unsqueeze(-2) * diff * scale).sum(-1)  # gamma^-1 F(r_j), [..., j]
+        m0 = torch.where((G >= 0) & (weights > 0), rewards, -torch.inf).amax(-1, keepdim=True)
+        r_max = torch.where(weights > 0, rewards, -torch.inf).amax(-1)
     else:
+        # Zero-weight entries contribute nothing to F; move them onto the smallest live reward so that they
+        # can neither be the bracket's lower end nor sit alone above it.
+        live_min = torch.where(weights > 0, rewards, torch.inf).min(-1, keepdim=True).values
+        rewards = torch.where(weights > 0, rewards, live_min)
+        r_sorted = torch.sort(rewards, dim=-1).values
         # Large rows: binary search over sorted positions, ceil(log2 N) probes of O(N): O(N log N).
         lo = torch.zeros(rewards.shape[:-1] + (1,), dtype=torch.long, device=rewards.device)
         hi = torch.full_like(lo, n)
@@ -116,19 +120,20 @@ def _exact(rewards: Tensor, weights: Tensor, log_g: Tensor) -> Tensor:
             nonneg = (F_value(m_mid, rewards, weights, log_g) >= 0).unsqueeze(-1) & (hi - lo > 1)
             lo = torch.where(nonneg, mid, lo)
             hi = torch.where(nonneg | (hi - lo <= 1), hi, mid)
-    m0 = torch.gather(r_sorted, -1, lo)  # the root lies in [m0, next reward)
+        m0 = torch.gather(r_sorted, -1, lo)  # the root lies in [m0, next reward)
+        r_max = r_sorted[..., -1]
     # On that bracket S = {r > m0} is fixed and F is linear: F(m0 + d) = F(m0) - d * (sum_S p + sum_notS p / gamma)
     # (divided by gamma), so the root is m0 + F(m0) / slope.
     above = rewards > m0
-    diff = rewards - m0
-    num = (weights * diff * above).sum(-1) + inv_gamma * (weights * diff * ~above).sum(-1)
-    den = (weights * above).sum(-1) + inv_gamma * (weights * ~above).sum(-1)
+    wd = torch.where(above, weights, weights * inv_gamma.unsqueeze(-1))  # p_i * gamma^{1[r_i > m0] - 1}
+    num = (wd * (rewards - m0)).sum(-1)
+    den = wd.sum(-1)
     m0 = m0.squeeze(-1)
-    # S is empty only when m0 is the maximum, where F(m0) >= 0 forces F(m0) = 0: the root is m0 itself.
-    has_above = above.any(-1)
-    m = torch.where(has_above, m0 + num / torch.where(has_above, den, torch.ones_like(den)), m0)
+    # den = 0 only when S is empty and 1/gamma underflowed; S is empty only when m0 is the maximum, where
+    # F(m0) >= 0 forces F(m0) = 0: the root is m0 itself.
+    m = torch.where(den > 0, m0 + num / torch.where(den > 0, den, 1.0), m0)
     # Guard against round-off pushing m a hair outside its bracket.
-    return torch.minimum(m, r_sorted[..., -1]).maximum(m0)
+    return torch.minimum(m, r_max).maximum(m0)
 
 
 def _bisect(rewards: Tensor, weights: Tensor, log_g: Tensor, iters: int = 100) -> Tensor:
