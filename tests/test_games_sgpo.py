@@ -1,4 +1,4 @@
-"""SGPO's follower (worst case in a W_1 ball of DPO margins) against research/sgpo.md §3-4 (SPEC §5)."""
+"""SGPO's follower (worst case in a W_1 ball of DPO margins) (arXiv 2502.18099, Thm 3.3 and the official code)."""
 
 import math
 
@@ -93,7 +93,7 @@ def test_unbounded_support_is_dpo_plus_eps():
         sup, _ = worst_case_greedy(x, eps, float(x.min()) - pad, logistic_loss)
         gaps.append(sup - dpo_loss(x).item())
     assert gaps[0] < gaps[1] < gaps[2] <= eps
-    assert gaps[1] == pytest.approx(0.0998, abs=5e-4)  # research/sgpo.md §3: 0.0997 with a +-50 window
+    assert gaps[1] == pytest.approx(0.0998, abs=5e-4)  # 0.0997 with a +-50 window (hand computation)
     assert gaps[2] == pytest.approx(eps, abs=1e-5)
     # ... and the LP with no support constraint spends the whole budget on the steepest piece (slope -> -1)
     w = worst_case_lp(
@@ -104,7 +104,7 @@ def test_unbounded_support_is_dpo_plus_eps():
 
 
 def test_probability_space_variant():
-    """The official code's variant (research/sgpo.md §3): support [0, 1], tangents of -log v at k/K."""
+    """The official code's variant: support [0, 1], tangents of -log v at k/K."""
     g = torch.Generator().manual_seed(6)
     p = 0.5 + 0.45 * torch.rand(50, generator=g, dtype=D)
     eps = 0.05

@@ -1,4 +1,4 @@
-"""SLHF / NLHF / RLHF on finite action sets against research/slhf.md §2-5 and §7 (SPEC §5)."""
+"""SLHF / NLHF / RLHF on finite action sets against arXiv 2512.16626 (Prop. 1, eq. 5, the Condorcet example, refinement)."""
 
 import argparse
 import math
@@ -214,7 +214,7 @@ def test_gda_random_inits_reach_the_same_point():
 
 
 def test_gda_faster_follower_helps():
-    """Two timescales: kappa = 5 tracks the closed form sooner than kappa = 1 (research/slhf.md §5-6)."""
+    """Two timescales: kappa = 5 tracks the closed form sooner than kappa = 1."""
     P = condorcet_preferences(ALPHA)
     first = {}
     for kappa in (1.0, 5.0):

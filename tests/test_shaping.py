@@ -1,4 +1,4 @@
-"""The shaping core against the SRS paper's theory (SPEC §1, srs_paper.md §1.7-1.8)."""
+"""The shaping core against the SRS paper's theory (arXiv 2602.02572: the toy example, Theorems 1-3, Corollary 1)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""``stackalign bench {args,cd,sample}``: speed ratios measured in one process (SPEC §7).
+"""``stackalign bench {args,cd,sample}``: speed ratios measured in one process.
 
 * ``bench args``: on the world's policy and reward model (same architecture and size), k = 10, 128 new
   tokens (EOS ignored so every variant generates exactly as many tokens), a few prompts decoded as one

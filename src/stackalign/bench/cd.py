@@ -14,7 +14,7 @@ shared with other jobs it is much less noisy than wall-clock). Variants:
 Prompts are decoded one at a time by default (`batch_size=1`, as the official CD decoder runs). On a CPU
 the tokenwise step's k candidate tokens are real extra FLOPs, so the ratio grows with the batch; on a GPU
 the k tokens ride in the same kernel launches. The value head has random weights (its cost does not depend
-on them) and the default width unless `args.value_head` names a trained one. Target (SPEC §7):
+on them) and the default width unless `args.value_head` names a trained one. Target:
 tokenwise_over_plain <= 1.5.
 """
 

@@ -1,4 +1,4 @@
-"""N samples per prompt with a SHARED PROMPT PREFILL (SPEC §2).
+"""N samples per prompt with a SHARED PROMPT PREFILL.
 
 The prompt batch is prefilled once; the KV cache is then repeated N times per prompt with
 ``DynamicCache.batch_repeat_interleave(N)`` and the N continuations are sampled together in a plain loop

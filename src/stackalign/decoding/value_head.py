@@ -1,6 +1,6 @@
 """The CD value head: an MLP on the frozen LM's final hidden states, and its training loop.
 
-Model (SRS official `cd/train_value_function.py`, `research/srs_paper.md` §2.2):
+Model (SRS official `cd/train_value_function.py`; the SRS paper arXiv 2602.02572, Algorithm 1):
 
     V(h) = W3 · tanh(W2 · tanh(W1 · h + b1) + b2) + b3        h: (..., H) -> V: (...)
 

@@ -87,7 +87,7 @@ def summarize(
     n_boot: int = DEFAULT_BOOTSTRAP,
     ci_seed: int = 0,
 ) -> dict[str, Any]:
-    """Aggregate rows per method into the ``summary.json`` shape (SPEC §6).
+    """Aggregate rows per method into the ``summary.json`` shape (the run directory contract: see runner/run.py).
 
     Returns ``{"methods": {NAME: {...}}}`` with, per method (in order of first appearance):
     ``proxy_reward`` and ``gold_reward`` (means; ``None`` when absent), ``diversity`` (ARGS),

@@ -1,4 +1,4 @@
-"""Bradley-Terry (RLHF's reward model) fitted to compared pairs, exactly (SPEC §5; research/slhf.md §3-4).
+"""Bradley-Terry (RLHF's reward model) fitted to compared pairs, exactly (the RLHF comparison of arXiv 2512.16626).
 
 RLHF assumes p(y_i > y_j) = sigma(r_i - r_j) and fits r by maximum likelihood on the pairs that happened to be
 compared. Under intransitive preferences the fit depends on *which* pairs were sampled: in the symmetric

@@ -1,4 +1,4 @@
-"""NLHF (Nash Learning from Human Feedback, Munos et al.) on a finite action set (SPEC §5).
+"""NLHF (Nash Learning from Human Feedback, Munos et al.) on a finite action set (arXiv 2312.00886).
 
 The preference game is symmetric and constant-sum: the row player's payoff is pi^T P pi' with
 P[i, j] = p(y_i > y_j), and A = P - 1/2 is antisymmetric, so the game's value is exactly 1/2 (0 for A).

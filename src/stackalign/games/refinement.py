@@ -1,4 +1,4 @@
-"""Inference-time refinement (research/slhf.md §7, §4): does the user's favourite appear within N answers?
+"""Inference-time refinement (arXiv 2512.16626, inference-time refinement): does the user's favourite appear within N answers?
 
 SLHF: y_1 ~ pi (the leader), then y_{k+1} ~ omega(. | y_k) (the follower refines the *last* answer only),
 so y_1..y_N is a Markov chain; the user (or a verifier) picks any element of the chain.

@@ -1,4 +1,4 @@
-"""SLHF (Stackelberg Learning from Human Feedback) on a finite action set, solved exactly (SPEC §5).
+"""SLHF (Stackelberg Learning from Human Feedback) on a finite action set, solved exactly (arXiv 2512.16626).
 
 The game (Pásztor, Kleine Buening, Krause 2025, eq. 5), for one context and n actions y_1..y_n:
 
@@ -9,7 +9,7 @@ with P[i, j] = p(y_i > y_j) (so P + P^T = 1, and P may be intransitive) and omeg
 The leader pi commits to a realised answer y; the follower sees y and answers y' to *minimise* the
 leader's win probability (equivalently, to maximise its own, p(y' > y) = 1 - P[y, y']).
 
-Closed form (research/slhf.md §2; Prop. 1 of the paper: unique for tau_L, tau_F > 0):
+Closed form (Prop. 1 of arXiv 2512.16626: unique for tau_L, tau_F > 0):
   * follower (Gibbs variational principle, separately for every y):
         omega*(y'|y) ∝ omega_ref(y'|y) * exp(-P[y, y'] / tau_F)
   * the follower's optimal value, i.e. the leader's reward for playing y, is a soft-min:
@@ -59,7 +59,7 @@ __all__ = [
 
 PROB_TOL = 1e-6  # tolerance on "sums to one" and on P + P^T = 1
 
-# The three annotator types of the Condorcet example (research/slhf.md §4), actions 0=A, 1=B, 2=C.
+# The three annotator types of the Condorcet example of arXiv 2512.16626, actions 0=A, 1=B, 2=C.
 CONDORCET_RANKINGS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))  # A>B>C, B>C>A, C>A>B
 
 
@@ -280,7 +280,7 @@ def _grads(P, pi, omega, pi_ref, omega_ref, tau_l, tau_f, floor):
 def slhf_gradients(
     P, pi, omega, pi_ref=None, omega_ref=None, tau_leader: float = 0.1, tau_follower: float = 0.1
 ) -> tuple[Tensor, Tensor]:
-    """(df/dpi, df/domega) of eq. 5 (research/slhf.md §5):
+    """(df/dpi, df/domega) of eq. 5 of arXiv 2512.16626:
 
     df/dpi(y)        = sum_y' omega(y'|y) P[y,y'] + tau_F KL(omega(.|y)||omega_ref(.|y)) - tau_L (log(pi(y)/pi_ref(y)) + 1)
     df/domega(y'|y)  = pi(y) [P[y,y'] + tau_F (log(omega(y'|y)/omega_ref(y'|y)) + 1)]"""

@@ -1,4 +1,4 @@
-"""The SRS game on a finite response set, solved exactly (SRS paper §1; SPEC §1).
+"""The SRS game on a finite response set, solved exactly (SRS paper, arXiv 2602.02572).
 
 Follower: rho_r(y) ∝ rho_base(y) * exp(r(y) / beta)   (the KL-regularised aligner's best response).
 Leader:   U(r) = E_{y ~ rho_r}[r_U(y)], maximised over 0 <= r <= B.

@@ -1,4 +1,4 @@
-"""`stackalign sweep RECIPE --method NAME`: the paper's 1/β protocol (SPEC §3, paper Figure 2).
+"""`stackalign sweep RECIPE --method NAME`: the paper's 1/β protocol (SRS paper arXiv 2602.02572, Figure 2).
 
 The SRS papers compare methods at one reward weight 1/β, picked on validation prompts for the *vanilla*
 method: sweep 1/β, take the best value before reward hacking, then fix it for every method. Here:

@@ -1,4 +1,4 @@
-"""Named SRS presets (SPEC §1): the paper's clean formula and the two clipped variants of the official code.
+"""Named SRS presets (SRS paper arXiv 2602.02572 and its official code): the paper's clean formula and the two clipped variants of the official code.
 
                  scope       weights                 B_eff                  gamma                     above
   paper          any         as given                B                      exp(B/beta)               r >= m

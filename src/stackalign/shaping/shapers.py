@@ -1,6 +1,6 @@
 """Reward shapers: one interface, rewards (..., N) -> shaped rewards (..., N).
 
-Definitions follow `shared/research/srs_paper.md` §1.8 (taken from the official code). A row is the set of
+Definitions follow the SRS paper (arXiv 2602.02572) and its official code (github.com/Haichuan23/Stackelberg-Reward-Shaping). A row is the set of
 rewards the shaping is computed over: the N i.i.d. samples of one prompt (CD, Best-of-N), or the k
 next-token candidates of one decoding step (ARGS). Decoders add w * shaped (w = 1/beta) to the logits, so no
 shaper multiplies by w itself.

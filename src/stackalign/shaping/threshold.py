@@ -1,4 +1,4 @@
-"""The Stackelberg threshold m*(x) (SRS paper, Theorems 1-2; SPEC §1).
+"""The Stackelberg threshold m*(x) (SRS paper arXiv 2602.02572, Theorems 1-2).
 
 Given rewards r_1..r_N of one prompt's samples (or of k decoding candidates), weights p_i (uniform for
 i.i.d. samples, base probabilities for top-k candidates) and gamma = exp(B / beta), the leader's optimal
