@@ -14,6 +14,8 @@ from stackalign.decoding.sampling import sample
 from stackalign.decoding.value_head import ValueHead, ValueHeadConfig
 
 T = 10
+# distinct per-prompt thresholds m for the "args_thresholds" decoder
+THRESHOLDS = {p: m for p, m in zip(PROMPTS, (-0.5, 0.0, 0.5))}
 
 
 def test_run_steps_drops_finished_rows_and_feeds_the_rest():
@@ -61,6 +63,39 @@ def _decoders():
                 policy, tok, rm, ps, ARGSConfig(k=4, rm_cache="repeat"), gen(eos), shaper="official-args"
             ).token_ids
         ),
+        "args_reference": lambda ps, eos: (
+            args_generate(
+                policy, tok, rm, ps, ARGSConfig(k=4, rm_mode="reference"), gen(eos), shaper="official-args"
+            ).token_ids
+        ),
+        "args_text": lambda ps, eos: (
+            args_generate(policy, tok, rm, ps, ARGSConfig(k=4, rm_mode="text"), gen(eos)).token_ids
+        ),
+        # stochastic: per-prompt random streams must stay aligned with the rows that remain
+        "args_stochastic": lambda ps, eos: (
+            args_generate(
+                policy,
+                tok,
+                rm,
+                ps,
+                ARGSConfig(k=4, mode="stochastic", temperature=1.0),
+                GenerationConfig(max_new_tokens=T, seed=5, eos_token_ids=(eos,)),
+                shaper="srs",
+            ).token_ids
+        ),
+        # per-prompt thresholds: each live row must keep its own prompt's m after rows leave
+        "args_thresholds": lambda ps, eos: (
+            args_generate(
+                policy,
+                tok,
+                rm,
+                ps,
+                ARGSConfig(k=4),
+                gen(eos),
+                shaper="srs",
+                thresholds=[THRESHOLDS[p] for p in ps],
+            ).token_ids
+        ),
         "cd_tree": lambda ps, eos: (
             controlled_decode(
                 policy, tok, ps, head, CDConfig(lam=5.0, top_k=4, lookahead="tree"), gen(eos)
@@ -74,7 +109,17 @@ def _decoders():
     }
 
 
-@pytest.mark.parametrize("name", ["greedy", "sample_n2", "args_tree", "args_repeat", "cd_tree", "cd_repeat"])
+ARGS_VARIANTS = [
+    "args_tree",
+    "args_repeat",
+    "args_reference",
+    "args_text",
+    "args_stochastic",
+    "args_thresholds",
+]
+
+
+@pytest.mark.parametrize("name", ["greedy", "sample_n2", *ARGS_VARIANTS, "cd_tree", "cd_repeat"])
 def test_rows_that_end_early_leave_without_disturbing_the_others(name):
     """EOS = a token the first prompt emits mid-way: rows end at different steps, and every row equals the
     same prompt decoded alone (a cache left misaligned after a row leaves would change the others)."""

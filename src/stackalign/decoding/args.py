@@ -13,7 +13,8 @@ At every step, for every row:
 4. fuse ``l_j + w * s_j`` with ``w = 1/beta``; greedy takes the argmax, stochastic samples from
    ``softmax(fused / temperature)`` over the k candidates;
 5. the row ends at an EOS / end-of-turn id or a stop string (unless ``ignore_eos``); finished rows leave the
-   batch (their caches are dropped with ``batch_select_indices``).
+   batch (their caches are dropped with ``batch_select_indices``). Steps 1-5 run on the step loop every
+   decoder shares (:func:`stackalign.decoding.common.run_steps`).
 
 Prompts are decoded in left-padded batches; results do not depend on the batch (positions come from the
 attention mask, randomness is per prompt).
@@ -43,6 +44,7 @@ from stackalign.decoding.common import (
     prompt_generators,
     resolve_eos_ids,
     row_uniforms,
+    run_steps,
     sample_rows,
 )
 from stackalign.decoding.rm_cache import (
@@ -346,6 +348,11 @@ def _decode_batch(
     device: Any,
     cost: Cost,
 ) -> list[list[int]]:
+    """Decode one prompt batch with ARGS; returns the raw generated ids of each row (see the module doc).
+
+    The decoder supplies the three callbacks of :func:`run_steps`: ``choose`` (score, shape, fuse, pick),
+    ``select`` (drop finished rows from the policy's cache and the scorer's) and ``feed`` (the policy's
+    next cached forward)."""
     R = len(prompts)
     T = generation.max_new_tokens
     input_ids, mask = left_pad(ids, pad, device)
@@ -364,8 +371,13 @@ def _decode_batch(
     bad_reward = torch.zeros((), dtype=torch.bool, device=device)
     if m is not None:
         m = m.to(device)
-    for step in range(T):
-        top_logits, cands = logits.topk(k, dim=-1)  # [R', k]
+    # The policy's state between steps; ``select`` and ``feed`` replace its entries.
+    state = {"logits": logits, "mask": mask, "cache": cache}
+
+    def choose(step: int) -> Tensor:
+        """Score the top-k candidates of every live row, fuse, pick one token per row."""
+        nonlocal bad_reward
+        top_logits, cands = state["logits"].topk(k, dim=-1)  # [R', k]
         rewards = scorer.score(cands).to(device)
         # A NaN reward would be silently argmax'ed: flag it on the device (no host sync per step) and raise
         # after the batch. The shaper's own input checks are skipped below (``apply``): the rewards are
@@ -387,24 +399,30 @@ def _decode_batch(
         if gens is None:
             j = fused.argmax(-1)
         else:
+            # drawn for every prompt every step, finished or not: per-prompt streams stay aligned
             u = row_uniforms(gens, 1, device)[rows.active]
             j = sample_rows((fused / config.temperature).softmax(-1), u)
         tok = cands.gather(1, j[:, None]).squeeze(1)
-        rows.record(tok, step)
+        # The scorer commits the chosen candidate here, while its cache still holds every live row (the
+        # loop drops finished rows only afterwards, through ``select``).
         scorer.advance(tok, j)
-        if step == T - 1:
-            break
-        keep = rows.drop_finished(stop.finished(rows.buf, rows.active, tok, step), step)
-        if keep is not None:
-            if keep.numel() == 0:
-                break
-            tok, mask = tok[keep], mask[keep]
-            cache.batch_select_indices(keep)
-            scorer.select(keep)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        logits, cache = lm_forward(policy, tok.unsqueeze(-1), mask, cache)
+        return tok
+
+    def select(keep: Tensor) -> None:
+        """Rows ``keep`` (batch positions) stay: drop the others from the policy's and the scorer's caches."""
+        state["mask"] = state["mask"][keep]
+        state["cache"].batch_select_indices(keep)
+        scorer.select(keep)
+
+    def feed(tok: Tensor) -> None:
+        """The policy's cached forward on the chosen tokens: next step's logits."""
+        mask = state["mask"]
+        state["mask"] = mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        state["logits"], state["cache"] = lm_forward(policy, tok.unsqueeze(-1), mask, state["cache"])
         cost.lm_tokens += int(rows.active.numel())
         cost.lm_calls += 1
+
+    run_steps(rows, stop, T, choose, select, feed)
     if bool(bad_reward):
         raise ValueError("the reward model returned NaN or infinite scores for some ARGS candidates")
     return rows.outputs()

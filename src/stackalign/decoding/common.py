@@ -328,7 +328,7 @@ def run_steps(
     select: Callable[[Tensor], None],
     feed: Callable[[Tensor], None] | None = None,
 ) -> None:
-    """The step loop the decoders share (sampling, ARGS's per-step shape, tokenwise CD).
+    """The step loop the decoders share (sampling, ARGS, tokenwise CD).
 
     Each step: ``choose(step)`` returns the token of every live row ([R'] long); the loop records it in
     ``rows``, ends rows at EOS / a stop string (:meth:`StopChecker.finished`), hands the surviving batch
