@@ -278,12 +278,16 @@ def recipe_from_dict(data: dict | None, overrides: list[str] | None = None) -> R
     return _validate(recipe)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def read_yaml(path: str | Path) -> Any:
+    """A recipe file's YAML data; a missing file or bad YAML is an error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe: no such file {str(path)!r}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {path}: not valid YAML ({e})") from None
-    return recipe_from_dict(data, overrides)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    return recipe_from_dict(read_yaml(path), overrides)

@@ -128,9 +128,9 @@ def schema_main(args: argparse.Namespace) -> int:
 
 
 def check_main(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from stackalign.runner.recipe import read_yaml
 
-    data = yaml.safe_load(Path(args.recipe).read_text()) if Path(args.recipe).is_file() else None
+    data = read_yaml(args.recipe)
     if isinstance(data, dict) and "algorithm" in data:  # a train recipe
         from stackalign.training.recipe import load_train_recipe
 

@@ -23,17 +23,14 @@ lazily (a missing module gives a clear "not available" error). The train functio
 
 from __future__ import annotations
 
-import copy
 import difflib
 import importlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stackalign.config import build as _build
-from stackalign.runner.recipe import RecipeError, apply_overrides
+from stackalign.runner.recipe import RecipeError, apply_overrides, read_yaml
 
 __all__ = [
     "ALGORITHMS",
@@ -229,14 +226,7 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
 
 
 def load_train_recipe(path: str | Path, overrides: list[str] | None = None) -> ResolvedRecipe:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe: no such file {str(path)!r}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path}: not valid YAML ({e})") from None
-    return train_recipe_from_dict(copy.deepcopy(data), overrides)
+    return train_recipe_from_dict(read_yaml(path), overrides)
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
