@@ -31,6 +31,7 @@ __all__ = [
     "FieldDoc",
     "build",
     "describe",
+    "did_you_mean",
     "field_doc",
     "format_errors",
     "help_of",
@@ -111,6 +112,12 @@ def _join(path: str, loc: Iterable[Any]) -> str:
     return out or "recipe"
 
 
+def did_you_mean(key: str, allowed: Iterable[str]) -> str | None:
+    """The allowed key closest to a mistyped one (difflib, cutoff 0.6), or None."""
+    close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def format_errors(exc: pydantic.ValidationError, path: str, model: type[pydantic.BaseModel]) -> str:
     """One line per problem: ``path: message`` with a suggestion for unknown keys."""
     lines = []
@@ -119,8 +126,8 @@ def format_errors(exc: pydantic.ValidationError, path: str, model: type[pydantic
         where = _join(path, loc)
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
+            close = did_you_mean(str(loc[-1]), allowed)
+            hint = f"; did you mean {close!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
             lines.append(f"{where}: unknown key{hint}")
         elif err["type"] == "missing":
             lines.append(f"{where}: required")

@@ -23,7 +23,7 @@ _DTYPES = {
 }
 
 
-def _looks_like_local_path(name: str) -> bool:
+def looks_like_local_path(name: str) -> bool:
     """True if ``name`` can only mean a local path (a Hub id is ``name`` or ``org/name``)."""
     if name.startswith((".", "~", "/")) or (os.sep != "/" and os.sep in name):
         return True
@@ -57,7 +57,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         raise ValueError(
             f"model path {str(p)!r} is a file; expected a model directory (config.json + *.safetensors)"
         )
-    if _looks_like_local_path(name_or_path):
+    if looks_like_local_path(name_or_path):
         raise FileNotFoundError(f"model directory not found: {str(p)!r}")
     return name_or_path  # a Hub name: from_pretrained resolves it (needs network or the HF cache)
 

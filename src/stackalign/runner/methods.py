@@ -12,12 +12,13 @@ SRS-ARGS = ARGS x the `srs` shaper (with a preset), SRS-CD = CD x a value head t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import pydantic
 from pydantic import Field
@@ -53,7 +54,7 @@ class Param:
             return self.type, self.default, self.help
         cls, name = self.source
         f = next(f for f in dataclasses.fields(cls) if f.name == name)
-        hints = __import__("typing").get_type_hints(cls)
+        hints = get_type_hints(cls)
         return hints[name], f.default, help_of(cls, name)
 
 
@@ -205,6 +206,7 @@ class MethodPlan:
     shaper: Shaper | None = None
 
 
+@functools.cache
 def params_model(decoder: str) -> type[pydantic.BaseModel]:
     spec = DECODERS[decoder]
     fields: dict[str, Any] = {}
@@ -218,15 +220,12 @@ def params_model(decoder: str) -> type[pydantic.BaseModel]:
     return pydantic.create_model(f"{decoder}_params", __config__=STRICT, **fields)
 
 
-_MODELS: dict[str, type[pydantic.BaseModel]] = {}
-
-
 def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
     """Validate method `m` (the recipe's `methods[index]`): params against its decoder's schema, the shaping
     and preset, and every config's value ranges. Raises RecipeError naming the path."""
     where = f"methods[{index}]"
     spec = DECODERS[m.decoder]
-    model = _MODELS.setdefault(m.decoder, params_model(m.decoder))
+    model = params_model(m.decoder)
     try:
         values = validate_with(model, m.params, f"{where}.params")
     except ConfigError as e:

@@ -14,15 +14,11 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from stackalign.models.loading import looks_like_local_path
 from stackalign.runner.recipe import Recipe, RecipeError
 
 INSTALL_COHERENCE = "pip install 'stackalign[coherence]'"
 INSTALL_RAY = "pip install 'stackalign[ray]'"
-
-
-def looks_local(name: str) -> bool:
-    """A path rather than a hub name: absolute, ./ ../ ~, or more than one '/' (hub names are owner/name)."""
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or name.startswith(".")
 
 
 def _check_local(problems: list[str], key: str, value: str | None, *, want_dir: bool) -> None:
@@ -33,7 +29,7 @@ def _check_local(problems: list[str], key: str, value: str | None, *, want_dir: 
         if want_dir and not path.is_dir():
             problems.append(f"{key}: {value!r} is a file, expected a directory")
         return
-    if looks_local(value):
+    if looks_like_local_path(value):
         problems.append(f"{key}: no such {'directory' if want_dir else 'file'} {value!r}")
 
 
@@ -63,7 +59,7 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
     _check_local(problems, "reward_model", recipe.reward_model, want_dir=True)
     src = recipe.prompts.source
     if not src.startswith("world:") and (
-        Path(src).suffix in (".jsonl", ".json", ".parquet") or looks_local(src)
+        Path(src).suffix in (".jsonl", ".json", ".parquet") or looks_like_local_path(src)
     ):
         if not Path(src).expanduser().is_file():
             problems.append(f"prompts.source: no such file {src!r}")

@@ -23,13 +23,13 @@ lazily (a missing module gives a clear "not available" error). The train functio
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from stackalign.config import build as _build
+from stackalign.config import did_you_mean
 from stackalign.runner.recipe import RecipeError, apply_overrides, read_yaml
 
 __all__ = [
@@ -214,8 +214,8 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
         allowed = sorted(common_names | algo_names)
         hints = []
         for k in unknown:
-            close = difflib.get_close_matches(str(k), allowed, n=1)
-            hints.append(f"{k}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            close = did_you_mean(k, allowed)
+            hints.append(f"{k}" + (f" (did you mean {close!r}?)" if close else ""))
         raise RecipeError(f"unknown key(s) {', '.join(hints)} for algorithm {name!r}; allowed: {allowed}")
     try:  # stackalign.config: strict types, range checks of __post_init__, the path in every message
         common = _build(TrainConfig, {k: v for k, v in data.items() if k in common_names})
