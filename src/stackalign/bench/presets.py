@@ -22,7 +22,8 @@ trajectory (every live row at every step, each step weighted equally), what that
 Run: ``python -m stackalign.bench.presets recipes/presets-sweep.yaml [world=...] [prompts.limit=...]``
 (every ``args`` method of the recipe is decoded once with a recording wrapper around its shaper; the
 decoding is the runner's own, so the texts equal the run's: the printed gold mean is checkable against the
-run's summary.json). ``--summaries NAME=DIR ...`` instead prints the sweep tables of finished runs.
+run's summary.json). ``--test LABEL=DIR ... [--val LABEL=DIR ...] [--gains LABEL=FILE ...]`` instead prints the sweep tables of
+finished runs (see :func:`sweep_tables`).
 """
 
 from __future__ import annotations
@@ -165,51 +166,115 @@ def _split(name: str) -> tuple[str, str]:
     return base, w
 
 
-def sweep_tables(summaries: dict[str, str | Path]) -> str:
-    """Markdown tables from finished runs of recipes/presets-sweep.yaml (``{world label: run dir}``): each
-    shaped method's paired gold difference against vanilla ARGS at the same w [95% CI], and every method's
-    best-w gold (its own tuning; chosen on these test prompts, so optimistic for every method alike)."""
-    data = {k: json.loads((Path(v) / "summary.json").read_text())["methods"] for k, v in summaries.items()}
-    worlds = list(data)
-    first = data[worlds[0]]
-    bases, ws = [], []
-    for name in first:
+def _load(run_dir: str | Path) -> tuple[dict, dict]:
+    """summary.json's methods and {method: {prompt_id: response}} of a finished run."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())["methods"]
+    texts: dict[str, dict] = {}
+    for line in (run_dir / "generations.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            texts.setdefault(row["method"], {})[row["prompt_id"]] = row["response"]
+    return summary, texts
+
+
+def _diff_cell(s: dict, baseline: str) -> str:
+    d, lo, hi = s["paired"][baseline]["gold_diff"]
+    sign = "+" if lo > 0 else "−" if hi < 0 else "="
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] {sign}"
+
+
+def _gold_cell(s: dict) -> str:
+    lo, hi = s["ci"]["gold_reward"]
+    return f"{s['gold_reward']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def sweep_tables(
+    test: dict[str, str | Path],
+    val: dict[str, str | Path] | None = None,
+    gains: dict[str, str | Path] | None = None,
+    sweep: tuple[str, ...] = ("0.25", "1", "4", "16"),
+) -> str:
+    """Markdown tables from finished runs of recipes/presets-sweep.yaml, ``{world label: run dir}`` each.
+
+    1. every shaped method's paired gold difference against vanilla ARGS at the same w [95% CI];
+    2. with ``val``: each method at its own best w chosen on the validation run, its test gold and its paired
+       difference against vanilla ARGS at *its* validation-best w;
+    3. with ``gains`` (``{world: diagnose --json file}``): each shaped method against vanilla ARGS at the grid
+       weight nearest its effective weight w * gain, with the share of prompts where both wrote the same text.
+    """
+    runs = {k: _load(v) for k, v in test.items()}
+    worlds = list(runs)
+    names = list(runs[worlds[0]][0])
+    bases: list[str] = []
+    for name in names:
         b, w = _split(name)
-        if b not in bases:
+        if b not in bases and w in sweep:
             bases.append(b)
-        if w not in ws:
-            ws.append(w)
     out = [
-        "Paired gold difference against vanilla ARGS at the same w, mean [95% CI] (`+`/`−` significant):",
+        "Gold of vanilla ARGS, and each shaped method's paired gold difference against vanilla ARGS at the same "
+        "w, mean [95% CI] (`+`/`−` significant, `=` not):",
         "",
+        "| method | w | " + " | ".join(worlds) + " |",
+        "|---|---:|" + "---:|" * len(worlds),
     ]
-    out.append("| method | w | " + " | ".join(worlds) + " |")
-    out.append("|---|---:|" + "---:|" * len(worlds))
     for b in bases:
-        for w in ws:
-            name = f"{b}@w={w}"
+        for w in sweep:
             cells = []
             for wd in worlds:
-                s = data[wd][name]
-                if b == "ARGS":
-                    lo, hi = s["ci"]["gold_reward"]
-                    cells.append(f"gold {s['gold_reward']:.3f} [{lo:.3f}, {hi:.3f}]")
-                    continue
-                d, lo, hi = s["paired"][f"ARGS@w={w}"]["gold_diff"]
-                sign = "+" if lo > 0 else "−" if hi < 0 else "="
-                cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] {sign}")
+                s = runs[wd][0][f"{b}@w={w}"]
+                cells.append(f"gold {_gold_cell(s)}" if b == "ARGS" else _diff_cell(s, f"ARGS@w={w}"))
             out.append(f"| {b} | {w} | " + " | ".join(cells) + " |")
-    out += ["", "Each method at its own best w (gold [95% CI], the w in brackets):", ""]
-    out.append("| method | " + " | ".join(worlds) + " |")
-    out.append("|---|" + "---:|" * len(worlds))
-    for b in bases:
-        cells = []
-        for wd in worlds:
-            best = max(ws, key=lambda w, wd=wd: data[wd][f"{b}@w={w}"]["gold_reward"])
-            s = data[wd][f"{b}@w={best}"]
-            lo, hi = s["ci"]["gold_reward"]
-            cells.append(f"{s['gold_reward']:.3f} [{lo:.3f}, {hi:.3f}] (w={best})")
-        out.append(f"| {b} | " + " | ".join(cells) + " |")
+    if val:
+        vals = {k: json.loads((Path(v) / "summary.json").read_text())["methods"] for k, v in val.items()}
+        out += [
+            "",
+            "Each method at its own best w, chosen on validation prompts: test gold [95% CI] (w), and the paired "
+            "difference against vanilla ARGS at its own validation-best w:",
+            "",
+            "| method | " + " | ".join(worlds) + " |",
+            "|---|" + "---:|" * len(worlds),
+        ]
+        for b in bases:
+            cells = []
+            for wd in worlds:
+                best = max(sweep, key=lambda w, wd=wd, b=b: vals[wd][f"{b}@w={w}"]["gold_reward"])
+                args_best = max(sweep, key=lambda w, wd=wd: vals[wd][f"ARGS@w={w}"]["gold_reward"])
+                s = runs[wd][0][f"{b}@w={best}"]
+                cell = f"{_gold_cell(s)} (w={best})"
+                if b != "ARGS":
+                    cell += f"; {_diff_cell(s, f'ARGS@w={args_best}')}"
+                cells.append(cell)
+            out.append(f"| {b} | " + " | ".join(cells) + " |")
+    if gains:
+        grid = {float(_split(n)[1]): n for n in names if _split(n)[0] == "ARGS"}
+        out += [
+            "",
+            "Each shaped method against vanilla ARGS at the grid weight w' nearest (in log scale) its effective weight "
+            "w * gain: paired gold difference [95% CI], and the share of prompts with identical responses:",
+            "",
+            "| method | w | " + " | ".join(worlds) + " |",
+            "|---|---:|" + "---:|" * len(worlds),
+        ]
+        diag = {k: {r["method"]: r for r in json.loads(Path(v).read_text())} for k, v in gains.items()}
+        for b in bases:
+            if b == "ARGS":
+                continue
+            for w in sweep:
+                cells = []
+                for wd in worlds:
+                    name = f"{b}@w={w}"
+                    eff = float(w) * diag[wd][name]["gain"]
+                    ref = min(grid, key=lambda g, eff=eff: abs(math.log(g / eff)))
+                    ref_name = grid[ref]
+                    summary, texts = runs[wd]
+                    same = sum(texts[name][i] == texts[ref_name].get(i) for i in texts[name]) / len(
+                        texts[name]
+                    )
+                    cells.append(
+                        f"w'={ref:g}: {_diff_cell(summary[name], ref_name)}; same text {100 * same:.0f}%"
+                    )
+                out.append(f"| {b} | {w} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -224,11 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", action="store_true", help="print the diagnostics as JSON")
     a = ap.parse_args(argv)
-    if a.summaries:
-        print(sweep_tables(dict(s.split("=", 1) for s in a.summaries)))
+    if a.test:
+        pairs = lambda xs: dict(x.split("=", 1) for x in xs) if xs else None  # noqa: E731
+        print(sweep_tables(pairs(a.test), pairs(a.val), pairs(a.gains)))
         return 0
     if a.recipe is None:
-        ap.error("a recipe (or --summaries) is required")
+        ap.error("a recipe (or --test) is required")
     res = diagnose(a.recipe, a.overrides)
     print(json.dumps(res, indent=1) if a.json else diagnostic_table(res))
     return 0
