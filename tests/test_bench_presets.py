@@ -1,4 +1,4 @@
-"""stackalign.bench.presets: the per-step statistics are the hand-computed ones, and recording changes nothing."""
+"""stackalign.bench.presets: per-step statistics equal hand-computed ones; recording changes nothing."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ trajectory (every live row at every step, each step weighted equally), what that
   gain          (max s - min s) / (max r - min r): the shaping's local gain; w * gain is the weight a vanilla
                 ARGS would need for the same spread (the "effective w"; rows with range r < 1e-9 skipped)
   b_eff         B_eff of the step
-  m_pos         (m - min r) / (max r - min r): where the threshold sits in the candidates' range (1 = at the best)
+  m_pos         (m - min r) / (max r - min r): where the threshold sits in the candidates' range
+                (1 = at the best candidate)
   above         share of the k candidates with r >= m (r > m for a strict preset)
   flip_policy   share of steps whose fused argmax differs from the policy's argmax (top logit)
   flip_vanilla  share of steps whose fused argmax differs from vanilla ARGS's argmax *at the same state*
@@ -22,8 +23,8 @@ trajectory (every live row at every step, each step weighted equally), what that
 Run: ``python -m stackalign.bench.presets recipes/presets-sweep.yaml [world=...] [prompts.limit=...]``
 (every ``args`` method of the recipe is decoded once with a recording wrapper around its shaper; the
 decoding is the runner's own, so the texts equal the run's: the printed gold mean is checkable against the
-run's summary.json). ``--test LABEL=DIR ... [--val LABEL=DIR ...] [--gains LABEL=FILE ...]`` instead prints the sweep tables of
-finished runs (see :func:`sweep_tables`).
+run's summary.json). ``--test LABEL=DIR ... [--val LABEL=DIR ...] [--gains LABEL=FILE ...]`` instead
+prints the sweep tables of finished runs (see :func:`sweep_tables`).
 """
 
 from __future__ import annotations
@@ -149,13 +150,17 @@ def _fmt(x: float, nd: int = 2) -> str:
 
 def diagnostic_table(results: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`diagnose`'s output."""
-    head = "| method | w | gold | logit range | logit gap | w·range r | w·range s | gain | w·gain | B_eff | m pos | above | flip vs policy | flip vs ARGS |"
+    head = (
+        "| method | w | gold | logit range | logit gap | w·range r | w·range s | gain | w·gain | B_eff | m pos "
+        "| above | flip vs policy | flip vs ARGS |"
+    )
     lines = [head, "|" + "---|" * 2 + "---:|" * 12]
     for r in results:
         lines.append(
-            f"| {r['method']} | {r['w']:g} | {_fmt(r.get('gold', math.nan), 3)} | {_fmt(r['logit_range'])} | {_fmt(r['logit_gap'])} | "
-            f"{_fmt(r['w_r_range'])} | {_fmt(r['w_s_range'])} | {_fmt(r['gain'])} | {_fmt(r['w'] * r['gain'])} | "
-            f"{_fmt(r['b_eff'])} | {_fmt(r['m_pos'])} | {_fmt(r['above'])} | {_fmt(100 * r['flip_policy'], 0)}% | "
+            f"| {r['method']} | {r['w']:g} | {_fmt(r.get('gold', math.nan), 3)} | {_fmt(r['logit_range'])} "
+            f"| {_fmt(r['logit_gap'])} | {_fmt(r['w_r_range'])} | {_fmt(r['w_s_range'])} | {_fmt(r['gain'])} "
+            f"| {_fmt(r['w'] * r['gain'])} | {_fmt(r['b_eff'])} | {_fmt(r['m_pos'])} | {_fmt(r['above'])} "
+            f"| {_fmt(100 * r['flip_policy'], 0)}% | "
             f"{_fmt(100 * r['flip_vanilla'], 0)}% |"
         )
     return "\n".join(lines)
@@ -194,14 +199,17 @@ def sweep_tables(
     val: dict[str, str | Path] | None = None,
     gains: dict[str, str | Path] | None = None,
     sweep: tuple[str, ...] = ("0.25", "1", "4", "16"),
+    vanilla: str = "ARGS",
 ) -> str:
-    """Markdown tables from finished runs of recipes/presets-sweep.yaml, ``{world label: run dir}`` each.
+    """Markdown tables from finished runs of recipes/presets-sweep.yaml (or presets-sweep-bon.yaml with
+    ``vanilla="Soft-BoN"``), ``{world label: run dir}`` each; methods are named ``NAME@w=W``.
 
-    1. every shaped method's paired gold difference against vanilla ARGS at the same w [95% CI];
+    1. every shaped method's paired gold difference against the vanilla method at the same w [95% CI];
     2. with ``val``: each method at its own best w chosen on the validation run, its test gold and its paired
-       difference against vanilla ARGS at *its* validation-best w;
-    3. with ``gains`` (``{world: diagnose --json file}``): each shaped method against vanilla ARGS at the grid
-       weight nearest its effective weight w * gain, with the share of prompts where both wrote the same text.
+       difference against the vanilla method at *its* validation-best w;
+    3. with ``gains`` (``{world: diagnose --json file}``): each shaped method against the vanilla method at
+       the grid weight nearest its effective weight w * gain, with the share of prompts where both wrote the
+       same text.
     """
     runs = {k: _load(v) for k, v in test.items()}
     worlds = list(runs)
@@ -212,7 +220,8 @@ def sweep_tables(
         if b not in bases and w in sweep:
             bases.append(b)
     out = [
-        "Gold of vanilla ARGS, and each shaped method's paired gold difference against vanilla ARGS at the same "
+        "Gold of the vanilla method, and each shaped method's paired gold difference against the vanilla "
+        "method at the same "
         "w, mean [95% CI] (`+`/`−` significant, `=` not):",
         "",
         "| method | w | " + " | ".join(worlds) + " |",
@@ -223,14 +232,14 @@ def sweep_tables(
             cells = []
             for wd in worlds:
                 s = runs[wd][0][f"{b}@w={w}"]
-                cells.append(f"gold {_gold_cell(s)}" if b == "ARGS" else _diff_cell(s, f"ARGS@w={w}"))
+                cells.append(f"gold {_gold_cell(s)}" if b == vanilla else _diff_cell(s, f"{vanilla}@w={w}"))
             out.append(f"| {b} | {w} | " + " | ".join(cells) + " |")
     if val:
         vals = {k: json.loads((Path(v) / "summary.json").read_text())["methods"] for k, v in val.items()}
         out += [
             "",
             "Each method at its own best w, chosen on validation prompts: test gold [95% CI] (w), and the paired "
-            "difference against vanilla ARGS at its own validation-best w:",
+            "difference against the vanilla method at its own validation-best w:",
             "",
             "| method | " + " | ".join(worlds) + " |",
             "|---|" + "---:|" * len(worlds),
@@ -239,18 +248,19 @@ def sweep_tables(
             cells = []
             for wd in worlds:
                 best = max(sweep, key=lambda w, wd=wd, b=b: vals[wd][f"{b}@w={w}"]["gold_reward"])
-                args_best = max(sweep, key=lambda w, wd=wd: vals[wd][f"ARGS@w={w}"]["gold_reward"])
+                args_best = max(sweep, key=lambda w, wd=wd: vals[wd][f"{vanilla}@w={w}"]["gold_reward"])
                 s = runs[wd][0][f"{b}@w={best}"]
                 cell = f"{_gold_cell(s)} (w={best})"
-                if b != "ARGS":
-                    cell += f"; {_diff_cell(s, f'ARGS@w={args_best}')}"
+                if b != vanilla:
+                    cell += f"; {_diff_cell(s, f'{vanilla}@w={args_best}')}"
                 cells.append(cell)
             out.append(f"| {b} | " + " | ".join(cells) + " |")
     if gains:
-        grid = {float(_split(n)[1]): n for n in names if _split(n)[0] == "ARGS"}
+        grid = {float(_split(n)[1]): n for n in names if _split(n)[0] == vanilla}
         out += [
             "",
-            "Each shaped method against vanilla ARGS at the grid weight w' nearest (in log scale) its effective weight "
+            "Each shaped method against the vanilla method at the grid weight w' nearest (in log scale) its "
+            "effective weight "
             "w * gain: paired gold difference [95% CI], and the share of prompts with identical responses:",
             "",
             "| method | w | " + " | ".join(worlds) + " |",
@@ -258,7 +268,7 @@ def sweep_tables(
         ]
         diag = {k: {r["method"]: r for r in json.loads(Path(v).read_text())} for k, v in gains.items()}
         for b in bases:
-            if b == "ARGS":
+            if b == vanilla:
                 continue
             for w in sweep:
                 cells = []
@@ -285,13 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("recipe", nargs="?", default=None, help="run recipe whose args methods are diagnosed")
     ap.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     ap.add_argument(
-        "--summaries", nargs="+", default=None, help="LABEL=RUN_DIR: print the sweep tables instead"
+        "--test", nargs="+", default=None, help="LABEL=RUN_DIR of test runs: print the sweep tables"
     )
+    ap.add_argument("--val", nargs="+", default=None, help="LABEL=RUN_DIR of the validation runs (choose w)")
+    ap.add_argument("--gains", nargs="+", default=None, help="LABEL=FILE of this module's --json output")
+    ap.add_argument("--vanilla", default="ARGS", help="name of the vanilla method in the runs (default ARGS)")
     ap.add_argument("--json", action="store_true", help="print the diagnostics as JSON")
     a = ap.parse_args(argv)
     if a.test:
         pairs = lambda xs: dict(x.split("=", 1) for x in xs) if xs else None  # noqa: E731
-        print(sweep_tables(pairs(a.test), pairs(a.val), pairs(a.gains)))
+        print(sweep_tables(pairs(a.test), pairs(a.val), pairs(a.gains), vanilla=a.vanilla))
         return 0
     if a.recipe is None:
         ap.error("a recipe (or --test) is required")
