@@ -31,6 +31,7 @@ def test_vanilla_statistics_by_hand():
     # fused = 0, -0.5, -2: argmax stays at candidate 0, and vanilla cannot differ from itself
     assert s["flip_policy"] == 0.0 and s["flip_vanilla"] == 0.0
     assert math.isnan(s["m_pos"]) and math.isnan(s["b_eff"])  # vanilla has no threshold
+    assert s["regret"] == pytest.approx(1.0)  # candidate 0 has the lowest reward
 
 
 def test_paper_preset_at_large_weight_puts_threshold_at_best_candidate():
@@ -47,6 +48,7 @@ def test_paper_preset_at_large_weight_puts_threshold_at_best_candidate():
     assert s["gain"] == pytest.approx(spread / 2.0)
     assert s["w_s_range"] == pytest.approx(4.0 * spread)
     assert s["flip_policy"] == 1.0 and s["flip_vanilla"] == 0.0
+    assert s["regret"] == 0.0
 
 
 def test_hard_official_args_statistics_by_hand():
@@ -67,6 +69,7 @@ def test_hard_official_args_statistics_by_hand():
     assert s["above"] == pytest.approx(2 / 3)
     assert s["m_pos"] == pytest.approx(m / 1.6)
     assert s["flip_policy"] == 1.0 and s["flip_vanilla"] == 1.0
+    assert s["regret"] == pytest.approx(0.5)  # candidate 1 (reward 0.8 of the range 1.6) is chosen
 
 
 @pytest.mark.parametrize("preset", [None, "paper", "official-args"])

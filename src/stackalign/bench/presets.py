@@ -19,6 +19,8 @@ trajectory (every live row at every step, each step weighted equally), what that
   flip_policy   share of steps whose fused argmax differs from the policy's argmax (top logit)
   flip_vanilla  share of steps whose fused argmax differs from vanilla ARGS's argmax *at the same state*
                 (``argmax l + w r``): how often the shaping changes ARGS's decision
+  regret        (max r - r_chosen) / (max r - min r): how far below the best candidate's reward the chosen
+                token's reward is, in units of the step's range (0 = the reward-best candidate)
 
 Run: ``python -m stackalign.bench.presets recipes/presets-sweep.yaml [world=...] [prompts.limit=...]``
 (every ``args`` method of the recipe is decoded once with a recording wrapper around its shaper; the
@@ -54,6 +56,7 @@ STATS = (
     "above",
     "flip_policy",
     "flip_vanilla",
+    "regret",
 )
 
 
@@ -101,6 +104,8 @@ class StepRecorder:
         vanilla_j = (logw + self.w * rewards).argmax(-1)
         self._add("flip_policy", (fused_j != policy_j).double())
         self._add("flip_vanilla", (fused_j != vanilla_j).double())
+        chosen_r = rewards.gather(-1, fused_j.unsqueeze(-1)).squeeze(-1)
+        self._add("regret", ((r_hi - chosen_r)[ok] / r_range[ok]))
         if inner.kind in ("hard", "srs"):
             self._add("b_eff", effective_budget(rewards, inner.B, inner.budget_stretch))
             m = threshold if threshold is not None else inner.threshold(rewards, weights)
@@ -152,16 +157,16 @@ def diagnostic_table(results: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`diagnose`'s output."""
     head = (
         "| method | w | gold | logit range | logit gap | w·range r | w·range s | gain | w·gain | B_eff | m pos "
-        "| above | flip vs policy | flip vs ARGS |"
+        "| above | flip vs policy | flip vs ARGS | regret |"
     )
-    lines = [head, "|" + "---|" * 2 + "---:|" * 12]
+    lines = [head, "|" + "---|" * 2 + "---:|" * 13]
     for r in results:
         lines.append(
             f"| {r['method']} | {r['w']:g} | {_fmt(r.get('gold', math.nan), 3)} | {_fmt(r['logit_range'])} "
             f"| {_fmt(r['logit_gap'])} | {_fmt(r['w_r_range'])} | {_fmt(r['w_s_range'])} | {_fmt(r['gain'])} "
             f"| {_fmt(r['w'] * r['gain'])} | {_fmt(r['b_eff'])} | {_fmt(r['m_pos'])} | {_fmt(r['above'])} "
             f"| {_fmt(100 * r['flip_policy'], 0)}% | "
-            f"{_fmt(100 * r['flip_vanilla'], 0)}% |"
+            f"{_fmt(100 * r['flip_vanilla'], 0)}% | {_fmt(r['regret'])} |"
         )
     return "\n".join(lines)
 
