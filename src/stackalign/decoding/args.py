@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from stackalign.decoding.common import (
@@ -58,6 +59,8 @@ from stackalign.decoding.rm_cache import (
 )
 from stackalign.decoding.sampling import lm_forward
 from stackalign.shaping.resolve import describe_shaper, resolve_shaper
+from stackalign.shaping.shapers import Shaper
+from stackalign.shaping.threshold import ALL_PAIRS_MAX_N
 
 Tensor = torch.Tensor
 
@@ -368,9 +371,14 @@ def _decode_batch(
     rows = LiveRows(R, T, pad, device)
     k = config.k
     apply = getattr(shaper, "apply", None)  # a stackalign Shaper: the unchecked fast path
+    # On the CPU a stock Shaper shapes the k candidates in NumPy (the same code, see ``Shaper.apply``): each
+    # of the threshold's ~30 tiny operations costs a fraction of a torch op there, and nothing crosses a device.
+    cpu = torch.device(device).type == "cpu"
+    on_host = cpu and type(shaper) is Shaper and (k <= ALL_PAIRS_MAX_N or not shaper.uses_threshold)
     bad_reward = torch.zeros((), dtype=torch.bool, device=device)
     if m is not None:
         m = m.to(device)
+    m_host = None if m is None or not on_host else m.numpy()
     # The policy's state between steps; ``select`` and ``feed`` replace its entries.
     state = {"logits": logits, "mask": mask, "cache": cache}
 
@@ -379,12 +387,22 @@ def _decode_batch(
         nonlocal bad_reward
         top_logits, cands = state["logits"].topk(k, dim=-1)  # [R', k]
         rewards = scorer.score(cands).to(device)
-        # A NaN reward would be silently argmax'ed: flag it on the device (no host sync per step) and raise
+        # A NaN reward would be silently argmax'ed: flag it (on a GPU without a host sync per step) and raise
         # after the batch. The shaper's own input checks are skipped below (``apply``): the rewards are
         # checked here, and softmax weights are valid by construction.
-        bad_reward |= ~torch.isfinite(rewards).all()
+        if not cpu:
+            bad_reward |= ~torch.isfinite(rewards).all()
+        elif not np.isfinite(rewards.numpy()).all():
+            bad_reward = torch.ones((), dtype=torch.bool)
+            rewards = torch.zeros_like(rewards)  # keeps the shaping finite until the batch ends and raises
         if shaper is None:
             shaped = rewards
+        elif on_host:
+            x = top_logits.numpy().astype(np.float64)
+            e = np.exp(x - x.max(-1, keepdims=True))
+            m_live = None if m_host is None else m_host[rows.active.numpy()]
+            r = rewards.numpy().astype(np.float64)
+            shaped = torch.from_numpy(apply(r, e / e.sum(-1, keepdims=True), m_live).astype(np.float32))
         else:
             weights = top_logits.double().softmax(-1)
             m_live = None if m is None else m[rows.active]
