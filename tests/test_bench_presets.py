@@ -85,3 +85,55 @@ def test_recording_does_not_change_the_decoding(preset):
     recorded = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=rec)
     assert recorded.token_ids == plain.token_ids
     assert rec.counts["flip_policy"] == len(PROMPTS) * 8  # one record per live row and step
+
+
+def _fake_run(
+    path, golds: dict[str, float], paired: dict[str, dict[str, list[float]]], texts: dict[str, str]
+):
+    """A run directory with the summary.json / generations.jsonl fields sweep_tables reads."""
+    import json
+
+    path.mkdir()
+    methods = {
+        m: {"gold_reward": g, "ci": {"gold_reward": [g - 0.1, g + 0.1]}, "paired": paired.get(m, {})}
+        for m, g in golds.items()
+    }
+    (path / "summary.json").write_text(json.dumps({"methods": methods}))
+    rows = [{"method": m, "prompt_id": i, "response": texts[m] + str(i % 2)} for m in golds for i in range(4)]
+    (path / "generations.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_sweep_tables_pair_at_the_same_w_and_at_each_methods_validation_best(tmp_path):
+    import json
+
+    from stackalign.bench.presets import sweep_tables
+
+    diff = {"ARGS@w=1": {"gold_diff": [-0.5, -0.8, -0.2]}, "ARGS@w=4": {"gold_diff": [0.1, -0.1, 0.3]}}
+    paired = {
+        "S@w=1": diff,
+        "S@w=4": {
+            "ARGS@w=1": {"gold_diff": [-0.55, -0.75, -0.35]},
+            "ARGS@w=4": {"gold_diff": [0.25, 0.05, 0.45]},
+            "ARGS@w=16": {"gold_diff": [0.45, -0.05, 0.7]},
+        },
+    }
+    golds = {"ARGS@w=1": 1.0, "S@w=1": 0.5, "ARGS@w=4": 0.2, "S@w=4": 0.45, "ARGS@w=16": 0.0}
+    texts = {"ARGS@w=1": "a", "S@w=1": "b", "ARGS@w=4": "c", "S@w=4": "c", "ARGS@w=16": "c"}
+    _fake_run(tmp_path / "test", golds, paired, texts)
+    # validation: ARGS is best at w = 1, S at w = 4
+    _fake_run(tmp_path / "val", {**golds, "S@w=1": 0.1, "S@w=4": 0.9}, {}, texts)
+    (tmp_path / "diag.json").write_text(
+        json.dumps([{"method": "S@w=1", "gain": 1.2}, {"method": "S@w=4", "gain": 3.5}])
+    )
+    out = sweep_tables(
+        {"w0": tmp_path / "test"}, {"w0": tmp_path / "val"}, {"w0": tmp_path / "diag.json"}, sweep=("1", "4")
+    )
+    lines = out.splitlines()
+    assert "| S | 1 | -0.500 [-0.800, -0.200] − |" in lines  # paired against ARGS at the same w
+    assert "| S | 4 | +0.250 [+0.050, +0.450] + |" in lines
+    assert "| ARGS | 1.000 [0.900, 1.100] (w=1) |" in lines  # own tuning: ARGS at its validation best
+    # S at its validation-best w = 4, paired against ARGS at ARGS's validation-best w = 1
+    assert "| S | 0.450 [0.350, 0.550] (w=4); -0.550 [-0.750, -0.350] − |" in lines
+    # effective weight: 1 * 1.2 -> w' = 1 (texts differ everywhere); 4 * 3.5 = 14 -> w' = 16 (same texts)
+    assert "| S | 1 | w'=1: -0.500 [-0.800, -0.200] −; same text 0% |" in lines
+    assert "| S | 4 | w'=16: +0.450 [-0.050, +0.700] =; same text 100% |" in lines
