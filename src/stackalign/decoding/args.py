@@ -371,48 +371,61 @@ def _decode_batch(
     rows = LiveRows(R, T, pad, device)
     k = config.k
     apply = getattr(shaper, "apply", None)  # a stackalign Shaper: the unchecked fast path
-    # On the CPU a stock Shaper shapes the k candidates in NumPy (the same code, see ``Shaper.apply``): each
-    # of the threshold's ~30 tiny operations costs a fraction of a torch op there, and nothing crosses a device.
+    # A stock Shaper shapes the k candidates on the host, in NumPy (the same code, see ``Shaper.apply``): each
+    # of the threshold's ~30 tiny operations costs a fraction of a torch op there, and on a GPU ~30 kernel
+    # launches become one small copy each way (the step loop syncs every step anyway to check for EOS).
     cpu = torch.device(device).type == "cpu"
-    on_host = cpu and type(shaper) is Shaper and (k <= ALL_PAIRS_MAX_N or not shaper.uses_threshold)
+    on_host = type(shaper) is Shaper and (k <= ALL_PAIRS_MAX_N or not shaper.uses_threshold)
     bad_reward = torch.zeros((), dtype=torch.bool, device=device)
     if m is not None:
         m = m.to(device)
-    m_host = None if m is None or not on_host else m.numpy()
+    m_host = None if m is None or not on_host else m.cpu().numpy()
     # The policy's state between steps; ``select`` and ``feed`` replace its entries.
     state = {"logits": logits, "mask": mask, "cache": cache}
 
-    def choose(step: int) -> Tensor:
-        """Score the top-k candidates of every live row, fuse, pick one token per row."""
+    def flag_bad(rewards: Tensor) -> None:
+        """A NaN reward would be silently argmax'ed: flag it (on a GPU without a host sync) and raise after
+        the batch. The shaper's own input checks are skipped (``apply``): the rewards are checked here, and
+        softmax weights are valid by construction."""
         nonlocal bad_reward
-        top_logits, cands = state["logits"].topk(k, dim=-1)  # [R', k]
-        rewards = scorer.score(cands).to(device)
-        # A NaN reward would be silently argmax'ed: flag it (on a GPU without a host sync per step) and raise
-        # after the batch. The shaper's own input checks are skipped below (``apply``): the rewards are
-        # checked here, and softmax weights are valid by construction.
         if not cpu:
             bad_reward |= ~torch.isfinite(rewards).all()
         elif not np.isfinite(rewards.numpy()).all():
             bad_reward = torch.ones((), dtype=torch.bool)
-            rewards = torch.zeros_like(rewards)  # keeps the shaping finite until the batch ends and raises
-        if shaper is None:
-            shaped = rewards
-        elif on_host:
-            x = top_logits.numpy().astype(np.float64)
-            e = np.exp(x - x.max(-1, keepdims=True))
-            m_live = None if m_host is None else m_host[rows.active.numpy()]
-            r = rewards.numpy().astype(np.float64)
-            shaped = torch.from_numpy(apply(r, e / e.sum(-1, keepdims=True), m_live).astype(np.float32))
+
+    def shape_on_host(top_logits: Tensor, rewards: Tensor) -> Tensor:
+        """The shaped rewards [R', k], computed in NumPy float64 from one host copy of logits and rewards."""
+        nonlocal bad_reward
+        x, r = torch.stack((top_logits, rewards)).to("cpu", torch.float64).numpy()
+        if not np.isfinite(r).all():
+            bad_reward = torch.ones((), dtype=torch.bool)
+            r = np.zeros_like(r)  # keeps the shaping finite until the batch ends and raises
+        e = np.exp(x - x.max(-1, keepdims=True))
+        m_live = None if m_host is None else m_host[rows.active.cpu().numpy()]
+        shaped = torch.from_numpy(apply(r, e / e.sum(-1, keepdims=True), m_live))
+        return shaped.to(device, top_logits.dtype)
+
+    def shape_on_device(top_logits: Tensor, rewards: Tensor) -> Tensor:
+        """The shaped rewards [R', k] with torch on the decoding device (any shaping callable)."""
+        weights = top_logits.double().softmax(-1)
+        m_live = None if m is None else m[rows.active]
+        if apply is not None:
+            shaped = apply(rewards.double(), weights, m_live)
+        elif m_live is None:
+            shaped = shaper(rewards, weights)
         else:
-            weights = top_logits.double().softmax(-1)
-            m_live = None if m is None else m[rows.active]
-            if apply is not None:
-                shaped = apply(rewards.double(), weights, m_live)
-            elif m_live is None:
-                shaped = shaper(rewards, weights)
-            else:
-                shaped = shaper(rewards, weights, threshold=m_live)
-            shaped = torch.as_tensor(shaped, device=device).to(top_logits.dtype)
+            shaped = shaper(rewards, weights, threshold=m_live)
+        return torch.as_tensor(shaped, device=device).to(top_logits.dtype)
+
+    def choose(step: int) -> Tensor:
+        """Score the top-k candidates of every live row, fuse, pick one token per row."""
+        top_logits, cands = state["logits"].topk(k, dim=-1)  # [R', k]
+        rewards = scorer.score(cands).to(device)
+        if on_host:
+            shaped = shape_on_host(top_logits, rewards)
+        else:
+            flag_bad(rewards)
+            shaped = rewards if shaper is None else shape_on_device(top_logits, rewards)
         fused = top_logits + w * shaped
         if gens is None:
             j = fused.argmax(-1)
