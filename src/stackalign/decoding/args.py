@@ -64,7 +64,7 @@ from stackalign.shaping.threshold import ALL_PAIRS_MAX_N
 
 Tensor = torch.Tensor
 
-__all__ = ["ARGSConfig", "args_generate", "make_scorer"]
+__all__ = ["ARGSConfig", "args_generate", "make_scorer", "shape_on_host", "shapes_on_host"]
 
 RM_MODES = ("auto", "fast", "reference", "text")
 RM_CACHES = ("auto", "tree", "repeat")
@@ -147,6 +147,29 @@ class ARGSConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+
+
+def shapes_on_host(shaper: Any, k: int) -> bool:
+    """Whether ARGS shapes its k candidates per step on the host: a stock :class:`Shaper` runs the same
+    code on NumPy arrays (``Shaper.apply``), where each of the threshold's ~30 tiny operations costs a
+    fraction of a torch op, and on a GPU ~30 kernel launches become one small copy each way (the step loop
+    reads every step's choice on the host anyway). Other shaping callables stay on the device."""
+    return type(shaper) is Shaper and (k <= ALL_PAIRS_MAX_N or not shaper.uses_threshold)
+
+
+def shape_on_host(
+    shaper: Shaper, top_logits: Tensor, rewards: Tensor, thresholds: np.ndarray | None = None
+) -> tuple[Tensor, bool]:
+    """Shaped rewards [R, k] of the candidates (weights = softmax of their logits, float64, as on the device),
+    returned on ``top_logits``' device and dtype, and whether every reward was finite (non-finite rewards are
+    shaped as zeros: the caller raises). ``thresholds``: None (per-step m*) or one float64 per row."""
+    x, r = torch.stack((top_logits, rewards)).to("cpu", torch.float64).numpy()
+    finite = bool(np.isfinite(r).all())
+    if not finite:
+        r = np.zeros_like(r)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    shaped = torch.from_numpy(shaper.apply(r, e / e.sum(-1, keepdims=True), thresholds))
+    return shaped.to(top_logits.device, top_logits.dtype), finite
 
 
 def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
@@ -371,11 +394,8 @@ def _decode_batch(
     rows = LiveRows(R, T, pad, device)
     k = config.k
     apply = getattr(shaper, "apply", None)  # a stackalign Shaper: the unchecked fast path
-    # A stock Shaper shapes the k candidates on the host, in NumPy (the same code, see ``Shaper.apply``): each
-    # of the threshold's ~30 tiny operations costs a fraction of a torch op there, and on a GPU ~30 kernel
-    # launches become one small copy each way (the step loop syncs every step anyway to check for EOS).
     cpu = torch.device(device).type == "cpu"
-    on_host = type(shaper) is Shaper and (k <= ALL_PAIRS_MAX_N or not shaper.uses_threshold)
+    on_host = shapes_on_host(shaper, k)
     bad_reward = torch.zeros((), dtype=torch.bool, device=device)
     if m is not None:
         m = m.to(device)
@@ -393,18 +413,6 @@ def _decode_batch(
         elif not np.isfinite(rewards.numpy()).all():
             bad_reward = torch.ones((), dtype=torch.bool)
 
-    def shape_on_host(top_logits: Tensor, rewards: Tensor) -> Tensor:
-        """The shaped rewards [R', k], computed in NumPy float64 from one host copy of logits and rewards."""
-        nonlocal bad_reward
-        x, r = torch.stack((top_logits, rewards)).to("cpu", torch.float64).numpy()
-        if not np.isfinite(r).all():
-            bad_reward = torch.ones((), dtype=torch.bool)
-            r = np.zeros_like(r)  # keeps the shaping finite until the batch ends and raises
-        e = np.exp(x - x.max(-1, keepdims=True))
-        m_live = None if m_host is None else m_host[rows.active.cpu().numpy()]
-        shaped = torch.from_numpy(apply(r, e / e.sum(-1, keepdims=True), m_live))
-        return shaped.to(device, top_logits.dtype)
-
     def shape_on_device(top_logits: Tensor, rewards: Tensor) -> Tensor:
         """The shaped rewards [R', k] with torch on the decoding device (any shaping callable)."""
         weights = top_logits.double().softmax(-1)
@@ -419,10 +427,14 @@ def _decode_batch(
 
     def choose(step: int) -> Tensor:
         """Score the top-k candidates of every live row, fuse, pick one token per row."""
+        nonlocal bad_reward
         top_logits, cands = state["logits"].topk(k, dim=-1)  # [R', k]
         rewards = scorer.score(cands).to(device)
         if on_host:
-            shaped = shape_on_host(top_logits, rewards)
+            m_live = None if m_host is None else m_host[rows.active.cpu().numpy()]
+            shaped, finite = shape_on_host(shaper, top_logits, rewards, m_live)
+            if not finite:
+                bad_reward = torch.ones((), dtype=torch.bool)
         else:
             flag_bad(rewards)
             shaped = rewards if shaper is None else shape_on_device(top_logits, rewards)
