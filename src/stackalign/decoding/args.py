@@ -163,13 +163,13 @@ def shape_on_host(
     """Shaped rewards [R, k] of the candidates (weights = softmax of their logits, float64, as on the device),
     returned on ``top_logits``' device and dtype, and whether every reward was finite (non-finite rewards are
     shaped as zeros: the caller raises). ``thresholds``: None (per-step m*) or one float64 per row."""
-    x, r = torch.stack((top_logits, rewards)).to("cpu", torch.float64).numpy()
+    x, r = torch.stack((top_logits, rewards.to(top_logits.dtype))).cpu().numpy().astype(np.float64)
     finite = bool(np.isfinite(r).all())
     if not finite:
         r = np.zeros_like(r)
     e = np.exp(x - x.max(-1, keepdims=True))
-    shaped = torch.from_numpy(shaper.apply(r, e / e.sum(-1, keepdims=True), thresholds))
-    return shaped.to(top_logits.device, top_logits.dtype), finite
+    shaped = shaper.apply(r, e / e.sum(-1, keepdims=True), thresholds).astype(np.float32)
+    return torch.from_numpy(shaped).to(top_logits.device, top_logits.dtype), finite
 
 
 def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
