@@ -5,7 +5,10 @@ Builds (or reuses) the default sandbox world, then follows the paper's protocol:
      reward (the last value before reward hacking sets in);
   2. fix that 1/beta for every method (ARGS' w and CD's lambda), and run the packaged `sandbox.yaml` recipe
      (base, Best-of-N, ARGS, SRS-ARGS, Minmax-ARGS, Meanstd-ARGS, CD, SRS-CD) on the test prompts;
-  3. print the results table; report.md, summary.json and the plots are in the output directory.
+  3. print the results table; report.md, summary.json and the plots are in the output directory;
+  4. the other protocol — a user tunes the method they deploy: each swept method at its own best 1/beta on
+     the same validation prompts (same criterion), decoded again on the test prompts where its best differs,
+     with its paired gold difference against the vanilla method at its own best (OUT/own-best/).
 `--quick` runs fewer prompts and sweep values. Re-running resumes: finished rows are not recomputed.
 """
 
@@ -52,6 +55,82 @@ def significance_sentence(summary: dict) -> str:
     if not parts:
         return "No SRS method in this run."
     return "Significance at 95% (interval excludes 0): " + "; ".join(parts) + "."
+
+
+def own_best_protocol(recipe, sweep: dict, out: Path, world) -> list[dict]:
+    """Each method the sweep ran at its own best 1/beta (``choose_value`` on its own validation numbers: the
+    paper's criterion, ties to the smaller value). Methods whose best is not the paper's chosen value are
+    decoded again on the test prompts into ``out/own-best``; the others reuse the main run's rows. Returns one
+    row per method: name, own value, test gold mean, and the paired gold difference (mean, lo, hi) against
+    the vanilla method at its own best, which is the chosen value by construction."""
+    from stackalign.evaluation.intervals import bootstrap_ci, paired_diff_ci
+    from stackalign.runner.recipe import recipe_from_dict
+    from stackalign.runner.run import execute
+    from stackalign.runner.sweep import WEIGHT_KEYS, choose_value
+    from stackalign.store import JsonlStore
+
+    per_value = {float(v): entry for v, entry in sweep["per_value"].items()}
+    swept = next(iter(per_value.values()))["methods"]
+    own = {name: choose_value(per_value, name)[0] for name in swept}
+    moved = [
+        f"methods.{i}.params.{WEIGHT_KEYS[m.decoder]}={own[m.name]}"
+        for i, m in enumerate(recipe.methods)
+        if m.name in own and own[m.name] != sweep["chosen"]
+    ]
+    keep = [m.name for m in recipe.methods if m.name in own and own[m.name] != sweep["chosen"]]
+
+    def golds(run_dir: Path) -> dict[str, list[float]]:
+        by: dict[str, list[tuple[int, float]]] = {}
+        for r in JsonlStore(run_dir / "generations.jsonl").rows:
+            by.setdefault(r["method"], []).append((r["prompt_id"], r["gold_reward"]))
+        return {k: [g for _, g in sorted(v)] for k, v in by.items()}
+
+    main_golds = golds(out)
+    own_golds = {}
+    if keep:
+        sub = recipe_from_dict(recipe.to_dict(), moved)
+        data = sub.to_dict()
+        data["methods"] = [m for m in data["methods"] if m["name"] in keep]
+        data["evaluation"] = {**data["evaluation"], "baselines": [], "coherence": None}
+        sub = recipe_from_dict(data, [])
+        print(
+            f"[demo] the other protocol: {', '.join(f'{n} at {own[n]:g}' for n in keep)} on the test prompts"
+        )
+        execute(sub, out / "own-best", world=world)
+        own_golds = golds(out / "own-best")
+    base = sweep["method"]
+    rows = []
+    for name in swept:
+        g = own_golds.get(name) or main_golds.get(name)
+        if g is None or any(v is None for v in g):
+            continue
+        ci = bootstrap_ci(g)
+        diff = None if name == base else paired_diff_ci(g, main_golds[base])
+        rows.append(
+            {"method": name, "value": own[name], "gold": sum(g) / len(g), "gold_ci": ci, "diff": diff}
+        )
+    return rows
+
+
+def format_own_best(rows: list[dict], sweep: dict) -> str:
+    """The own-best protocol as a table (gold with its 95% interval; paired difference against the vanilla
+    method at its own best, '+' / '-' when the interval excludes 0, '=' when it does not)."""
+    from stackalign.evaluation.summary import significance
+
+    key = sweep.get("weight_key", "1/beta")
+    lines = [
+        f"Each method at its own best {key} on the validation prompts (the paper's protocol fixes {key} = "
+        f"{sweep['chosen']:g}, {sweep['method']}'s best, for all):",
+        "",
+        f"| method | own best {key} | gold [95% CI] | gold − {sweep['method']} at its own best [95% CI] |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lo, hi = r["gold_ci"] or (float("nan"), float("nan"))
+        d = r["diff"]
+        diff = "-" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] {significance(d, 0.0)}"
+        lines.append(f"| {r['method']} | {r['value']:g} | {r['gold']:.3f} [{lo:.3f}, {hi:.3f}] | {diff} |")
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -102,6 +181,10 @@ def main(args: argparse.Namespace) -> int:
     print("\nPaired against each baseline (95% bootstrap intervals over prompts):\n")
     print(format_paired(summary, baselines=recipe.evaluation.baselines))
     print("\n" + significance_sentence(summary))
+
+    # 4. the other protocol: each swept method at its own best 1/beta on the same validation prompts
+    own = own_best_protocol(recipe, sweep, out, world)
+    print("\n" + format_own_best(own, sweep))
     print(
         f"\n[demo] done in {time.perf_counter() - t0:.0f} s. Report: {out}/report.md, plot: {out}/methods.png"
     )
