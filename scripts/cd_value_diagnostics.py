@@ -18,7 +18,8 @@ Target variants (rewards R of shape (P, N): P training prompts x N samples):
     hard       the same with a hard step at m*(x)
     srs-N5 / raw-N5     the first 5 of the N = 10 samples per prompt
     srs-100p / raw-100p the first 100 training prompts
-    raw-e60 / srs-e60   trained for up to 60 epochs instead of the recipe's 15 (early stopping as usual)
+    NAME-e{E}           any of the above trained for up to E epochs instead of the recipe's 15 (early
+                        stopping on the validation split as usual), e.g. raw-e60, srs-e60
 
 Usage (one world per call; ~3-4 min on one CPU thread):
     PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/cd_value_diagnostics.py --world default --out /tmp/cdv/default
@@ -95,8 +96,6 @@ def variants(train_rewards: torch.Tensor) -> dict:
         "srs-N5": (srs, allp, slice(0, 5), None),
         "raw-100p": (lambda r: r, slice(0, 100), alln, None),
         "srs-100p": (srs, slice(0, 100), alln, None),
-        "raw-e60": (lambda r: r, allp, alln, 60),
-        "srs-e60": (srs, allp, alln, 60),
     }
 
 
@@ -320,7 +319,11 @@ def main() -> None:
     print(f"{len(steps)} candidate steps ({time.perf_counter() - t0:.0f}s)", flush=True)
 
     vs = variants(R)
-    names = args.variants or list(vs)
+    names = args.variants or [*vs, "raw-e60", "srs-e60"]
+    for name in names:
+        if name not in vs:
+            base, _, e = name.rpartition("-e")
+            vs[name] = (*vs[base][:3], int(e))
     heads, rows = {}, {}
     for name in names:
         fn, ps, ns, epochs = vs[name]
@@ -367,7 +370,16 @@ def main() -> None:
         )
         print(json.dumps(table[-1]), flush=True)
     (out / "diagnostics.json").write_text(
-        json.dumps({"world": args.world, "stats": stats, "heads": rows, "decode": table}, indent=1)
+        json.dumps(
+            {
+                "world": args.world,
+                "stats": stats,
+                "heads": rows,
+                "decode": table,
+                "per_prompt_gold": {f"{n}@{lam:g}": g for (n, lam, *rest), g in dec.items() if not rest},
+            },
+            indent=1,
+        )
     )
     print(f"done in {time.perf_counter() - t0:.0f}s -> {out / 'diagnostics.json'}")
 
