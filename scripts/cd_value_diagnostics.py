@@ -20,6 +20,8 @@ Target variants (rewards R of shape (P, N): P training prompts x N samples):
     srs-100p / raw-100p the first 100 training prompts
     NAME-e{E}           any of the above trained for up to E epochs instead of the recipe's 15 (early
                         stopping on the validation split as usual), e.g. raw-e60, srs-e60
+    NAME-s{S}           trained with seed S instead of 42 (validation split, init, shuffling), e.g. srs-s1,
+                        raw-e60-s2: the spread a retrained head alone causes
 
 Usage (one world per call; ~3-4 min on one CPU thread):
     PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/cd_value_diagnostics.py --world default --out /tmp/cdv/default
@@ -76,8 +78,8 @@ def nanmean(xs: list[float]) -> float:
 
 
 def variants(train_rewards: torch.Tensor) -> dict:
-    """name -> (targets_fn(R) -> (P, N), prompt slice, sample slice, max_epochs or None). raw-z uses the
-    training set's mean and std."""
+    """name -> (targets_fn(R) -> (P, N), prompt slice, sample slice, ValueTrainConfig overrides). raw-z uses
+    the training set's mean and std."""
     mu, sd = float(train_rewards.mean()), float(train_rewards.std())
     srs = get_preset("official-cd", kind="srs")
     hard = get_preset("official-cd", kind="hard")
@@ -85,18 +87,34 @@ def variants(train_rewards: torch.Tensor) -> dict:
     meanstd = get_shaper("meanstd")
     allp, alln = slice(None), slice(None)
     return {
-        "raw": (lambda r: r, allp, alln, None),
-        "raw-z": (lambda r: (r - mu) / sd, allp, alln, None),
-        "raw-x4": (lambda r: 4.0 * r, allp, alln, None),
-        "meanstd": (meanstd, allp, alln, None),
-        "srs": (srs, allp, alln, None),
-        "meansoft": (soft_mean, allp, alln, None),
-        "hard": (hard, allp, alln, None),
-        "raw-N5": (lambda r: r, allp, slice(0, 5), None),
-        "srs-N5": (srs, allp, slice(0, 5), None),
-        "raw-100p": (lambda r: r, slice(0, 100), alln, None),
-        "srs-100p": (srs, slice(0, 100), alln, None),
+        "raw": (lambda r: r, allp, alln, {}),
+        "raw-z": (lambda r: (r - mu) / sd, allp, alln, {}),
+        "raw-x4": (lambda r: 4.0 * r, allp, alln, {}),
+        "meanstd": (meanstd, allp, alln, {}),
+        "srs": (srs, allp, alln, {}),
+        "meansoft": (soft_mean, allp, alln, {}),
+        "hard": (hard, allp, alln, {}),
+        "raw-N5": (lambda r: r, allp, slice(0, 5), {}),
+        "srs-N5": (srs, allp, slice(0, 5), {}),
+        "raw-100p": (lambda r: r, slice(0, 100), alln, {}),
+        "srs-100p": (srs, slice(0, 100), alln, {}),
     }
+
+
+def parse_variant(vs: dict, name: str) -> None:
+    """Add `name` = a known variant with suffixes -e{E} (max_epochs) and/or -s{S} (training seed: split,
+    init and shuffling), e.g. srs-e60-s1."""
+    if name in vs:
+        return
+    over, base = {}, name
+    while base not in vs:
+        stem, sep, num = max(base.rpartition("-e"), base.rpartition("-s"), key=lambda t: len(t[0]))
+        if not sep or not num.isdigit():
+            raise SystemExit(f"unknown variant {name!r}")
+        over.setdefault("max_epochs" if sep == "-e" else "seed", int(num))
+        base = stem
+    fn, ps, ns, o = vs[base]
+    vs[name] = (fn, ps, ns, {**o, **over})
 
 
 def examples(data: OfflineData, fn, ps: slice, ns: slice) -> list[CDExample]:
@@ -321,13 +339,11 @@ def main() -> None:
     vs = variants(R)
     names = args.variants or [*vs, "raw-e60", "srs-e60"]
     for name in names:
-        if name not in vs:
-            base, _, e = name.rpartition("-e")
-            vs[name] = (*vs[base][:3], int(e))
+        parse_variant(vs, name)
     heads, rows = {}, {}
     for name in names:
-        fn, ps, ns, epochs = vs[name]
-        vcfg = cp.value if epochs is None else dataclasses.replace(cp.value, max_epochs=epochs)
+        fn, ps, ns, over = vs[name]
+        vcfg = dataclasses.replace(cp.value, **over)
         res = train_value_head(ctx.policy, examples(train, fn, ps, ns), vcfg, progress=False)
         head = res.head
         heads[name] = head
