@@ -15,6 +15,9 @@ Target variants (rewards R of shape (P, N): P training prompts x N samples):
     meanstd    per prompt (r - mean r) / std r: prompt-centred, unbounded
     srs        the `official-cd` preset, B_eff * sigmoid(alpha (r - m*(x))) (SRS-CD)
     meansoft   the same with the prompt's mean as threshold
+    gsig       B_g * sigmoid(alpha (r - mean R)) with one global threshold and B_g = 2 x the mean prompt range
+               (SRS-CD's average B_eff): the saturation without the per-prompt threshold
+    meanstd-x2 2 x meanstd: prompt-centred and linear, with about SRS-CD's within-prompt spread
     hard       the same with a hard step at m*(x)
     srs-N5 / raw-N5     the first 5 of the N = 10 samples per prompt
     srs-100p / raw-100p the first 100 training prompts
@@ -86,6 +89,8 @@ def variants(train_rewards: torch.Tensor) -> dict:
     soft_mean = get_shaper("meansoft", B=srs.B, alpha=srs.alpha, budget_stretch=srs.budget_stretch)
     meanstd = get_shaper("meanstd")
     allp, alln = slice(None), slice(None)
+    # a global (not per-prompt) sigmoid with SRS-CD's average budget: saturation without the prompt's threshold
+    b_glob = float(2.0 * (train_rewards.amax(-1) - train_rewards.amin(-1)).mean().clamp(max=srs.B))
     return {
         "raw": (lambda r: r, allp, alln, {}),
         "raw-z": (lambda r: (r - mu) / sd, allp, alln, {}),
@@ -93,6 +98,8 @@ def variants(train_rewards: torch.Tensor) -> dict:
         "meanstd": (meanstd, allp, alln, {}),
         "srs": (srs, allp, alln, {}),
         "meansoft": (soft_mean, allp, alln, {}),
+        "gsig": (lambda r: b_glob * torch.sigmoid(srs.alpha * (r - mu)), allp, alln, {}),
+        "meanstd-x2": (lambda r: 2.0 * meanstd(r), allp, alln, {}),
         "hard": (hard, allp, alln, {}),
         "raw-N5": (lambda r: r, allp, slice(0, 5), {}),
         "srs-N5": (srs, allp, slice(0, 5), {}),
