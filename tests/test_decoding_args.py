@@ -12,7 +12,7 @@ from stackalign.decoding.args import ARGSConfig, args_generate, make_scorer
 from stackalign.decoding.common import GenerationConfig
 from stackalign.decoding.sampling import greedy
 from stackalign.models import CallableReward, RewardModel
-from stackalign.shaping import get_preset, get_shaper
+from stackalign.shaping import Shaper, get_preset, get_shaper
 
 NO_EOS = (9999,)
 GEN = GenerationConfig(max_new_tokens=12, eos_token_ids=NO_EOS)
@@ -271,3 +271,32 @@ def test_fast_mode_updates_the_reward_models_token_total():
         policy, tok, rm, PROMPTS, ARGSConfig(k=3, rm_mode="fast"), GenerationConfig(max_new_tokens=3)
     )
     assert rm.n_tokens_scored - before == res.cost.rm_tokens > 0
+
+
+class _TorchPathShaper(Shaper):
+    """The same shaper, but not the stock class: ARGS keeps it on the torch path (no host shortcut)."""
+
+
+@pytest.mark.parametrize("mode", ["greedy", "stochastic"])
+@pytest.mark.parametrize("preset", ["official-args", "paper"])
+def test_cpu_host_shaping_picks_the_torch_paths_tokens(mode, preset):
+    """On the CPU, SRS-ARGS shapes the k candidates in NumPy; the tokens equal the torch path's, with the
+    per-step threshold and with per-prompt thresholds."""
+    policy, rm, tok = make_models("llama")
+    host = get_preset(preset)
+    torch_path = _TorchPathShaper(**{f: getattr(host, f) for f in host.__dataclass_fields__})
+    cfg = ARGSConfig(mode=mode, temperature=1.0, rm_mode="fast")
+    gen = GenerationConfig(max_new_tokens=12, eos_token_ids=NO_EOS, seed=3)
+    for thresholds in (None, [-0.5, 0.0, 0.5]):
+        a = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=host, thresholds=thresholds)
+        b = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=torch_path, thresholds=thresholds)
+        assert a.token_ids == b.token_ids, (mode, preset, thresholds)
+
+
+def test_nan_reward_raises_after_the_batch_on_the_host_path():
+    policy, rm, tok = make_models("llama", seed=99)  # its own cached models: this test poisons the RM
+    with torch.no_grad():
+        rm.model.score.weight.fill_(float("nan"))
+    for shaper in (None, "srs"):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            args_generate(policy, tok, rm, PROMPTS[:1], ARGSConfig(k=3, rm_mode="fast"), GEN, shaper=shaper)

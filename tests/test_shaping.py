@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,8 +17,8 @@ from stackalign.games import (
     soft_threshold_reward,
     threshold_reward,
 )
-from stackalign.shaping import F_value, get_preset, get_shaper, stackelberg_threshold
-from stackalign.shaping.threshold import threshold_from_log_gamma
+from stackalign.shaping import SHAPERS, F_value, get_preset, get_shaper, stackelberg_threshold
+from stackalign.shaping.threshold import ALL_PAIRS_MAX_N, solve_threshold, threshold_from_log_gamma
 
 D = torch.float64
 BASE = torch.tensor([0.9, 0.1], dtype=D)
@@ -329,3 +330,47 @@ def test_property_srs_bounded_monotone_shift_equivariant(rewards, shift, B, alph
     m1 = stackelberg_threshold(r, B=B, beta=1.0)
     m2 = stackelberg_threshold(r + shift, B=B, beta=1.0)
     assert abs((m2 - m1).item() - shift) <= 1e-9 * (1 + abs(shift) + r.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", list(SHAPERS))
+@pytest.mark.parametrize("preset", [None, "official-args", "official-cd", "paper"])
+def test_apply_on_numpy_rows_equals_apply_on_tensors(kind, preset):
+    """The host path (NumPy arrays through the same Shaper.apply / threshold code) gives the torch path's
+    shaped rewards, ties, zero weights, huge B/beta and supplied thresholds included."""
+    if preset is not None and kind not in ("srs", "hard"):
+        pytest.skip("presets configure the threshold shapings")
+    shaper = (
+        get_preset(preset, kind=kind)
+        if preset
+        else get_shaper(kind, **({"B": 3.0, "beta": 0.7} if kind in ("srs", "hard") else {}))
+    )
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(64, 10, generator=g, dtype=torch.float64) * 3
+    r[0] = 1.0  # all tied
+    r[1, :5] = r[1, 5:]  # pairwise ties
+    w = torch.randn(64, 10, generator=g, dtype=torch.float64).mul(4).softmax(-1)
+    w[2, 3:] = 0.0  # zero-weight candidates
+    w[2] /= w[2].sum()
+    thresholds = [None] + (
+        [torch.randn(64, generator=g, dtype=torch.float64)] if shaper.uses_threshold else []
+    )
+    for m in thresholds:
+        ref = shaper.apply(r, w, m)
+        got = shaper.apply(r.numpy(), w.numpy(), None if m is None else m.numpy())
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12, atol=1e-12)
+    if shaper.uses_threshold:  # the solver alone, with B/beta up to 1e4 (1/gamma underflows to 0)
+        for lg in (1e-3, 1.0, 30.0, 1e4):
+            log_g = torch.full((64,), lg, dtype=torch.float64)
+            ref = solve_threshold(r, w, log_g)
+            got = solve_threshold(r.numpy(), w.numpy(), log_g.numpy())
+            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-13, atol=1e-13)
+
+
+def test_numpy_rows_are_limited_to_the_all_pairs_solver():
+    r = np.zeros((2, ALL_PAIRS_MAX_N + 1))
+    w = np.full_like(r, 1.0 / r.shape[-1])
+    with pytest.raises(ValueError, match="NumPy rows"):
+        solve_threshold(r, w, np.zeros(2))
+    with pytest.raises(ValueError, match="method: NumPy rows"):
+        solve_threshold(r[:, :4], w[:, :4], np.zeros(2), "bisect")

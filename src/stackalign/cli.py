@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="speed benchmarks (ratios measured in one process)")
     bench.add_argument("which", choices=["args", "cd", "generate", "sample", "ray"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--world", default=None, help="world directory (default: the cached default world)")
+    bench.add_argument(
+        "--world",
+        default=None,
+        help="world directory (default: the cached default world), tiny, or random:HIDDEN:LAYERS (a random Llama pair of that size)",
+    )
     bench.add_argument("--prompts", type=int, default=4, help="number of prompts")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument(

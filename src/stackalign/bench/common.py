@@ -10,9 +10,37 @@ __all__ = ["Clock", "load_models", "print_table", "row", "tiny_models"]
 
 def load_models(world: str | None, device: str = "cpu") -> tuple[Any, Any, Any, list[str], str]:
     """``(policy, tokenizer, reward_model, prompts, description)`` from a world directory, the cached
-    default world (``world=None``), or tiny random models (``world="tiny"``)."""
+    default world (``world=None``), tiny random models (``world="tiny"``), or a random Llama pair of a given
+    size (``world="random:HIDDEN:LAYERS"``, e.g. ``random:1024:16``: head size 64, MLP 8/3 x hidden, 4 query
+    heads per KV head), to see how the ratios move when the models are no longer toys."""
     if world == "tiny":
         return tiny_models(device) + ("tiny random Llama policy + reward model (no world)",)
+    if world is not None and world.startswith("random:"):
+        try:
+            hidden, layers = (int(v) for v in world.split(":")[1:])
+        except ValueError:
+            raise ValueError(
+                f"--world: expected random:HIDDEN:LAYERS (e.g. random:1024:16), got {world!r}"
+            ) from None
+        if hidden < 64 or hidden % 64 or layers < 1:
+            raise ValueError(f"--world {world}: HIDDEN must be a multiple of 64 and LAYERS >= 1")
+        heads = hidden // 64
+        sizes = dict(
+            hidden_size=hidden,
+            intermediate_size=hidden * 8 // 3,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 4),
+        )
+        policy, tok, rm, prompts = tiny_models(device, **sizes)
+        n = sum(p.numel() for p in policy.parameters())
+        return (
+            policy,
+            tok,
+            rm,
+            prompts,
+            f"random Llama pair, hidden {hidden}, {layers} layers ({n / 1e6:.0f}M params each)",
+        )
     from stackalign.worlds import default_world, load_world
 
     w = load_world(world) if world else default_world()
@@ -21,9 +49,10 @@ def load_models(world: str | None, device: str = "cpu") -> tuple[Any, Any, Any, 
     return policy, tok, rm, list(w.test_prompts), f"world {w.root}"
 
 
-def tiny_models(device: str = "cpu") -> tuple[Any, Any, Any, list[str]]:
-    """``(policy, tokenizer, reward_model, prompts)``: a random Llama pair (hidden 128, HF's default init) on
-    a 1024-token BPE vocabulary, from the builder the tests use (:mod:`stackalign.models.tiny`)."""
+def tiny_models(device: str = "cpu", **sizes: Any) -> tuple[Any, Any, Any, list[str]]:
+    """``(policy, tokenizer, reward_model, prompts)``: a random Llama pair (hidden 128 unless ``sizes`` say
+    otherwise, HF's default init) on a 1024-token BPE vocabulary, from the builder the tests use
+    (:mod:`stackalign.models.tiny`)."""
     from stackalign.models.tiny import bpe_tokenizer, tiny_pair
 
     texts = [
@@ -31,7 +60,7 @@ def tiny_models(device: str = "cpu") -> tuple[Any, Any, Any, list[str]]:
         for i in range(200)
     ]
     tok = bpe_tokenizer(texts, 1024)
-    sizes = dict(hidden_size=128, intermediate_size=384, num_key_value_heads=4)
+    sizes = sizes or dict(hidden_size=128, intermediate_size=384, num_key_value_heads=4)
     policy, rm = tiny_pair("llama", tok, init_std=0.02, device=device, **sizes)
     prompts = [f"User: tell me about topic {i} and question {3 * i}?\nAssistant:" for i in range(32)]
     return policy, tok, rm, prompts

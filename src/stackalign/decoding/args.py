@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from stackalign.decoding.common import (
@@ -58,10 +59,12 @@ from stackalign.decoding.rm_cache import (
 )
 from stackalign.decoding.sampling import lm_forward
 from stackalign.shaping.resolve import describe_shaper, resolve_shaper
+from stackalign.shaping.shapers import Shaper
+from stackalign.shaping.threshold import ALL_PAIRS_MAX_N
 
 Tensor = torch.Tensor
 
-__all__ = ["ARGSConfig", "args_generate", "make_scorer"]
+__all__ = ["ARGSConfig", "args_generate", "make_scorer", "shape_on_host", "shapes_on_host"]
 
 RM_MODES = ("auto", "fast", "reference", "text")
 RM_CACHES = ("auto", "tree", "repeat")
@@ -144,6 +147,29 @@ class ARGSConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+
+
+def shapes_on_host(shaper: Any, k: int) -> bool:
+    """Whether ARGS shapes its k candidates per step on the host: a stock :class:`Shaper` runs the same
+    code on NumPy arrays (``Shaper.apply``), where each of the threshold's ~30 tiny operations costs a
+    fraction of a torch op, and on a GPU ~30 kernel launches become one small copy each way (the step loop
+    reads every step's choice on the host anyway). Other shaping callables stay on the device."""
+    return type(shaper) is Shaper and (k <= ALL_PAIRS_MAX_N or not shaper.uses_threshold)
+
+
+def shape_on_host(
+    shaper: Shaper, top_logits: Tensor, rewards: Tensor, thresholds: np.ndarray | None = None
+) -> tuple[Tensor, bool]:
+    """Shaped rewards [R, k] of the candidates (weights = softmax of their logits, float64, as on the device),
+    returned on ``top_logits``' device and dtype, and whether every reward was finite (non-finite rewards are
+    shaped as zeros: the caller raises). ``thresholds``: None (per-step m*) or one float64 per row."""
+    x, r = torch.stack((top_logits, rewards.to(top_logits.dtype))).cpu().numpy().astype(np.float64)
+    finite = bool(np.isfinite(r).all())
+    if not finite:
+        r = np.zeros_like(r)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    shaped = shaper.apply(r, e / e.sum(-1, keepdims=True), thresholds).astype(np.float32)
+    return torch.from_numpy(shaped).to(top_logits.device, top_logits.dtype), finite
 
 
 def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
@@ -368,33 +394,50 @@ def _decode_batch(
     rows = LiveRows(R, T, pad, device)
     k = config.k
     apply = getattr(shaper, "apply", None)  # a stackalign Shaper: the unchecked fast path
+    cpu = torch.device(device).type == "cpu"
+    on_host = shapes_on_host(shaper, k)
     bad_reward = torch.zeros((), dtype=torch.bool, device=device)
     if m is not None:
         m = m.to(device)
+    m_host = None if m is None or not on_host else m.cpu().numpy()
     # The policy's state between steps; ``select`` and ``feed`` replace its entries.
     state = {"logits": logits, "mask": mask, "cache": cache}
+
+    def flag_bad(rewards: Tensor) -> None:
+        """A NaN reward would be silently argmax'ed: flag it (on a GPU without a host sync) and raise after
+        the batch. The shaper's own input checks are skipped (``apply``): the rewards are checked here, and
+        softmax weights are valid by construction."""
+        nonlocal bad_reward
+        if not cpu:
+            bad_reward |= ~torch.isfinite(rewards).all()
+        elif not np.isfinite(rewards.numpy()).all():
+            bad_reward = torch.ones((), dtype=torch.bool)
+
+    def shape_on_device(top_logits: Tensor, rewards: Tensor) -> Tensor:
+        """The shaped rewards [R', k] with torch on the decoding device (any shaping callable)."""
+        weights = top_logits.double().softmax(-1)
+        m_live = None if m is None else m[rows.active]
+        if apply is not None:
+            shaped = apply(rewards.double(), weights, m_live)
+        elif m_live is None:
+            shaped = shaper(rewards, weights)
+        else:
+            shaped = shaper(rewards, weights, threshold=m_live)
+        return torch.as_tensor(shaped, device=device).to(top_logits.dtype)
 
     def choose(step: int) -> Tensor:
         """Score the top-k candidates of every live row, fuse, pick one token per row."""
         nonlocal bad_reward
         top_logits, cands = state["logits"].topk(k, dim=-1)  # [R', k]
         rewards = scorer.score(cands).to(device)
-        # A NaN reward would be silently argmax'ed: flag it on the device (no host sync per step) and raise
-        # after the batch. The shaper's own input checks are skipped below (``apply``): the rewards are
-        # checked here, and softmax weights are valid by construction.
-        bad_reward |= ~torch.isfinite(rewards).all()
-        if shaper is None:
-            shaped = rewards
+        if on_host:
+            m_live = None if m_host is None else m_host[rows.active.cpu().numpy()]
+            shaped, finite = shape_on_host(shaper, top_logits, rewards, m_live)
+            if not finite:
+                bad_reward = torch.ones((), dtype=torch.bool)
         else:
-            weights = top_logits.double().softmax(-1)
-            m_live = None if m is None else m[rows.active]
-            if apply is not None:
-                shaped = apply(rewards.double(), weights, m_live)
-            elif m_live is None:
-                shaped = shaper(rewards, weights)
-            else:
-                shaped = shaper(rewards, weights, threshold=m_live)
-            shaped = torch.as_tensor(shaped, device=device).to(top_logits.dtype)
+            flag_bad(rewards)
+            shaped = rewards if shaper is None else shape_on_device(top_logits, rewards)
         fused = top_logits + w * shaped
         if gens is None:
             j = fused.argmax(-1)

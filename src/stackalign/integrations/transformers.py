@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from stackalign.decoding.args import shape_on_host, shapes_on_host
 from stackalign.decoding.common import Cost
 
 Tensor = torch.Tensor
@@ -152,7 +153,11 @@ class ARGSLogitsProcessor(_Base):
         rewards = self.scorer.score(cands).to(scores.device)
         if self.shaper is None:
             shaped = rewards
-        else:  # exactly as args_generate: weights = softmax of the candidates' logits (float64)
+        elif shapes_on_host(self.shaper, self.k):  # exactly as args_generate (and through the same function)
+            shaped, finite = shape_on_host(self.shaper, top_logits, rewards)
+            if not finite:
+                raise ValueError("the reward model returned NaN or infinite scores for some ARGS candidates")
+        else:  # any other shaping callable: weights = softmax of the candidates' logits (float64)
             shaped = self.shaper(rewards, top_logits.double().softmax(-1))
             shaped = torch.as_tensor(shaped, device=scores.device).to(top_logits.dtype)
         fused = top_logits + self.w * shaped

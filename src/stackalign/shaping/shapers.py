@@ -27,21 +27,31 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
-from stackalign.shaping.threshold import log_gamma, solve_threshold, validate_rewards
+from stackalign.shaping.threshold import Array, log_gamma, solve_threshold, validate_rewards
 
 Tensor = torch.Tensor
 
 __all__ = ["Shaper", "SHAPERS", "PARAMS_USED", "get_shaper", "effective_budget"]
 
 
-def effective_budget(rewards: Tensor, B: float, budget_stretch: float | None) -> Tensor:
-    """B_eff per row: B, or min(B, stretch * (max r - min r)) as in the official code. Shape (...)."""
+def effective_budget(rewards: Array, B: float, budget_stretch: float | None) -> Array:
+    """B_eff per row: B, or min(B, stretch * (max r - min r)) as in the official code. Shape (...).
+
+    ``rewards`` is a float64 tensor, or a NumPy array (the same formula on the host; see :meth:`Shaper.apply`)."""
+    xp = torch if isinstance(rewards, Tensor) else np
     if budget_stretch is None:
-        return torch.full(rewards.shape[:-1], float(B), dtype=torch.float64, device=rewards.device)
-    lo, hi = torch.aminmax(rewards, dim=-1)
-    return ((hi - lo) * budget_stretch).clamp_(max=float(B))
+        return xp.full_like(rewards[..., 0], float(B))
+    return ((xp.amax(rewards, -1) - xp.amin(rewards, -1)) * budget_stretch).clip(max=float(B))
+
+
+def _sigmoid(x: Array) -> Array:
+    """torch.sigmoid; on a NumPy array the same function as (1 + tanh(x / 2)) / 2, which cannot overflow."""
+    if isinstance(x, Tensor):
+        return torch.sigmoid(x)
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
 def _positive(name: str, value: float | None, allow_none: bool = False) -> None:
@@ -115,37 +125,41 @@ class Shaper:
                 raise ValueError("threshold: contains NaN or infinite values")
         return self.apply(rewards, weights, threshold)
 
-    def apply(self, rewards: Tensor, weights: Tensor, threshold: Tensor | None = None) -> Tensor:
+    def apply(self, rewards: Array, weights: Array, threshold: Array | None = None) -> Array:
         """:meth:`__call__` without the input checks, for a decoder's inner loop that has checked its inputs
         once: ``rewards`` float64 (..., N) and finite, ``weights`` float64 (..., N), non-negative, each row
-        summing to 1, ``threshold`` None or float64 (...) and finite. Returns float64 (..., N)."""
+        summing to 1, ``threshold`` None or float64 (...) and finite. Returns float64 (..., N).
+
+        The arguments may also be NumPy arrays (rows of N <= 64 for the threshold shapings): the same code
+        runs on them (``xp`` is torch or numpy; only operations both spell alike are used). A CPU decoder
+        shapes its k candidates per step that way, where each of the threshold's ~30 tiny operations costs
+        a fraction of a torch op."""
+        xp = torch if isinstance(rewards, Tensor) else np
         k = self.kind
         if k == "vanilla":
             return rewards
         if k == "meanstd":
-            std = rewards.std(-1, unbiased=False, keepdim=True).clamp(min=1e-6)
-            return (rewards - rewards.mean(-1, keepdim=True)) / std
+            centred = rewards - rewards.mean(-1)[..., None]
+            return centred / xp.sqrt((centred**2).mean(-1))[..., None].clip(min=1e-6)
         if k == "cap":
-            return (rewards - rewards.min(-1, keepdim=True).values).clamp(0.0, self.cap)
-        b_eff = effective_budget(rewards, self.B, self.budget_stretch).unsqueeze(-1)
+            return (rewards - xp.amin(rewards, -1)[..., None]).clip(0.0, self.cap)
+        b_eff = effective_budget(rewards, self.B, self.budget_stretch)[..., None]
         if k == "minmax":
-            low = rewards.min(-1, keepdim=True).values
-            spread = (rewards.max(-1, keepdim=True).values - low).clamp(min=1e-6)
+            low = xp.amin(rewards, -1)[..., None]
+            spread = (xp.amax(rewards, -1)[..., None] - low).clip(min=1e-6)
             return b_eff * (rewards - low) / spread
         if k == "meansoft":
-            return b_eff * torch.sigmoid(self.alpha * (rewards - rewards.mean(-1, keepdim=True)))
-        # hard / srs: the Stackelberg threshold of the row, or the one supplied per row.
+            return b_eff * _sigmoid(self.alpha * (rewards - rewards.mean(-1)[..., None]))
+        # hard / srs: the Stackelberg threshold of the row (Theorem 2), or the one supplied per row.
         if threshold is None:
-            m = solve_threshold(
-                rewards, weights, log_gamma(b_eff.squeeze(-1), self.beta, self.gamma_cap), self.method
-            )
+            lg = log_gamma(b_eff[..., 0], self.beta, self.gamma_cap)
+            m = solve_threshold(rewards, weights, lg, self.method)
         else:
             m = threshold
-        m = m.unsqueeze(-1)
-        if k == "hard":
-            above = rewards > m if self.strict else rewards >= m
-            return b_eff * above.to(torch.float64)
-        return b_eff * torch.sigmoid(self.alpha * (rewards - m))
+        m = m[..., None]
+        if k == "hard":  # Theorem 1: B_eff * 1[r >= m*]
+            return b_eff * ((rewards > m) if self.strict else (rewards >= m))
+        return b_eff * _sigmoid(self.alpha * (rewards - m))  # Theorem 3: B_eff * sigmoid(alpha (r - m*))
 
 
 SHAPERS = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")

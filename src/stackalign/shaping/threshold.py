@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
+Array = Tensor | np.ndarray  # torch on any device, or NumPy on the host (small rows only)
 
 ALL_PAIRS_MAX_N = 64  # rows up to this size use the loop-free (N x N) bracket search
 
@@ -70,12 +72,12 @@ def validate_rewards(rewards: Tensor, weights: Tensor | None = None) -> tuple[Te
     return rewards, weights
 
 
-def log_gamma(B: float | Tensor, beta: float, gamma_cap: float | None = None) -> Tensor | float:
+def log_gamma(B: float | Array, beta: float, gamma_cap: float | None = None) -> Array | float:
     """log(gamma) with gamma = min(exp(B / beta), gamma_cap), computed without forming exp(B / beta)."""
     lg = B / beta
     if gamma_cap is not None:
         cap = math.log(gamma_cap)
-        lg = torch.clamp(lg, max=cap) if isinstance(lg, Tensor) else min(lg, cap)
+        lg = lg.clip(max=cap) if isinstance(lg, Tensor | np.ndarray) else min(lg, cap)
     return lg
 
 
@@ -89,8 +91,13 @@ def F_value(m: Tensor, rewards: Tensor, weights: Tensor, log_g: Tensor | float) 
     return (weights * diff * above).sum(-1) + inv_gamma * (weights * diff * ~above).sum(-1)
 
 
-def _exact(rewards: Tensor, weights: Tensor, log_g: Tensor) -> Tensor:
-    inv_gamma = torch.exp(-log_g)  # shape (...)
+def _exact(rewards: Array, weights: Array, log_g: Array) -> Array:
+    """The "exact" solver. ``rewards``, ``weights`` (..., N) and ``log_g`` (...) are float64 torch tensors, or
+    NumPy arrays for rows of N <= ALL_PAIRS_MAX_N (a decoder's k candidates on the host, where a tiny NumPy op
+    costs a fraction of a torch op). Both kinds run the same code below: ``xp`` is torch or numpy, and only
+    operations the two spell alike are used (``xp.where``, ``xp.amax``, ``xp.exp``, ``xp.minimum``, ...)."""
+    xp = torch if isinstance(rewards, Tensor) else np
+    inv_gamma = xp.exp(-log_g)  # shape (...)
     n = rewards.shape[-1]
     # F is strictly decreasing: the root's bracket starts at m0 = the largest reward with F(m0) >= 0
     # (F(min r) >= 0 always, so m0 exists). F is evaluated directly, term by term (prefix sums would cancel
@@ -100,11 +107,14 @@ def _exact(rewards: Tensor, weights: Tensor, log_g: Tensor) -> Tensor:
         # sort and no loop; a decoding step calls this once per token, so every op counts. Only live
         # (positive-weight) rewards may be m0: zero-weight ones add nothing to F, and where 1/gamma underflows
         # F at a zero-weight reward above every live one would read 0 instead of a tiny negative number.
-        diff = rewards.unsqueeze(-2) - rewards.unsqueeze(-1)  # [..., j, i] = r_i - r_j
-        scale = torch.where(diff >= 0, 1.0, inv_gamma[..., None, None])
-        G = (weights.unsqueeze(-2) * diff * scale).sum(-1)  # gamma^-1 F(r_j), [..., j]
-        m0 = torch.where((G >= 0) & (weights > 0), rewards, -torch.inf).amax(-1, keepdim=True)
-        r_max = torch.where(weights > 0, rewards, -torch.inf).amax(-1)
+        live = weights > 0
+        diff = rewards[..., None, :] - rewards[..., :, None]  # [..., j, i] = r_i - r_j
+        scale = xp.where(diff >= 0, 1.0, inv_gamma[..., None, None])
+        G = (weights[..., None, :] * diff * scale).sum(-1)  # gamma^-1 F(r_j), [..., j]
+        m0 = xp.amax(xp.where((G >= 0) & live, rewards, -math.inf), -1)[..., None]
+        r_max = xp.amax(xp.where(live, rewards, -math.inf), -1)
+    elif xp is np:
+        raise ValueError(f"rewards: NumPy rows are solved for N <= {ALL_PAIRS_MAX_N} only, got N = {n}")
     else:
         # Zero-weight entries contribute nothing to F; move them onto the smallest live reward so that they
         # can neither be the bracket's lower end nor sit alone above it.
@@ -124,16 +134,16 @@ def _exact(rewards: Tensor, weights: Tensor, log_g: Tensor) -> Tensor:
         r_max = r_sorted[..., -1]
     # On that bracket S = {r > m0} is fixed and F is linear: F(m0 + d) = F(m0) - d * (sum_S p + sum_notS p / gamma)
     # (divided by gamma), so the root is m0 + F(m0) / slope.
-    above = rewards > m0
-    wd = torch.where(above, weights, weights * inv_gamma.unsqueeze(-1))  # p_i * gamma^{1[r_i > m0] - 1}
+    wd = xp.where(rewards > m0, weights, weights * inv_gamma[..., None])  # p_i * gamma^{1[r_i > m0] - 1}
     num = (wd * (rewards - m0)).sum(-1)
     den = wd.sum(-1)
-    m0 = m0.squeeze(-1)
+    m0 = m0[..., 0]
     # den = 0 only when S is empty and 1/gamma underflowed; S is empty only when m0 is the maximum, where
     # F(m0) >= 0 forces F(m0) = 0: the root is m0 itself.
-    m = torch.where(den > 0, m0 + num / torch.where(den > 0, den, 1.0), m0)
+    positive = den > 0
+    m = xp.where(positive, m0 + num / xp.where(positive, den, 1.0), m0)
     # Guard against round-off pushing m a hair outside its bracket.
-    return torch.minimum(m, r_max).maximum(m0)
+    return xp.maximum(xp.minimum(m, r_max), m0)
 
 
 def _bisect(rewards: Tensor, weights: Tensor, log_g: Tensor, iters: int = 100) -> Tensor:
@@ -160,9 +170,16 @@ def threshold_from_log_gamma(
     return solve_threshold(rewards, weights, log_g, method)
 
 
-def solve_threshold(rewards: Tensor, weights: Tensor, log_g: Tensor, method: str = "exact") -> Tensor:
+def solve_threshold(rewards: Array, weights: Array, log_g: Array, method: str = "exact") -> Array:
     """The solver behind `threshold_from_log_gamma`, for inputs already checked by `validate_rewards`
-    (float64 rewards, normalised weights) and a float64 log_g >= 0. Hot paths call it to validate once."""
+    (float64 rewards, normalised weights) and a float64 log_g >= 0. Hot paths call it to validate once.
+
+    NumPy arrays (rows of N <= ALL_PAIRS_MAX_N, ``log_g`` one per row, "exact" only) take the same code as
+    tensors: a decoder on the CPU shapes its k candidates per step on the host (see ``Shaper.apply``)."""
+    if not isinstance(rewards, Tensor):
+        if method != "exact":
+            raise ValueError(f"method: NumPy rows are solved by 'exact' only, got {method!r}")
+        return _exact(rewards, weights, log_g)
     log_g = log_g.expand(rewards.shape[:-1]) if log_g.dim() == 0 else log_g
     if method == "exact":
         return _exact(rewards, weights, log_g)

@@ -203,6 +203,7 @@ def rl_step(
     with torch.no_grad():
         ref_logp, _ = response_logprobs(reference, pids, rids, pad, temperature=gen_config.temperature)
     kl = kl_estimate(logp.detach(), ref_logp, mask, "k1").double().view(P, G)
+    shaped = shaped.to(kl.device)  # rewards come back on the host; the policy may sit on a GPU
     R = kl_in_reward(shaped, kl, cfg.kl_coef) if cfg.kl_placement == "reward" else shaped
     adv = advantages(R, cfg.baseline, cfg.baseline_constant).flatten()
     loss, parts = reinforce_loss(

@@ -134,7 +134,7 @@ def slhf_loss(
     """L_L + κ·L_F (module docstring) for one batch. ``*_logp`` carry gradients; ``*_ref_logp`` do not
     need to. ``s[i]`` = p(y_i ≻ y'_i): the leader's win probability against its follower."""
     b = leader_logp.shape[0]
-    s = check_judge(s, b).to(leader_logp.dtype)
+    s = check_judge(s, b).to(leader_logp.device, leader_logp.dtype)  # judges answer on the host
     lm, fm = leader_mask.to(leader_logp.dtype), follower_mask.to(follower_logp.dtype)
     with torch.no_grad():
         kl_l = (kl_estimate(leader_logp, leader_ref_logp, cfg.kl_estimator) * lm).sum(-1)
