@@ -60,3 +60,15 @@ def test_bench_generate_json(capsys):
     v = out["variants"]
     assert set(v) == {f"{a}_{b}" for a in ("vanilla", "srs") for b in ("args_generate", "generate")}
     assert v["vanilla_args_generate"]["rm_tokens"] > 0 and v["srs_generate"]["seconds"] > 0
+
+
+def test_bench_random_pair_of_a_given_size():
+    from stackalign.bench.common import load_models
+
+    policy, tok, rm, prompts, desc = load_models("random:128:3")
+    assert policy.config.hidden_size == rm.model.config.hidden_size == 128
+    assert policy.config.num_hidden_layers == 3 and policy.config.num_attention_heads == 2
+    assert "hidden 128, 3 layers" in desc and len(prompts) >= 16
+    for bad in ("random:100:2", "random:128", "random:128:0", "random:x:2"):
+        with pytest.raises(ValueError, match="random:HIDDEN:LAYERS|multiple of 64"):
+            load_models(bad)
