@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -277,6 +278,27 @@ def test_value_head_recompute_mode_matches_cached(tok):
     a = train_value_head(lm, ex, ValueTrainConfig(**base), progress=False)
     b = train_value_head(lm, ex, ValueTrainConfig(hidden_cache_mb=0.0, **base), progress=False)
     assert a.best_val_mse == pytest.approx(b.best_val_mse, rel=1e-3)
+
+
+def test_value_head_warns_when_stopped_while_still_improving(tok, tmp_path):
+    """A head whose best validation MSE is at the max_epochs cap is flagged (warning + saved metric); one that
+    early-stops is not. lr = 1e-15 keeps the validation MSE flat (changes far below the 1e-12 improvement
+    margin), so epoch 1 stays best and patience 1 stops training at epoch 2."""
+    lm = make_lm(tok, "llama")
+    ex = _known_target_examples(n_prompts=12, per_prompt=2)
+    base = dict(width=16, batch_size=8, val_fraction=0.25)
+    with pytest.warns(UserWarning, match="still improving at the last epoch"):
+        capped = train_value_head(
+            lm, ex, ValueTrainConfig(lr=1e-3, max_epochs=1, **base), out_dir=tmp_path, progress=False
+        )
+    assert capped.still_improving and capped.best_epoch == capped.epochs == 1
+    assert json.loads((tmp_path / "value_head.json").read_text())["metrics"]["still_improving"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flat = train_value_head(
+            lm, ex, ValueTrainConfig(lr=1e-15, max_epochs=10, patience=1, **base), progress=False
+        )
+    assert not flat.still_improving and (flat.best_epoch, flat.epochs) == (1, 2)
 
 
 def test_value_head_input_errors(tok):

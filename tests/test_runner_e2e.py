@@ -92,3 +92,42 @@ def test_changed_prompt_set_in_same_dir_is_refused(micro_world, tmp_path):
     edited = resolve_config(_recipe(micro_world), ["p0", "p1 edited"])
     with pytest.raises(RecipeError, match="prompt_set"):
         reconcile_run_dir(out, edited)
+
+
+def test_changed_cd_method_retrains_its_value_head(micro_world, tmp_path):
+    """`--restart-changed` after changing a CD method's value-head settings retrains the head instead of
+    reusing the stale one cached under the method's name; an unchanged rerun keeps it (same file)."""
+
+    def recipe(max_epochs):
+        return recipe_from_dict(
+            {
+                "world": str(micro_world.root),
+                "prompts": {"source": "world:test", "limit": 2},
+                "generation": {"max_new_tokens": 4, "batch_size": 2},
+                "methods": [
+                    {
+                        "name": "CD",
+                        "decoder": "cd_tokenwise",
+                        "params": {
+                            "k": 2,
+                            "n_samples": 2,
+                            "train_prompts": 4,
+                            "max_epochs": max_epochs,
+                            "width": 8,
+                        },
+                    }
+                ],
+                "evaluation": {"coherence": None, "judge": "gold", "baselines": []},
+            }
+        )
+
+    out = tmp_path / "run"
+    meta_path = out / "cd_heads" / "CD" / "value_head.json"
+    execute(recipe(1), out, progress=False, check_environment=False)
+    first = json.loads(meta_path.read_text())
+    assert first["train"]["max_epochs"] == 1 and first["offline_data"]
+    stamp = meta_path.stat().st_mtime_ns
+    execute(recipe(1), out, progress=False, check_environment=False)
+    assert meta_path.stat().st_mtime_ns == stamp  # unchanged settings: the cached head is reused
+    execute(recipe(2), out, progress=False, restart_changed=True, check_environment=False)
+    assert json.loads(meta_path.read_text())["train"]["max_epochs"] == 2

@@ -30,6 +30,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -226,6 +227,9 @@ class ValueTrainResult:
     history: list[dict]
     n_train: int
     n_val: int
+    # the best validation MSE came at the last allowed epoch: training stopped at max_epochs while still
+    # improving, so the head is probably underfit (warned; recorded in the saved metrics)
+    still_improving: bool = False
 
 
 class _Features:
@@ -405,6 +409,17 @@ def train_value_head(
     head.load_state_dict(best[2])
     head.eval()
     seconds = time.perf_counter() - t0
+    still_improving = best[1] == len(history) == cfg.max_epochs
+    if still_improving:
+        # Measured on three sandbox worlds (docs/srs-ci.md, "Why the sign flips"): heads stopped at the
+        # 15-epoch cap while still improving were underfit, SRS-shaped targets more than raw ones, and that
+        # alone flipped the SRS-CD vs CD comparison on one world. Say so instead of failing silently.
+        warnings.warn(
+            f"value head: validation MSE was still improving at the last epoch ({cfg.max_epochs} = "
+            f"max_epochs; best {best[0]:.4g} vs target variance {val_var:.4g}); the head is probably "
+            "underfit: raise max_epochs (early stopping ends training when it stops improving)",
+            stacklevel=2,
+        )
     result = ValueTrainResult(
         head=head,
         best_val_mse=best[0],
@@ -415,9 +430,11 @@ def train_value_head(
         history=history,
         n_train=len(train_idx),
         n_val=len(val_idx),
+        still_improving=still_improving,
     )
     if out_dir is not None:
-        metrics = {k: getattr(result, k) for k in ("best_val_mse", "val_target_var", "best_epoch", "epochs")}
+        keys = ("best_val_mse", "val_target_var", "best_epoch", "epochs", "still_improving")
+        metrics = {k: getattr(result, k) for k in keys}
         metrics.update(seconds=seconds, n_train=len(train_idx), n_val=len(val_idx))
         head.save(out_dir, extra={"train": asdict(cfg), "metrics": metrics, **(extra or {})})
     return result

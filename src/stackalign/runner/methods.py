@@ -583,6 +583,7 @@ def cd_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: P
         "shaping": plan.shaping,
         "preset": plan.preset,
         "params": plan.shaper_params,
+        "offline_data": data_key,  # the head is only current for the offline data it was trained on
     }
     return CDPlan(
         Path(out_dir) / "cd_offline" / data_key,
@@ -593,6 +594,21 @@ def cd_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: P
         configs["cd"],
         extra,
     )
+
+
+def cd_head_is_current(cp: CDPlan) -> bool:
+    """Whether `cp.head_dir` holds a head trained with this plan's settings: its saved training config,
+    shaping and offline-data key equal the plan's. A head of a method whose settings changed (e.g. a rerun with
+    `--restart-changed` after raising `max_epochs`, or another shaping under the same method name) is not
+    current: it is retrained, never silently reused."""
+    from stackalign.decoding.value_head import CONFIG_NAME
+
+    path = cp.head_dir / CONFIG_NAME
+    if not path.exists():
+        return False
+    meta = json.loads(path.read_text())
+    want = json.loads(json.dumps({"train": dataclasses.asdict(cp.value), **cp.extra}))
+    return all(meta.get(k) == v for k, v in want.items())
 
 
 def cd_shaper(plan: MethodPlan) -> Shaper:
@@ -617,7 +633,7 @@ def _make_cd(plan: MethodPlan, configs: dict, ctx, gen, head=None) -> Generate:
 
 def _cd_head(plan: MethodPlan, ctx):
     from stackalign.decoding.cd_data import OfflineData, build_offline_data
-    from stackalign.decoding.value_head import CONFIG_NAME, load_value_head, train_value_head
+    from stackalign.decoding.value_head import load_value_head, train_value_head
 
     cp = cd_plan(plan, ctx.recipe, ctx.world, ctx.stop_strings, ctx.out_dir)
     if not (cp.data_dir / "config.json").exists() or not OfflineData.load(cp.data_dir).complete:
@@ -631,7 +647,9 @@ def _cd_head(plan: MethodPlan, ctx):
             stop_strings=ctx.stop_strings,
         )
     data = OfflineData.load(cp.data_dir)
-    if (cp.head_dir / CONFIG_NAME).exists():  # trained by an earlier (or interrupted-after-training) run
+    if cd_head_is_current(
+        cp
+    ):  # trained by an earlier (or interrupted-after-training) run with these settings
         head, _ = load_value_head(cp.head_dir)
         return head
     return train_value_head(

@@ -84,8 +84,7 @@ def run_ray(job: Job) -> Done:
     from ray.util import ActorPool
 
     from stackalign.decoding.cd_data import OfflineData, OfflineShards, offline_meta
-    from stackalign.decoding.value_head import CONFIG_NAME
-    from stackalign.runner.methods import cd_plan
+    from stackalign.runner.methods import cd_head_is_current, cd_plan
 
     b = job.recipe.backend
     units = decode_units(job)
@@ -124,7 +123,7 @@ def run_ray(job: Job) -> Done:
                 todo = shards[cp.data_dir].todo()
                 n = cp.data.prompts_per_batch
                 sample_units += [(cp.data_dir, pi, todo[s : s + n]) for s in range(0, len(todo), n)]
-            if (cp.head_dir / CONFIG_NAME).exists():
+            if cd_head_is_current(cp):
                 heads[pi] = _read_head(cp.head_dir)
             else:
                 to_train.append(pi)
