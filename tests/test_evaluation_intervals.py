@@ -181,3 +181,17 @@ def test_sweep_intervals_and_plots_with_error_bars(tmp_path):
     png = plot_sweep(x, series, tmp_path / "s.png", errors=errs)
     assert png.stat().st_size > 1000
     assert plot_methods(per[2.0], tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_plots_accept_a_mean_a_last_bit_outside_its_interval(tmp_path):
+    """A constant column: the summary's mean (Python sum) and the interval's bound (NumPy mean) can differ in
+    the last bit; the error bars must not go negative (the quick demo failed on exactly these numbers)."""
+    from stackalign.evaluation.summary import plot_sweep
+    from stackalign.runner.report import plot_methods
+
+    y, bound = 0.010466147583277534, 0.010466147583277538
+    summary = {"methods": {"A": {"seconds_per_prompt": y, "ci": {"seconds_per_prompt": [bound, bound]}}}}
+    assert plot_methods(summary, tmp_path / "m.png").stat().st_size > 1000
+    errors = {"gold_reward": {"A": [(bound, bound)]}}
+    plot_sweep([1.0], {"gold_reward": {"A": [y]}}, tmp_path / "s.png", errors=errors)
+    assert (tmp_path / "s.png").stat().st_size > 1000

@@ -489,7 +489,7 @@ def plot_sweep(
                     ax.errorbar(
                         [p[0] for p in pts],
                         [p[1] for p in pts],
-                        yerr=[[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]],
+                        yerr=[[max(0.0, p[1] - p[2][0]) for p in pts], [max(0.0, p[2][1] - p[1]) for p in pts]],
                         fmt="none", ecolor=colors[name], elinewidth=1.0, capsize=2.5, alpha=0.8,
                     )  # fmt: skip
         if metric.startswith("win_tie"):

@@ -33,9 +33,10 @@ def plot_methods(summary: dict, path: Path) -> Path:
         cis = [(summary["methods"][n].get("ci") or {}).get(k) for n in names]
         yerr = None
         if any(c is not None for c in cis):
+            # max(0, .): the interval's mean (NumPy) and the table's (Python sum) may differ in the last bit
             yerr = [
-                [0.0 if c is None or math.isnan(y) else y - c[0] for c, y in zip(cis, ys)],
-                [0.0 if c is None or math.isnan(y) else c[1] - y for c, y in zip(cis, ys)],
+                [0.0 if c is None or math.isnan(y) else max(0.0, y - c[0]) for c, y in zip(cis, ys)],
+                [0.0 if c is None or math.isnan(y) else max(0.0, c[1] - y) for c, y in zip(cis, ys)],
             ]
         ax.bar(range(len(names)), ys, color=colors, yerr=yerr, capsize=3, ecolor="black")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
