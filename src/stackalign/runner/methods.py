@@ -93,6 +93,7 @@ def _cd_params(tokenwise: bool) -> tuple[Param, ...]:
         Param("patience", (ValueTrainConfig, "patience")),
         Param("val_fraction", (ValueTrainConfig, "val_fraction")),
         Param("value_grad_clip", (ValueTrainConfig, "grad_clip")),
+        Param("value_seed", (ValueTrainConfig, "seed")),
     )
 
 
@@ -366,6 +367,7 @@ def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: in
                 patience=d["patience"],
                 val_fraction=d["val_fraction"],
                 grad_clip=d["value_grad_clip"],
+                seed=d["value_seed"],
             ),
         }
     return {}
