@@ -649,9 +649,7 @@ def _cd_head(plan: MethodPlan, ctx):
             stop_strings=ctx.stop_strings,
         )
     data = OfflineData.load(cp.data_dir)
-    if cd_head_is_current(
-        cp
-    ):  # trained by an earlier (or interrupted-after-training) run with these settings
+    if cd_head_is_current(cp):  # trained by an earlier (or interrupted) run with these very settings
         head, _ = load_value_head(cp.head_dir)
         return head
     return train_value_head(
