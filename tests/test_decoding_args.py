@@ -279,18 +279,24 @@ class _TorchPathShaper(Shaper):
 
 @pytest.mark.parametrize("mode", ["greedy", "stochastic"])
 @pytest.mark.parametrize("preset", ["official-args", "paper"])
-def test_cpu_host_shaping_picks_the_torch_paths_tokens(mode, preset):
-    """On the CPU, SRS-ARGS shapes the k candidates in NumPy; the tokens equal the torch path's, with the
-    per-step threshold and with per-prompt thresholds."""
+def test_cpu_host_shaping_picks_the_torch_paths_tokens(mode, preset, monkeypatch):
+    """SRS-ARGS shapes the k candidates on the host, row by row in Python floats for a few rows and in NumPy
+    arrays for more; both give the torch path's tokens, with the per-step threshold and with per-prompt
+    thresholds."""
+    import stackalign.decoding.args as args_module
+
     policy, rm, tok = make_models("llama")
     host = get_preset(preset)
     torch_path = _TorchPathShaper(**{f: getattr(host, f) for f in host.__dataclass_fields__})
     cfg = ARGSConfig(mode=mode, temperature=1.0, rm_mode="fast")
     gen = GenerationConfig(max_new_tokens=12, eos_token_ids=NO_EOS, seed=3)
     for thresholds in (None, [-0.5, 0.0, 0.5]):
-        a = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=host, thresholds=thresholds)
+        rows = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=host, thresholds=thresholds)
         b = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=torch_path, thresholds=thresholds)
-        assert a.token_ids == b.token_ids, (mode, preset, thresholds)
+        with monkeypatch.context() as mp:
+            mp.setattr(args_module, "ROW_PATH_MAX", 0)  # every batch through the NumPy arrays
+            arrays = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=host, thresholds=thresholds)
+        assert rows.token_ids == b.token_ids == arrays.token_ids, (mode, preset, thresholds)
 
 
 def test_nan_reward_raises_after_the_batch_on_the_host_path():

@@ -18,7 +18,13 @@ from stackalign.games import (
     threshold_reward,
 )
 from stackalign.shaping import SHAPERS, F_value, get_preset, get_shaper, stackelberg_threshold
-from stackalign.shaping.threshold import ALL_PAIRS_MAX_N, solve_threshold, threshold_from_log_gamma
+from stackalign.shaping.threshold import (
+    ALL_PAIRS_MAX_N,
+    solve_threshold,
+    threshold_from_log_gamma,
+    threshold_of_row,
+    validate_rewards,
+)
 
 D = torch.float64
 BASE = torch.tensor([0.9, 0.1], dtype=D)
@@ -376,3 +382,61 @@ def test_numpy_rows_are_limited_to_the_all_pairs_solver():
         solve_threshold(r, w, np.zeros(2))
     with pytest.raises(ValueError, match="method: NumPy rows"):
         solve_threshold(r[:, :4], w[:, :4], np.zeros(2), "bisect")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rewards=st.lists(finite, min_size=1, max_size=12),
+    weights=st.lists(st.floats(min_value=0.0, max_value=10.0), min_size=12, max_size=12),
+    ratio=st.floats(min_value=1e-4, max_value=1e4),
+)
+def test_property_threshold_of_row_equals_the_tensor_solver(rewards, weights, ratio):
+    """The plain-Python sorted scan (one row) finds the tensor solver's root: ties, zero weights and B/beta up
+    to 1e4 included."""
+    w = weights[: len(rewards)]
+    if sum(w) <= 0:
+        w = [1.0] * len(rewards)
+    r_t, w_t = validate_rewards(torch.tensor(rewards, dtype=D), torch.tensor(w, dtype=D))
+    ref = solve_threshold(r_t, w_t, torch.tensor(ratio, dtype=D)).item()
+    got = threshold_of_row(rewards, w, ratio)
+    assert abs(got - ref) <= 1e-9 * (1.0 + max(abs(v) for v in rewards))
+
+
+def test_threshold_of_row_on_extreme_weights():
+    """Weights spanning ~175 orders of magnitude (the case that broke a prefix-sum scan once): the row scan
+    builds F from sums of non-negative terms only, so it still agrees with the all-pairs solver."""
+    r = [0.0, 1.0, 2.0, 3.0, 1e-9, 2.5]
+    w = [1e-170, 1.0, 1e-80, 1e5, 0.0, 1e-3]
+    for lg in (0.0, 1e-6, 1.0, 50.0, 400.0, 1e4):
+        r_t, w_t = validate_rewards(torch.tensor(r, dtype=D), torch.tensor(w, dtype=D))
+        ref = solve_threshold(r_t, w_t, torch.tensor(lg, dtype=D)).item()
+        assert threshold_of_row(r, w, lg) == pytest.approx(ref, abs=1e-12), lg
+
+
+@pytest.mark.parametrize(
+    "shaper",
+    [
+        get_shaper("vanilla"),
+        get_shaper("srs", B=3.0, beta=0.7),
+        get_shaper("hard", B=3.0, beta=0.7, strict=True),
+    ]
+    + [get_preset(p, kind=k) for p in ("official-args", "official-cd", "paper") for k in ("srs", "hard")],
+)
+def test_apply_row_equals_apply(shaper):
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(32, 10, generator=g, dtype=D) * 2
+    r[0] = 0.5  # all tied
+    w = torch.randn(32, 10, generator=g, dtype=D).mul(3).softmax(-1)
+    w[1, 4:] = 0.0
+    w[1] /= w[1].sum()
+    thresholds = [None] + ([torch.randn(32, generator=g, dtype=D)] if shaper.uses_threshold else [])
+    for m in thresholds:
+        ref = shaper.apply(r, w, m)
+        for i in range(32):
+            row = shaper.apply_row(r[i].tolist(), w[i].tolist(), None if m is None else m[i].item())
+            assert row == pytest.approx(ref[i].tolist(), abs=1e-12), (shaper, i)
+
+
+def test_apply_row_refuses_the_batch_shapings():
+    with pytest.raises(ValueError, match="apply_row: only"):
+        get_shaper("meanstd").apply_row([0.0, 1.0], [0.5, 0.5])

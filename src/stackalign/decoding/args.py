@@ -23,6 +23,7 @@ attention mask, randomness is per prompt).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -157,13 +158,34 @@ def shapes_on_host(shaper: Any, k: int) -> bool:
     return type(shaper) is Shaper and (k <= ALL_PAIRS_MAX_N or not shaper.uses_threshold)
 
 
+# Up to this many candidates per step (rows x k) the host shapes row by row in Python floats (Shaper.apply_row);
+# above, in NumPy arrays (Shaper.apply). Measured in the ARGS loop on the default world (docs/srs-ci.md): at
+# batch 1 the row path adds ~15 us per step, the array path ~110 us (~40 small array operations, each slower
+# between two model forwards than in a micro-benchmark); the row path grows with the batch, the array path
+# barely: they cross near 16 rows of 10.
+ROW_PATH_MAX = 160
+
+
 def shape_on_host(
     shaper: Shaper, top_logits: Tensor, rewards: Tensor, thresholds: np.ndarray | None = None
 ) -> tuple[Tensor, bool]:
-    """Shaped rewards [R, k] of the candidates (weights = softmax of their logits, float64, as on the device),
-    returned on ``top_logits``' device and dtype, and whether every reward was finite (non-finite rewards are
-    shaped as zeros: the caller raises). ``thresholds``: None (per-step m*) or one float64 per row."""
-    x, r = torch.stack((top_logits, rewards.to(top_logits.dtype))).cpu().numpy().astype(np.float64)
+    """Shaped rewards [R, k] of the candidates (weights = softmax of their logits, as on the device), returned
+    on ``top_logits``' device and dtype, and whether every reward was finite (non-finite rewards are shaped as
+    zeros: the caller raises). ``thresholds``: None (per-step m*) or one float64 per row. One copy to the host
+    and one back; a few small rows go through :meth:`Shaper.apply_row`, larger batches through
+    :meth:`Shaper.apply` on NumPy arrays (the same formulas)."""
+    both = torch.stack((top_logits, rewards.to(top_logits.dtype))).cpu()
+    if shaper.kind in ("vanilla", "hard", "srs") and top_logits.numel() <= ROW_PATH_MAX:
+        xs, rs = both.tolist()
+        finite = all(math.isfinite(v) for row in rs for v in row)
+        rows = []
+        for i, (x, r) in enumerate(zip(xs, rs)):
+            top = max(x)
+            w = [math.exp(v - top) for v in x]  # the threshold does not depend on the weights' scale
+            m = None if thresholds is None else float(thresholds[i])
+            rows.append(shaper.apply_row(r if finite else [0.0] * len(r), w, m))
+        return torch.tensor(rows, dtype=top_logits.dtype, device=top_logits.device), finite
+    x, r = both.numpy().astype(np.float64)
     finite = bool(np.isfinite(r).all())
     if not finite:
         r = np.zeros_like(r)
