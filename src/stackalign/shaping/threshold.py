@@ -162,29 +162,34 @@ def threshold_of_row(rewards: Sequence[float], weights: Sequence[float], log_g: 
     B_j = B_{j-1} + (r_j - r_{j-1}) P_{j-1}, P_j = sum_{i<=j} q_i. G is non-increasing in j; m0 = r_j for the
     largest live j with G_j >= 0, and on [m0, next reward) F is linear: m = m0 + G_j / (S_{j+1} + P_j / gamma).
     """
-    n = len(rewards)
     inv_gamma = math.exp(-log_g)
-    order = sorted(range(n), key=rewards.__getitem__)
-    r = [float(rewards[i]) for i in order]
-    q = [float(weights[i]) for i in order]
-    P, B = [0.0] * n, [0.0] * n  # P_j, B_j (forward)
-    acc = 0.0
-    for j in range(n):
-        if j:
-            B[j] = B[j - 1] + (r[j] - r[j - 1]) * acc
-        acc += q[j]
-        P[j] = acc
-    S, A = [0.0] * (n + 1), [0.0] * n  # S_j (S_n = 0), A_j (backward)
-    for j in range(n - 1, -1, -1):
-        S[j] = S[j + 1] + q[j]
-        if j < n - 1:
-            A[j] = A[j + 1] + (r[j + 1] - r[j]) * S[j + 1]
-    live = [j for j in range(n) if q[j] > 0]
-    j0 = next(j for j in reversed(live) if A[j] - inv_gamma * B[j] >= 0)  # the smallest live j has B = 0
-    m0, g = r[j0], A[j0] - inv_gamma * B[j0]
-    den = S[j0 + 1] + inv_gamma * P[j0]
-    m = m0 + g / den if den > 0 else m0
-    return min(max(m, m0), r[live[-1]])
+    pairs = sorted(zip(rewards, weights))  # ascending rewards (ties in any order: they add 0 to F)
+    P, B = [], []  # P_j and B_j, forward
+    acc = b = 0.0
+    prev = pairs[0][0]
+    for r_j, q_j in pairs:
+        b += (r_j - prev) * acc  # B_j = B_{j-1} + (r_j - r_{j-1}) P_{j-1}
+        acc += q_j
+        P.append(acc)
+        B.append(b)
+        prev = r_j
+    # Backward from the top: A_j and S_{j+1}; the first live j with G_j >= 0 is the largest (G non-increasing).
+    a = s = 0.0  # A_{j+1}, S_{j+1}
+    nxt = pairs[-1][0]
+    r_top = None  # the largest live reward
+    for j in range(len(pairs) - 1, -1, -1):
+        r_j, q_j = pairs[j]
+        a += (nxt - r_j) * s  # A_j = A_{j+1} + (r_{j+1} - r_j) S_{j+1}
+        if q_j > 0:
+            r_top = r_j if r_top is None else r_top
+            g = a - inv_gamma * B[j]
+            if g >= 0:  # reached at the smallest live reward at the latest (there B = 0)
+                den = s + inv_gamma * P[j]
+                m = r_j + g / den if den > 0 else r_j
+                return min(max(m, r_j), r_top)
+        s += q_j
+        nxt = r_j
+    raise ValueError("weights: every row must have a positive sum (all-zero weights)")
 
 
 def _bisect(rewards: Tensor, weights: Tensor, log_g: Tensor, iters: int = 100) -> Tensor:
