@@ -1,5 +1,5 @@
 """Training-time SRS: group shaping = the shapers row by row, reference thresholds, bad input, the TRL
-reward function (grouping as TRL repeats prompts) and a 2-step GRPOTrainer run on a tiny model."""
+reward function (grouping as TRL repeats prompts) and 2-step GRPOTrainer and RLOOTrainer runs on a tiny model."""
 
 import pytest
 import torch
@@ -87,11 +87,14 @@ def test_trl_reward_groups_repeated_prompts_and_matches_in_house_shaping():
         ShapedReward(lambda p, r: float("nan"))(prompts, comps)
 
 
-def test_trl_grpo_two_steps_on_a_tiny_model(tmp_path):
-    pytest.importorskip("trl")
+@pytest.mark.parametrize("trainer_name", ["GRPO", "RLOO"])
+def test_trl_trainer_two_steps_on_a_tiny_model(tmp_path, trainer_name):
+    """ShapedReward as the reward function of TRL's GRPOTrainer and RLOOTrainer (same interface in TRL 1.x)."""
+    trl = pytest.importorskip("trl")
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
-    from trl import GRPOConfig, GRPOTrainer
+
+    Config, Trainer = getattr(trl, f"{trainer_name}Config"), getattr(trl, f"{trainer_name}Trainer")
 
     from stackalign.integrations.trl import ShapedReward
 
@@ -123,7 +126,7 @@ def test_trl_grpo_two_steps_on_a_tiny_model(tmp_path):
 
     reward = ShapedReward(rm, shaping="srs", preset="official-cd")
     ds = Dataset.from_dict({"prompt": ["User: tell me a tip\nAssistant:", "User: hi\nAssistant:"] * 4})
-    args = GRPOConfig(
+    args = Config(
         output_dir=str(tmp_path / "out"),
         max_steps=2,
         per_device_train_batch_size=4,
@@ -139,9 +142,7 @@ def test_trl_grpo_two_steps_on_a_tiny_model(tmp_path):
         save_strategy="no",
         seed=0,
     )
-    trainer = GRPOTrainer(
-        model=str(path), reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok
-    )
+    trainer = Trainer(model=str(path), reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
     assert trainer.state.global_step == 2
