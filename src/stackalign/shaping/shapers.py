@@ -132,9 +132,9 @@ class Shaper:
         summing to 1, ``threshold`` None or float64 (...) and finite. Returns float64 (..., N).
 
         The arguments may also be NumPy arrays (rows of N <= 64 for the threshold shapings): the same code
-        runs on them (``xp`` is torch or numpy; only operations both spell alike are used). A CPU decoder
-        shapes its k candidates per step that way, where each of the threshold's ~30 tiny operations costs
-        a fraction of a torch op."""
+        runs on them (``xp`` is torch or numpy; only operations both spell alike are used). ARGS shapes larger
+        batches of its k candidates per step that way on the host (a few rows go through :meth:`apply_row`),
+        where each of the threshold's ~30 tiny operations costs a fraction of a torch op."""
         xp = torch if isinstance(rewards, Tensor) else np
         k = self.kind
         if k == "vanilla":
