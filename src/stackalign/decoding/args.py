@@ -151,10 +151,10 @@ class ARGSConfig:
 
 
 def shapes_on_host(shaper: Any, k: int) -> bool:
-    """Whether ARGS shapes its k candidates per step on the host: a stock :class:`Shaper` runs the same
-    code on NumPy arrays (``Shaper.apply``), where each of the threshold's ~30 tiny operations costs a
-    fraction of a torch op, and on a GPU ~30 kernel launches become one small copy each way (the step loop
-    reads every step's choice on the host anyway). Other shaping callables stay on the device."""
+    """Whether ARGS shapes its k candidates per step on the host (:func:`shape_on_host`): a stock
+    :class:`Shaper` has the same formulas for Python floats (``apply_row``) and NumPy arrays (``apply``), whose
+    small operations cost a fraction of a torch op's between two model forwards, and on a GPU ~30 kernel
+    launches become one small copy each way. Other shaping callables stay on the device."""
     return type(shaper) is Shaper and (k <= ALL_PAIRS_MAX_N or not shaper.uses_threshold)
 
 
@@ -175,7 +175,7 @@ def shape_on_host(
     and one back; a few small rows go through :meth:`Shaper.apply_row`, larger batches through
     :meth:`Shaper.apply` on NumPy arrays (the same formulas)."""
     both = torch.stack((top_logits, rewards.to(top_logits.dtype))).cpu()
-    if shaper.kind in ("vanilla", "hard", "srs") and top_logits.numel() <= ROW_PATH_MAX:
+    if (shaper.uses_threshold or shaper.kind == "vanilla") and top_logits.numel() <= ROW_PATH_MAX:
         xs, rs = both.tolist()
         finite = all(math.isfinite(v) for row in rs for v in row)
         rows = []

@@ -72,11 +72,6 @@ def own_best_protocol(recipe, sweep: dict, out: Path, world) -> list[dict]:
     per_value = {float(v): entry for v, entry in sweep["per_value"].items()}
     swept = next(iter(per_value.values()))["methods"]
     own = {name: choose_value(per_value, name)[0] for name in swept}
-    moved = [
-        f"methods.{i}.params.{WEIGHT_KEYS[m.decoder]}={own[m.name]}"
-        for i, m in enumerate(recipe.methods)
-        if m.name in own and own[m.name] != sweep["chosen"]
-    ]
     keep = [m.name for m in recipe.methods if m.name in own and own[m.name] != sweep["chosen"]]
 
     def golds(run_dir: Path) -> dict[str, list[float]]:
@@ -88,9 +83,12 @@ def own_best_protocol(recipe, sweep: dict, out: Path, world) -> list[dict]:
     main_golds = golds(out)
     own_golds = {}
     if keep:
-        sub = recipe_from_dict(recipe.to_dict(), moved)
-        data = sub.to_dict()
-        data["methods"] = [m for m in data["methods"] if m["name"] in keep]
+        data = recipe.to_dict()
+        data["methods"] = [
+            {**m, "params": {**m["params"], WEIGHT_KEYS[m["decoder"]]: own[m["name"]]}}
+            for m in data["methods"]
+            if m["name"] in keep
+        ]
         data["evaluation"] = {**data["evaluation"], "baselines": [], "coherence": None}
         sub = recipe_from_dict(data, [])
         print(

@@ -172,7 +172,7 @@ class Shaper:
         between two model forwards. Inputs as for :meth:`apply` (finite; weights non-negative)."""
         if self.kind == "vanilla":
             return list(rewards)
-        if self.kind not in ("hard", "srs"):
+        if not self.uses_threshold:
             raise ValueError(
                 f"apply_row: only 'vanilla', 'hard' and 'srs' shape a row of floats, not {self.kind!r}"
             )
