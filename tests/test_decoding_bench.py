@@ -29,6 +29,30 @@ def test_bench_args_json(capsys):
     assert out["ratios"]["identical"] is True
     assert all(v["new_tokens"] == 12 and v["seconds"] > 0 for v in out["variants"].values())
     assert out["variants"]["fast_args"]["rm_tokens"] < out["variants"]["reference_args"]["rm_tokens"]
+    floor, greedy = out["floor"], out["variants"]["plain_greedy"]["seconds"]
+    assert floor["rm_candidates_seconds"] > 0
+    assert floor["srs_args_over_plain"] == pytest.approx((greedy + floor["rm_candidates_seconds"]) / greedy)
+
+
+def test_candidate_floor_runs_the_candidates_alone():
+    """The floor is ``steps`` RM forwards per batch on [rows, k] ids (the last batch may be smaller), no cache."""
+    from stackalign.bench.common import load_models
+    from stackalign.decoding.rm_cache import _backbone_and_head
+
+    _, _, rm, _, _ = load_models("tiny")
+    backbone, _ = _backbone_and_head(rm)
+    seen = []
+    hook = backbone.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append((tuple(kwargs["input_ids"].shape), kwargs["use_cache"])),
+        with_kwargs=True,
+    )
+    try:
+        assert bench.candidate_floor(rm, 5, 2, 3, steps=4, repeats=2, device="cpu") > 0
+    finally:
+        hook.remove()
+    # warm-up (min(steps, 8) = 4 per batch) + two timed repeats, over batches of 2, 2 and 1 rows
+    one_pass = [((2, 3), False)] * 4 + [((2, 3), False)] * 4 + [((1, 3), False)] * 4
+    assert seen == one_pass * 3
 
 
 def test_bench_sample_table(capsys):

@@ -5,7 +5,9 @@
   batch: plain greedy, reference ARGS (the official algorithm: k full RM forwards over full sequences per
   step, chunked 5 at a time), fast ARGS (tree-masked RM KV cache), fast SRS-ARGS (``official-args``
   preset). Ratios: ``reference_over_fast``, ``srs_args_over_plain``, ``srs_over_vanilla``, and
-  ``identical`` (reference and fast ARGS chose the same greedy tokens).
+  ``identical`` (reference and fast ARGS chose the same greedy tokens). ``floor``: the reward model's
+  forward on the k candidates alone (:func:`candidate_floor`) and the lower bound it puts on
+  ``srs_args_over_plain``.
 * ``bench sample``: N = 10 samples per prompt with a shared prompt prefill vs HF ``num_return_sequences``;
   ratio ``hf_over_shared``.
 * ``bench generate``: ARGS inside HF ``generate`` vs ``args_generate`` (:mod:`stackalign.bench.generate`).
@@ -81,6 +83,11 @@ def bench_args(
 
     identical = outs["reference_args"].token_ids == outs["fast_args"].token_ids
     ratios = {**ratios_of(clock.wall), "identical": bool(identical)}
+    floor_s = candidate_floor(rm, len(prompts), bs, k, max_new_tokens, repeats, device)
+    floor = {
+        "rm_candidates_seconds": floor_s,
+        "srs_args_over_plain": (clock.wall["plain_greedy"] + floor_s) / clock.wall["plain_greedy"],
+    }
     targets = {
         "reference_over_fast": ">= 8",
         "srs_args_over_plain": "<= 2.5",
@@ -101,7 +108,47 @@ def bench_args(
         "ratios": ratios,
         "ratios_cpu_time": ratios_of(clock.cpu) if str(device).startswith("cpu") else None,
         "targets": targets,
+        "floor": floor,
     }
+
+
+@torch.no_grad()
+def candidate_floor(
+    rm: Any, n_prompts: int, batch_size: int, k: int, steps: int, repeats: int, device: Any
+) -> float:
+    """Seconds the reward model needs for ARGS's candidates alone: ``steps`` forwards per batch of the
+    RM's backbone and per-position score head on [rows, k] token ids, without any cache or prefix.
+
+    Every exact ARGS step must run each of its rows' k candidates through every RM layer (the candidate's
+    hidden states depend on its token from the first layer on); this measures that token-wise work with the
+    same kernels and nothing else (no attention to the prefix, no cache, no mask). So
+    ``(greedy + floor) / greedy`` is a lower bound on ``srs_args_over_plain`` for an exact ARGS built on these
+    kernels: where it exceeds a target, no scorer can meet that target on this machine. Fastest of
+    ``repeats`` timings, after one warm-up."""
+    import time
+
+    from stackalign.decoding.rm_cache import _backbone_and_head
+
+    backbone, head = _backbone_and_head(rm)
+    vocab = int(backbone.get_input_embeddings().num_embeddings)
+    sizes = [min(batch_size, n_prompts - s) for s in range(0, n_prompts, batch_size)]
+    cands = {b: (torch.arange(b * k, device=device) % vocab).view(b, k) for b in set(sizes)}
+
+    def sync() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def once(n_steps: int) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for b in sizes:
+            for _ in range(n_steps):
+                head(backbone(input_ids=cands[b], use_cache=False).last_hidden_state)
+        sync()
+        return time.perf_counter() - t0
+
+    once(min(steps, 8))
+    return min(once(steps) for _ in range(max(1, repeats)))
 
 
 def bench_sample(

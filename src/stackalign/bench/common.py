@@ -119,3 +119,10 @@ def print_table(out: dict) -> None:
         t = f"   (target {targets[name]})" if name in targets else ""
         c = f"   [process CPU time: {cpu[name]:.2f}]" if name in cpu else ""
         print(f"  ratio {name:<22} {shown}{t}{c}")
+    floor = out.get("floor")
+    if floor:
+        print(
+            f"  floor srs_args_over_plain >= {floor['srs_args_over_plain']:.2f}   (greedy + the reward model's "
+            f"forward on the k candidates alone, {floor['rm_candidates_seconds']:.3f} s: no exact ARGS on these "
+            f"kernels is faster)"
+        )
