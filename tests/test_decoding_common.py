@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import torch
@@ -147,3 +148,33 @@ def test_sample_rows_inverse_cdf():
     g = torch.Generator().manual_seed(0)
     draws = sample_rows(probs.repeat(5000, 1)[:5000], torch.rand(5000, generator=g))
     assert 0.72 < (draws == 3).float().mean() < 0.78 and not (draws == 0).any()
+
+
+def test_ids_the_tokenizer_does_not_know_are_not_dropped_silently():
+    """A policy paired with a smaller tokenizer than its own (another model's) generates ids that decode to
+    '': the decoder warns, names the id and the tokenizer's size, and counts them."""
+    from stackalign.decoding.sampling import greedy
+
+    tok = make_tokenizer()
+    n = len(tok)
+    from transformers import LlamaForCausalLM
+
+    from stackalign.models.tiny import tiny_config
+
+    policy = LlamaForCausalLM(tiny_config("llama", n + 40, pad_token_id=tok.pad_token_id)).eval()
+    with torch.no_grad():  # make the ids beyond the tokenizer the likeliest ones
+        policy.lm_head.bias = torch.nn.Parameter(torch.zeros(n + 40))
+        policy.lm_head.bias[n:] = 50.0
+    with pytest.warns(UserWarning, match=rf"token id \d+ .*tokenizer has only {n} tokens.*decode to ''"):
+        out = greedy(policy, tok, PROMPTS[:2], GenerationConfig(max_new_tokens=5, ignore_eos=True))
+    assert all(i >= n for row in out.token_ids for ids in row for i in ids) and out.texts == [[""], [""]]
+    # A model that stays inside its tokenizer's vocabulary raises nothing.
+    stop = StopChecker(tok, [tok.eos_token_id])
+    stop.finalize(tok(" Cats")["input_ids"])
+    assert stop.unknown_ids == 0
+    with pytest.warns(UserWarning, match=f"token id {n} "):
+        stop.finalize([n, n + 1, 5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second response with unknown ids counts without a new warning
+        stop.finalize([n + 2])
+    assert stop.unknown_ids == 3

@@ -369,6 +369,11 @@ class StopChecker:
         # A token decodes to >= 1 character except byte-fallback pieces; a margin covers those.
         self._tail = (max((len(s) for s in self.stop_strings), default=0)) + 4
         self._eos_t: dict[Any, Tensor] = {}
+        try:  # ids from len(tokenizer) on decode to '' without a word (a model whose tokenizer is another's)
+            self.n_vocab: int | None = len(tokenizer)
+        except TypeError:
+            self.n_vocab = None
+        self.unknown_ids = 0  # generated ids the tokenizer does not know, over every finalized row
 
     def eos_mask(self, tokens: Tensor) -> Tensor:
         """Bool tensor: which of ``tokens`` are EOS ids (all False when ignoring EOS)."""
@@ -398,6 +403,7 @@ class StopChecker:
 
     def finalize(self, ids: Sequence[int]) -> tuple[list[int], str]:
         ids = [int(i) for i in ids]
+        self._check_known(ids)
         if not self.ignore:
             eos = set(self.eos_ids)
             for j, t in enumerate(ids):
@@ -418,6 +424,25 @@ class StopChecker:
                         ids = ids[:j]
                         break
         return ids, text
+
+    def _check_known(self, ids: list[int]) -> None:
+        """Warn (once per checker) when the model generated ids its tokenizer does not have: they decode to ''
+        silently, so a policy loaded with another model's tokenizer would otherwise yield empty responses."""
+        if self.n_vocab is None or not ids or max(ids) < self.n_vocab:
+            return
+        unknown = [i for i in ids if i >= self.n_vocab]
+        first = self.unknown_ids == 0
+        self.unknown_ids += len(unknown)
+        if first:
+            import warnings
+
+            warnings.warn(
+                f"the model generated token id {unknown[0]} ({len(unknown)} of this response's {len(ids)} ids), "
+                f"but its tokenizer has only {self.n_vocab} tokens: such ids decode to '' (the text loses them). "
+                "Does the tokenizer belong to this model? A model whose embedding table is padded beyond its "
+                "tokenizer should give those ids no probability; count so far: StopChecker.unknown_ids",
+                stacklevel=3,
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
