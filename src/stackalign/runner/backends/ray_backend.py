@@ -33,6 +33,8 @@ command recomputes exactly those.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,20 @@ def connect(backend) -> bool:
         kwargs["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
     ray.init(address=address, **kwargs)
     return True
+
+
+@contextmanager
+def ray_session(backend) -> Iterator[None]:
+    """Ray connected (`connect`) for the block, and shut down at its end when this call started it: the
+    runs inside attach to it instead of starting and stopping Ray each (`stackalign sweep`: one per value)."""
+    started = connect(backend)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def _check_resources(backend) -> None:
