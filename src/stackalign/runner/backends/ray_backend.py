@@ -237,7 +237,8 @@ def run_ray(job: Job) -> Done:
         from stackalign.runner.methods import predictor_train_prompts, srs_plan, threshold_plan
 
         has_srs = any(
-            srs_plan(threshold_plan(job.plans[pi]), job.recipe, None, [], job.out) for pi, _ in units
+            srs_plan(threshold_plan(job.plans[pi]), job.recipe, None, [], job.out)
+            for pi in {pi for pi, _ in units}
         )
         mc_ids = ray.get(actors[0].mc_ids.remote()) if has_srs else ("", "")
         th = _plan_thresholds(job, units, mc_ids)
