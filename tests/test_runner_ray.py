@@ -158,3 +158,108 @@ def test_backend_section_is_validated():
         recipe_from_dict(
             {"world": None, "policy": "p", "reward_model": "r", "methods": [{}], "backend": {"kind": "slurm"}}
         )
+
+
+# --------------------------------------------------------------------------- SRS thresholds under Ray
+
+
+def _srs_data(world, kind="serial", **backend):
+    return {
+        "world": str(world.root),
+        "prompts": {"source": "world:test", "limit": 6},
+        "generation": {"max_new_tokens": 6, "batch_size": 2},
+        "methods": [
+            {
+                "name": "SRS-BoN-mc",
+                "decoder": "bon",
+                "shaping": "srs",
+                "params": {"n": 3, "threshold": "mc", "mc_samples": 3},
+            },
+            {
+                "name": "SRS-ARGS-pred",
+                "decoder": "args",
+                "shaping": "srs",
+                "params": {
+                    "k": 3,
+                    "w": 0.5,
+                    "threshold": "predicted",
+                    "predictor_train_prompts": 8,
+                    "predictor_samples": 2,
+                },
+            },
+        ],
+        "evaluation": {"coherence": None, "judge": "gold"},
+        "backend": {"kind": kind, **backend},
+    }
+
+
+def _costs(out: Path) -> list[tuple]:
+    rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    return sorted((r["method"], r["prompt_id"], r["lm_tokens"], r["rm_tokens"]) for r in rows)
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def srs_serial_out(micro_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("srs-serial") / "run"
+    execute(recipe_from_dict(_srs_data(micro_world)), out, progress=False)
+    return out
+
+
+@pytest.fixture
+def ray_tasks(monkeypatch):
+    """The `Done.tasks` of every Ray run in the test (tasks per phase, counted by the driver)."""
+    from stackalign.runner.backends import ray_backend
+
+    seen = []
+    real = ray_backend.run_ray
+
+    def spy(job):
+        done = real(job)
+        seen.append(done.tasks)
+        return done
+
+    monkeypatch.setattr(ray_backend, "run_ray", spy)
+    return seen
+
+
+def test_srs_thresholds_on_workers_match_serial(
+    micro_world, ray_cluster, srs_serial_out, tmp_path, ray_tasks
+):
+    out = tmp_path / "ray"
+    execute(recipe_from_dict(_srs_data(micro_world, "ray", workers=2)), out, progress=False)
+    assert _rows(out) == _rows(srs_serial_out)
+    # the MC samples' cost is charged to the same rows as serially (sampled in the MC phase, not the decode)
+    assert _costs(out) == _costs(srs_serial_out)
+    assert any(c[2] > 0 for c in _costs(out))
+    # one predictor fit for the whole pool; the MC phase: the predictor's 8 training prompts in one call (its
+    # batch size is 16), each of BoN's 3 units in one call
+    assert ray_tasks == [{"cd_sample": 0, "cd_train": 0, "mc_sample": 4, "fit_predictor": 1, "decode": 6}]
+    # the driver wrote the same predictor and the same MC cache, file for file and byte for byte
+    assert _files(out / "threshold_predictors") == _files(srs_serial_out / "threshold_predictors")
+    assert len(_files(out / "threshold_predictors")) == 2
+    mc = _files(out / "mc_cache")
+    assert mc == _files(srs_serial_out / "mc_cache")
+    assert len(mc) == 8 + 6
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_srs_ray_resumes_a_serial_run_from_its_cache(
+    micro_world, ray_cluster, srs_serial_out, tmp_path, ray_tasks
+):
+    import shutil
+
+    out = tmp_path / "resume"
+    shutil.copytree(srs_serial_out, out)
+    lines = (out / "generations.jsonl").read_text().splitlines(keepends=True)
+    (out / "generations.jsonl").write_text("".join(lines[:5]))  # a serial run stopped after 5 rows
+    execute(recipe_from_dict(_srs_data(micro_world, "ray", workers=1)), out, progress=False)
+    assert _rows(out) == _rows(srs_serial_out)
+    # nothing sampled or fitted again: the serial run's MC records and predictor are the Ray run's
+    assert len(ray_tasks) == 1
+    assert ray_tasks[0]["mc_sample"] == 0 and ray_tasks[0]["fit_predictor"] == 0
+    assert ray_tasks[0]["decode"] >= 4
+    assert _files(out / "mc_cache") == _files(srs_serial_out / "mc_cache")

@@ -122,3 +122,34 @@ def test_main_resumes_a_finished_sweep_and_prints_the_table(swept, micro_world, 
     text = capsys.readouterr().out
     assert "SRS-ARGS" in text and f"chosen: w={result['chosen']:g}" in text
     assert (out / "w=4" / "generations.jsonl").read_text() == before  # nothing regenerated
+
+
+def test_a_ray_sweep_holds_one_ray_session_around_every_value(micro_world, tmp_path, monkeypatch):
+    # `stackalign sweep` with the Ray backend connects once and every value's run attaches to that
+    # connection (before: each run started and stopped its own local Ray instance, seconds each)
+    import contextlib
+
+    pytest.importorskip("ray")
+    from stackalign.runner import run
+    from stackalign.runner.backends import ray_backend
+
+    events = []
+
+    @contextlib.contextmanager
+    def session(backend):
+        events.append(("connect", backend.workers))
+        yield
+        events.append("shutdown")
+
+    def fake_execute(recipe, out, **kw):
+        events.append(("run", recipe.methods[0].params["w"]))
+        w = recipe.methods[0].params["w"]
+        return {"methods": {"ARGS": {"proxy_reward": w, "gold_reward": -w, "win_tie": {}}}}
+
+    monkeypatch.setattr(ray_backend, "ray_session", session)
+    monkeypatch.setattr(run, "execute", fake_execute)
+    monkeypatch.setattr("stackalign.evaluation.summary.plot_sweep", lambda *a, **k: None)
+    data = {**_data(micro_world), "backend": {"kind": "ray", "workers": 2}}
+    result = run_sweep(recipe_from_dict(data), "ARGS", "0.5,1", out_dir=tmp_path / "sw", progress=False)
+    assert events == [("connect", 2), ("run", 0.5), ("run", 1.0), "shutdown"]
+    assert result["chosen"] == 0.5

@@ -337,6 +337,19 @@ def args_generate(
     return DecodeResult(prompts, texts, token_ids, cost, meta)
 
 
+def mc_generation(generation: GenerationConfig) -> GenerationConfig:
+    """The sampling settings of the Monte Carlo thresholds (``threshold: mc``) of a decode with
+    ``generation``: temperature 1 over the full vocabulary, the decode's length, stops, EOS ids and seed. The
+    MC cache is keyed by them, so whoever samples the thresholds elsewhere (the Ray backend) asks here."""
+    return GenerationConfig(
+        max_new_tokens=generation.max_new_tokens,
+        temperature=1.0,
+        stop_strings=generation.stop_strings,
+        eos_token_ids=generation.eos_token_ids,
+        seed=generation.seed,
+    )
+
+
 def _prompt_thresholds(
     policy: Any,
     tokenizer: Any,
@@ -357,15 +370,15 @@ def _prompt_thresholds(
     if config.threshold == "mc":
         from stackalign.decoding.mc import mc_threshold
 
-        mc_gen = GenerationConfig(
-            max_new_tokens=generation.max_new_tokens,
-            temperature=1.0,
-            stop_strings=generation.stop_strings,
-            eos_token_ids=generation.eos_token_ids,
-            seed=generation.seed,
-        )
         mc = mc_threshold(
-            policy, tokenizer, rm, prompts, config.mc_samples, mc_gen, shaper=shaper, cache_dir=mc_cache_dir
+            policy,
+            tokenizer,
+            rm,
+            prompts,
+            config.mc_samples,
+            mc_generation(generation),
+            shaper=shaper,
+            cache_dir=mc_cache_dir,
         )
         cost.merge(mc.cost)
         return mc.thresholds

@@ -16,6 +16,7 @@ sampling again.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -127,6 +128,12 @@ class BoNResult:
 
 
 @torch.no_grad()
+def bon_threshold_generation(config: GenerationConfig) -> GenerationConfig:
+    """The generation settings BoN hands to ARGS's threshold rule (``args.mc_generation``): the next seed,
+    so the Monte Carlo samples are independent of the N candidates."""
+    return dataclasses.replace(config, seed=config.seed + 1)
+
+
 def best_of_n(
     policy: Any,
     tokenizer: Any,
@@ -174,14 +181,20 @@ def best_of_n(
     if threshold_source not in THRESHOLD_SOURCES:
         raise ValueError(f"threshold: expected one of {THRESHOLD_SOURCES}, got {threshold_source!r}")
     if thresholds is None and threshold_source != "step" and shaper is not None:
-        import dataclasses
-
         from stackalign.decoding.args import ARGSConfig, _prompt_thresholds
 
         src = ARGSConfig(threshold=threshold_source, mc_samples=mc_samples)
-        mc_gen = dataclasses.replace(config, seed=config.seed + 1)  # independent of the N candidates
         thresholds = _prompt_thresholds(
-            policy, tokenizer, rm, prompts, src, mc_gen, shaper, predictor, mc_cache_dir, cost
+            policy,
+            tokenizer,
+            rm,
+            prompts,
+            src,
+            bon_threshold_generation(config),
+            shaper,
+            predictor,
+            mc_cache_dir,
+            cost,
         )
     if samples is None:
         res = sample(policy, tokenizer, prompts, n, config)

@@ -33,7 +33,18 @@ from stackalign.store import write_json_atomic
 
 Tensor = torch.Tensor
 
-__all__ = ["MCThreshold", "mc_threshold", "mc_samples", "model_fingerprint", "reward_fingerprint"]
+__all__ = [
+    "MCThreshold",
+    "compute_mc_records",
+    "mc_chunks",
+    "mc_record_path",
+    "mc_samples",
+    "mc_threshold",
+    "model_fingerprint",
+    "read_mc_record",
+    "reward_fingerprint",
+    "write_mc_record",
+]
 
 CACHE_VERSION = 1
 
@@ -98,6 +109,84 @@ class MCThreshold:
     meta: dict = field(default_factory=dict)
 
 
+def mc_record_path(
+    root: Path, policy_id: str, rm_id: str, prompt: str, n: int, config: GenerationConfig
+) -> Path:
+    """Where the cache under ``root`` keeps the record of ``prompt`` (one JSON file, named by its key)."""
+    key = _key(policy_id, rm_id, prompt, n, config)
+    return Path(root) / key[:2] / f"{key}.json"
+
+
+def read_mc_record(path: Path, prompt: str, n: int) -> tuple[list[str], list[float]] | None:
+    """(texts, rewards) of a cached record, or None when it is missing, damaged or not this prompt's."""
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        if rec.get("prompt") == prompt and len(rec["rewards"]) == n:
+            return rec["texts"], rec["rewards"]
+    except (OSError, ValueError, KeyError):
+        pass  # a damaged entry is simply recomputed
+    return None
+
+
+def write_mc_record(path: Path, record: dict) -> None:
+    """Write a record made by :func:`compute_mc_records` (atomically: a killed run never leaves half a file)."""
+    write_json_atomic(path, record, indent=None)
+
+
+def mc_chunks(todo: Sequence[int], chunk_size: int | None) -> list[list[int]]:
+    """The sampling + scoring calls :func:`mc_samples` makes for the uncached prompts ``todo``: consecutive
+    chunks of ``chunk_size`` (all at once for None). The reward model's batches, and so its rewards' last
+    bits, depend on the cut; whoever computes records elsewhere (the Ray backend) cuts with this function."""
+    todo = list(todo)
+    size = chunk_size or max(len(todo), 1)
+    return [todo[s : s + size] for s in range(0, len(todo), size)]
+
+
+@torch.no_grad()
+def compute_mc_records(
+    policy: Any,
+    tokenizer: Any,
+    rm: Any,
+    prompts: Sequence[str],
+    n: int,
+    config: GenerationConfig,
+    *,
+    policy_id: str,
+    rm_id: str,
+    batch_size: int | None = None,
+    rm_batch_size: int = 16,
+) -> tuple[list[dict], Cost]:
+    """N base samples of each prompt and their rewards in one sampling + scoring call, as cache records
+    (what :func:`mc_samples` writes), and what they cost. Writes nothing."""
+    rm = as_reward(rm)
+    cost = Cost()
+    res = sample(policy, tokenizer, list(prompts), n, config, batch_size=batch_size)
+    cost.merge(res.cost)
+    ps, rs = res.flat()
+    before = getattr(rm, "n_tokens_scored", 0)
+    with Timer(cost):
+        scores = torch.as_tensor(rm(ps, rs, batch_size=rm_batch_size), dtype=torch.float32).view(
+            len(prompts), n
+        )
+    cost.rm_tokens += getattr(rm, "n_tokens_scored", 0) - before
+    records = [
+        {
+            "version": CACHE_VERSION,
+            "policy": policy_id,
+            "rm": rm_id,
+            "n": n,
+            "config": config.to_dict(),
+            "prompt": p,
+            "texts": res.texts[j],
+            "rewards": scores[j].tolist(),
+        }
+        for j, p in enumerate(prompts)
+    ]
+    return records, cost
+
+
 @torch.no_grad()
 def mc_samples(
     policy: Any,
@@ -112,8 +201,12 @@ def mc_samples(
     rm_id: str | None = None,
     batch_size: int | None = None,
     rm_batch_size: int = 16,
+    chunk_size: int | None = None,
 ) -> tuple[list[list[str]], Tensor, Cost, list[bool]]:
-    """N base samples per prompt and their rewards ``[P, N]`` (float32), through the disk cache."""
+    """N base samples per prompt and their rewards ``[P, N]`` (float32), through the disk cache.
+
+    The uncached prompts are sampled and scored ``chunk_size`` prompts per call (:func:`mc_chunks`; None:
+    all in one call)."""
     config = config or GenerationConfig()
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, not a single string")
@@ -130,42 +223,30 @@ def mc_samples(
     for i, p in enumerate(prompts):
         if root is None:
             continue
-        key = _key(pid, rid, p, n, config)
-        paths[i] = root / key[:2] / f"{key}.json"
-        if paths[i].is_file():
-            try:
-                rec = json.loads(paths[i].read_text())
-                if rec.get("prompt") == p and len(rec["rewards"]) == n:
-                    texts[i], rewards[i] = rec["texts"], rec["rewards"]
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged entry is simply recomputed
+        paths[i] = mc_record_path(root, pid, rid, p, n, config)
+        hit = read_mc_record(paths[i], p, n)
+        if hit is not None:
+            texts[i], rewards[i] = hit
     from_cache = [r is not None for r in rewards]
-    todo = [i for i, c in enumerate(from_cache) if not c]
     cost = Cost()
-    if todo:
-        res = sample(policy, tokenizer, [prompts[i] for i in todo], n, config, batch_size=batch_size)
-        cost.merge(res.cost)
-        ps, rs = res.flat()
-        before = getattr(rm, "n_tokens_scored", 0)
-        with Timer(cost):
-            scores = torch.as_tensor(rm(ps, rs, batch_size=rm_batch_size), dtype=torch.float32).view(
-                len(todo), n
-            )
-        cost.rm_tokens += getattr(rm, "n_tokens_scored", 0) - before
-        for j, i in enumerate(todo):
-            texts[i], rewards[i] = res.texts[j], scores[j].tolist()
+    for chunk in mc_chunks([i for i, c in enumerate(from_cache) if not c], chunk_size):
+        records, c = compute_mc_records(
+            policy,
+            tokenizer,
+            rm,
+            [prompts[i] for i in chunk],
+            n,
+            config,
+            policy_id=pid,
+            rm_id=rid,
+            batch_size=batch_size,
+            rm_batch_size=rm_batch_size,
+        )
+        cost.merge(c)
+        for i, rec in zip(chunk, records):
+            texts[i], rewards[i] = rec["texts"], rec["rewards"]
             if paths[i] is not None:
-                rec = {
-                    "version": CACHE_VERSION,
-                    "policy": pid,
-                    "rm": rid,
-                    "n": n,
-                    "config": config.to_dict(),
-                    "prompt": prompts[i],
-                    "texts": texts[i],
-                    "rewards": rewards[i],
-                }
-                write_json_atomic(paths[i], rec, indent=None)  # a killed run never leaves half a file
+                write_mc_record(paths[i], rec)
     return texts, torch.tensor(rewards, dtype=torch.float32), cost, from_cache  # type: ignore[arg-type]
 
 
@@ -187,12 +268,14 @@ def mc_threshold(
     rm_id: str | None = None,
     batch_size: int | None = None,
     rm_batch_size: int = 16,
+    chunk_size: int | None = None,
 ) -> MCThreshold:
     """Monte Carlo estimate of the per-prompt Stackelberg threshold m*(x) from ``n`` base samples.
 
     Give either ``shaper`` (a Shaper or a preset/shaper name; its ``threshold`` rule is used) or ``B`` and
     ``beta`` (the plain :func:`stackalign.shaping.stackelberg_threshold`, with optional ``gamma_cap``).
-    Sampling uses ``config`` (temperature, top-p, stop strings, seed); see :func:`mc_samples` for caching.
+    Sampling uses ``config`` (temperature, top-p, stop strings, seed); see :func:`mc_samples` for caching
+    and ``chunk_size``.
     """
     from stackalign.shaping import stackelberg_threshold
 
@@ -216,6 +299,7 @@ def mc_threshold(
         rm_id=rm_id,
         batch_size=batch_size,
         rm_batch_size=rm_batch_size,
+        chunk_size=chunk_size,
     )
     if shaper is not None:
         m = shaper.threshold(rewards)

@@ -35,6 +35,7 @@ __all__ = [
     "PredictorConfig",
     "evaluate_threshold_predictor",
     "ThresholdPredictor",
+    "fit_predictor_on_thresholds",
     "fit_threshold_predictor",
     "load_threshold_predictor",
     "prompt_features",
@@ -240,24 +241,64 @@ def train_threshold_predictor(
     cache_dir: Any = None,
     out_dir: str | Path | None = None,
 ) -> tuple[ThresholdPredictor, Cost]:
-    """Monte Carlo thresholds of ``prompts`` (``shaper``'s rule, :func:`mc_threshold`), their features, the
-    fit; saved to ``out_dir`` when given. Returns the predictor and the cost of building it."""
-    from stackalign.decoding.common import GenerationConfig
+    """Monte Carlo thresholds of ``prompts`` (``shaper``'s rule, :func:`mc_threshold`; sampled and scored
+    ``config.batch_size`` prompts per call), their features, the fit; saved to ``out_dir`` when given.
+    Returns the predictor and the cost of building it."""
     from stackalign.decoding.mc import mc_threshold
 
     config = config or PredictorConfig()
-    generation = generation or GenerationConfig(temperature=1.0, max_new_tokens=64)
-    prompts = list(prompts)[: config.train_prompts]
+    generation = predictor_generation(generation)
+    prompts = predictor_prompts(prompts, config)
     mc = mc_threshold(
-        policy, tokenizer, rm, prompts, config.n_samples, generation, shaper=shaper, cache_dir=cache_dir
+        policy,
+        tokenizer,
+        rm,
+        prompts,
+        config.n_samples,
+        generation,
+        shaper=shaper,
+        cache_dir=cache_dir,
+        chunk_size=config.batch_size,
     )
-    cost = Cost()
+    pred, cost = fit_predictor_on_thresholds(
+        policy, tokenizer, prompts, mc.thresholds, shaper, config, generation
+    )
     cost.merge(mc.cost)
+    if out_dir is not None:
+        pred.save(out_dir)
+    return pred, cost
+
+
+def predictor_generation(generation: Any = None) -> Any:
+    """The sampling settings of a predictor's Monte Carlo thresholds (default: temperature 1, 64 tokens)."""
+    from stackalign.decoding.common import GenerationConfig
+
+    return generation or GenerationConfig(temperature=1.0, max_new_tokens=64)
+
+
+def predictor_prompts(prompts: Sequence[str], config: PredictorConfig) -> list[str]:
+    """The training prompts a predictor uses: the first ``config.train_prompts`` of ``prompts``."""
+    return list(prompts)[: config.train_prompts]
+
+
+def fit_predictor_on_thresholds(
+    policy: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    thresholds: Tensor,
+    shaper: Any,
+    config: PredictorConfig,
+    generation: Any,
+) -> tuple[ThresholdPredictor, Cost]:
+    """The fit of :func:`train_threshold_predictor` on given Monte Carlo ``thresholds`` of ``prompts``: their
+    features on ``policy``, the ridge fit, the meta that names ``shaper``'s rule and ``generation``. Returns the
+    predictor and the features' cost (the Ray backend runs this on a worker, the thresholds computed apart)."""
+    cost = Cost()
     with Timer(cost, model_device(policy)):
-        feats = prompt_features(policy, tokenizer, prompts, batch_size=config.batch_size, cost=cost)
+        feats = prompt_features(policy, tokenizer, list(prompts), batch_size=config.batch_size, cost=cost)
         pred = fit_threshold_predictor(
             feats,
-            mc.thresholds,
+            thresholds,
             config,
             meta={
                 "rule": threshold_rule(shaper),
@@ -265,8 +306,6 @@ def train_threshold_predictor(
                 "features": "last+mean",
             },
         )
-    if out_dir is not None:
-        pred.save(out_dir)
     return pred, cost
 
 

@@ -393,19 +393,35 @@ def schema_rows() -> list[tuple[str, str, Any, str]]:
 # --------------------------------------------------------------------------------------------- building
 
 
-def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
-    """`generate(prompts)` of a plan; for CD, `head` (a trained value head) skips the offline phases."""
+def run_generation(recipe, stop_strings: list[str]):
+    """The recipe's decoding settings as a `GenerationConfig` (its length, sampling, stops and seed)."""
     from stackalign.decoding.common import GenerationConfig
 
-    g = ctx.recipe.generation
-    gen = GenerationConfig(
+    g = recipe.generation
+    return GenerationConfig(
         max_new_tokens=g.max_new_tokens,
         temperature=g.temperature,
         top_p=g.top_p,
         top_k=g.top_k,
-        stop_strings=tuple(ctx.stop_strings),
-        seed=ctx.recipe.seed,
+        stop_strings=tuple(stop_strings),
+        seed=recipe.seed,
     )
+
+
+# A per-prompt threshold source handed to `make_method` (the Ray workers' `threshold: mc` methods):
+# prompts -> (thresholds [P], the cost of computing them, charged to the rows as the decoder would).
+Thresholds = Callable[[list[str]], tuple[Any, Any]]
+
+
+def make_method(
+    plan: MethodPlan, ctx, *, head=None, predictor=None, thresholds: Thresholds | None = None
+) -> Generate:
+    """`generate(prompts)` of a plan; for CD, `head` (a trained value head) skips the offline phases. For an
+    SRS method, `predictor` (a trained ThresholdPredictor, `threshold: predicted`) skips finding or training
+    one, and `thresholds` (`threshold: mc`) replaces sampling the thresholds in the decoder; the Ray workers
+    get both from the driver (a refine method passes them to its first decoder)."""
+    g = ctx.recipe.generation
+    gen = run_generation(ctx.recipe, ctx.stop_strings)
     configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=ctx.recipe.seed)
     if plan.decoder in ("base", "greedy"):
         from stackalign.decoding.sampling import sample
@@ -422,9 +438,11 @@ def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
         from stackalign.decoding.bon import best_of_n
 
         bcfg = configs["bon"]
-        predictor = _threshold_predictor(plan, configs, ctx, gen)
+        if predictor is None:
+            predictor = _threshold_predictor(plan, configs, ctx, gen)
 
         def run(prompts: list[str]) -> list[dict]:
+            m, m_cost = thresholds(prompts) if thresholds is not None else (None, None)
             res = best_of_n(
                 ctx.policy,
                 ctx.tokenizer,
@@ -435,11 +453,14 @@ def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
                 shaper=plan.shaper,
                 soft=plan.decoder == "soft_bon",
                 beta=bcfg.beta_select,
+                thresholds=m,
                 threshold_source=bcfg.threshold,
                 mc_samples=bcfg.mc_samples,
                 predictor=predictor,
                 mc_cache_dir=ctx.out_dir / "mc_cache",
             )
+            if m_cost is not None:
+                res.cost.merge(m_cost)
             return _rows(res.texts, res.cost, len(prompts))
 
         return run
@@ -448,9 +469,11 @@ def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
         from stackalign.decoding.args import args_generate
 
         cfg = configs["args"]
-        predictor = _threshold_predictor(plan, configs, ctx, gen)
+        if predictor is None:
+            predictor = _threshold_predictor(plan, configs, ctx, gen)
 
         def run(prompts: list[str]) -> list[dict]:
+            m, m_cost = thresholds(prompts) if thresholds is not None else (None, None)
             res = args_generate(
                 ctx.policy,
                 ctx.tokenizer,
@@ -459,9 +482,12 @@ def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
                 cfg,
                 gen,
                 shaper=plan.shaper,
+                thresholds=m,
                 predictor=predictor,
                 mc_cache_dir=ctx.out_dir / "mc_cache",
             )
+            if m_cost is not None:
+                res.cost.merge(m_cost)
             return _rows(res.texts, res.cost, len(prompts))
 
         return run
@@ -469,11 +495,11 @@ def make_method(plan: MethodPlan, ctx, *, head=None) -> Generate:
     if plan.decoder in ("cd_tokenwise", "cd_blockwise"):
         return _make_cd(plan, configs, ctx, gen, head)
     if plan.decoder == "refine":
-        return _make_refine(plan, ctx, gen)
+        return _make_refine(plan, ctx, gen, predictor=predictor, thresholds=thresholds)
     raise RecipeError(f"methods[{plan.name}].decoder: unknown {plan.decoder!r}")  # pragma: no cover
 
 
-def _make_refine(plan: MethodPlan, ctx, gen) -> Generate:
+def _make_refine(plan: MethodPlan, ctx, gen, *, predictor=None, thresholds=None) -> Generate:
     """First answers from the sub-method, then ``steps`` follower steps (``decoding.refine.refine_chain``)."""
     from stackalign.decoding.common import Cost
     from stackalign.decoding.refine import refine_chain
@@ -481,7 +507,7 @@ def _make_refine(plan: MethodPlan, ctx, gen) -> Generate:
     d = plan.decoder_params
     if ctx.world is None or not getattr(ctx.world, "has_follower_format", False):
         raise RecipeError(f"methods[{plan.name}]: refine needs a world with the follower format (world: ...)")
-    first = make_method(first_method(plan), ctx)
+    first = make_method(first_method(plan), ctx, predictor=predictor, thresholds=thresholds)
     if d["follower"] is None:
         follower, ftok = ctx.policy, ctx.tokenizer
     else:
@@ -505,45 +531,113 @@ def _make_refine(plan: MethodPlan, ctx, gen) -> Generate:
     return run
 
 
+@dataclass
+class SRSPlan:
+    """Where an SRS method's per-prompt thresholds come from (`threshold: mc | predicted`), everything but the
+    models: the Ray backend's driver plans the Monte Carlo and predictor phases with it. `mc`: `n` samples
+    of each test prompt with `generation`; `predicted`: a predictor given at `predictor_path`, else the one
+    cached in (or trained into) `predictor_dir` on `n` samples of each of `train_prompts`."""
+
+    name: str  # the thresholds' method (a refine method's first decoder: NAME/first)
+    source: str  # "mc" | "predicted"
+    shaper: Shaper
+    n: int  # Monte Carlo samples per prompt
+    generation: Any  # GenerationConfig of the Monte Carlo samples (part of their cache key)
+    chunk_size: int | None  # prompts per sampling + scoring call (mc_chunks); None: one call
+    predictor_path: str | None = None
+    predictor_dir: Path | None = None
+    predictor: PredictorConfig | None = None
+    train_prompts: list[str] | None = None  # None: no world to train on
+
+
+def threshold_plan(plan: MethodPlan) -> MethodPlan:
+    """The plan whose decoder takes the per-prompt thresholds: `plan`, or a refine method's first decoder."""
+    return first_method(plan) if plan.decoder == "refine" else plan
+
+
+def srs_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: Path) -> SRSPlan | None:
+    """The threshold phases of `plan` (a decoding plan: `threshold_plan` of a method), None for a method
+    without per-prompt thresholds. Mirrors what `make_method` does serially, so both find the same files."""
+    from stackalign.decoding.args import mc_generation
+    from stackalign.decoding.bon import bon_threshold_generation
+    from stackalign.decoding.threshold_predictor import predictor_prompts
+
+    source = plan.decoder_params.get("threshold", "step")
+    if source == "step" or plan.shaper is None:
+        return None
+    g = recipe.generation
+    configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=recipe.seed)
+    gen = run_generation(recipe, stop_strings)
+    if source == "mc":
+        if plan.decoder in ("bon", "soft_bon"):
+            gen = bon_threshold_generation(gen)
+        return SRSPlan(
+            plan.name, "mc", plan.shaper, plan.decoder_params["mc_samples"], mc_generation(gen), None
+        )
+    pcfg = configs["predictor"]
+    return SRSPlan(
+        plan.name,
+        "predicted",
+        plan.shaper,
+        pcfg.n_samples,
+        dataclasses.replace(gen, temperature=1.0, top_p=1.0, top_k=0),
+        pcfg.batch_size,  # train_threshold_predictor's cut
+        predictor_path=plan.decoder_params.get("predictor") or None,
+        predictor_dir=Path(out_dir) / "threshold_predictors" / plan.name,
+        predictor=pcfg,
+        train_prompts=None if world is None else predictor_prompts(world.train_prompts, pcfg),
+    )
+
+
+def cached_threshold_predictor(sp: SRSPlan):
+    """The predictor of a `predicted` plan that needs no training: the given one, else the run directory's when
+    it was trained for this method's threshold rule; None when one must be trained."""
+    from stackalign.decoding.threshold_predictor import CONFIG_NAME, load_threshold_predictor
+
+    if sp.predictor_path:
+        return load_threshold_predictor(sp.predictor_path)
+    if (sp.predictor_dir / CONFIG_NAME).exists():
+        cached = load_threshold_predictor(sp.predictor_dir)
+        try:
+            cached.check_rule(sp.shaper)
+            return cached
+        except ValueError:
+            pass  # trained for an earlier version of this method (another B or beta): retrain
+    return None
+
+
+def predictor_train_prompts(sp: SRSPlan) -> list[str]:
+    """The training prompts of a predictor to train; RecipeError when the run has no world."""
+    if sp.train_prompts is None:
+        raise RecipeError(
+            f"methods[{sp.name}].params.threshold: 'predicted' trains on a world's training prompts; "
+            "give a world or a trained predictor directory (params.predictor)"
+        )
+    return sp.train_prompts
+
+
 def _threshold_predictor(plan: MethodPlan, configs: dict, ctx, gen) -> Any:
     """The method's amortised threshold predictor (``threshold: predicted``): loaded from ``predictor`` when
     given, else from the run directory (``threshold_predictors/<method>``), else trained there on the world's
     training prompts' Monte Carlo thresholds (like CD's value heads). None for other threshold sources."""
-    from stackalign.decoding.threshold_predictor import (
-        CONFIG_NAME,
-        load_threshold_predictor,
-        train_threshold_predictor,
-    )
+    from stackalign.decoding.threshold_predictor import train_threshold_predictor
 
     if plan.decoder_params.get("threshold") != "predicted":
         return None
-    path = plan.decoder_params.get("predictor")
-    if path:
-        return load_threshold_predictor(path)
-    out = ctx.out_dir / "threshold_predictors" / plan.name
-    if (out / CONFIG_NAME).exists():
-        cached = load_threshold_predictor(out)
-        try:
-            cached.check_rule(plan.shaper)
-            return cached
-        except ValueError:
-            pass  # trained for an earlier version of this method (another B or beta): retrain below
-    if ctx.world is None:
-        raise RecipeError(
-            f"methods[{plan.name}].params.threshold: 'predicted' trains on a world's training prompts; "
-            "give a world or a trained predictor directory (params.predictor)"
-        )
-    mc_gen = dataclasses.replace(gen, temperature=1.0, top_p=1.0, top_k=0)
+    sp = srs_plan(plan, ctx.recipe, ctx.world, ctx.stop_strings, ctx.out_dir)
+    cached = cached_threshold_predictor(sp)
+    if cached is not None:
+        return cached
     pred, _ = train_threshold_predictor(
         ctx.policy,
         ctx.tokenizer,
         ctx.reward,
-        list(ctx.world.train_prompts),
+        predictor_train_prompts(sp),
         plan.shaper,
         configs["predictor"],
-        mc_gen,
+        sp.generation,
         cache_dir=ctx.out_dir / "mc_cache",
-        out_dir=out,
+        out_dir=sp.predictor_dir,
     )
     return pred
 

@@ -33,6 +33,8 @@ sub-runs' `cd_offline/` and `cd_heads/` are links to `OUT/cd_shared/`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import math
 import os
 from collections.abc import Sequence
@@ -189,6 +191,17 @@ def format_sweep_table(result: dict) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in body)])
 
 
+def _backend_session(recipe: Recipe) -> contextlib.AbstractContextManager:
+    """For the Ray backend: one Ray connection for the whole sweep (each value's run attaches to it rather
+    than starting and stopping a local Ray instance, seconds each). Without Ray installed, nothing: the first
+    run then reports the missing package as a recipe error."""
+    if recipe.backend.kind != "ray" or importlib.util.find_spec("ray") is None:
+        return contextlib.nullcontext()
+    from stackalign.runner.backends.ray_backend import ray_session
+
+    return ray_session(recipe.backend)
+
+
 def run_sweep(
     recipe: Recipe,
     method_name: str,
@@ -225,14 +238,15 @@ def run_sweep(
         world = default_world(progress=progress) if recipe.world == "default" else load_world(recipe.world)
 
     per_value: dict[float, dict] = {}
-    for v in vals:
-        sub = out / f"{key}={_label(v)}"
-        if progress:
-            print(f"[sweep] {method_name}: {key}={_label(v)} -> {sub}", flush=True)
-        sub.mkdir(parents=True, exist_ok=True)
-        if plan["decoder"].startswith("cd_"):
-            _link_cd_cache(sub, out / "cd_shared")
-        per_value[v] = execute(plan["recipes"][v], sub, world=world, progress=progress)
+    with _backend_session(recipe):
+        for v in vals:
+            sub = out / f"{key}={_label(v)}"
+            if progress:
+                print(f"[sweep] {method_name}: {key}={_label(v)} -> {sub}", flush=True)
+            sub.mkdir(parents=True, exist_ok=True)
+            if plan["decoder"].startswith("cd_"):
+                _link_cd_cache(sub, out / "cd_shared")
+            per_value[v] = execute(plan["recipes"][v], sub, world=world, progress=progress)
 
     chosen, criterion = choose_value(per_value, method_name)
     result = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class Done:
 
     ctx: Any = None
     coherence: Any = None
+    tasks: dict = field(default_factory=dict)  # Ray: tasks run per phase (cd_sample, mc_sample, decode, ...)
 
 
 def decode_units(job: Job) -> list[tuple[int, list[int]]]:

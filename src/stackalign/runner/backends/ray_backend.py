@@ -11,8 +11,16 @@ Phases (each fans out over the pool; the driver appends results as they arrive):
      rows go into the run directory's shards (`cd_offline/KEY/`), as the serial backend writes them.
   2. CD value heads: one training task per CD method without a head in `cd_heads/NAME/`; the driver writes
      the returned files (weights first, the config that marks a head complete last).
-  3. Decoding: every unfinished (method, prompt batch) unit; rows go to `generations.jsonl`.
-  4. Evaluation scoring: the coherence of every row, in chunks, on the workers' encoders; the driver's
+  3. SRS Monte Carlo samples (`threshold: mc | predicted`): every record missing from `mc_cache/` (the test
+     prompts of each `mc` method, the training prompts of each `predicted` method lacking a predictor), cut
+     into the very sampling calls the serial backend makes (so the rewards match it bit for bit); the
+     driver writes the records, as `mc_samples` does, so serial and Ray runs resume from each other's cache.
+  4. Threshold predictors: one fit per `predicted` method lacking a current one in
+     `threshold_predictors/NAME/` (the worker computes the prompt features); the driver writes its files.
+  5. Decoding: every unfinished (method, prompt batch) unit, handed its value head, its predictor or its
+     prompts' MC rewards (and their sampling cost, which the serial decode would have charged to it); rows
+     go to `generations.jsonl`.
+  6. Evaluation scoring: the coherence of every row, in chunks, on the workers' encoders; the driver's
      evaluation then reads the scores instead of loading the encoder (the gold judge is a cheap function of
      the world, an LLM judge already runs its calls concurrently).
 
@@ -25,7 +33,11 @@ command recomputes exactly those.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -50,6 +62,20 @@ def connect(backend) -> bool:
     return True
 
 
+@contextmanager
+def ray_session(backend) -> Iterator[None]:
+    """Ray connected (`connect`) for the block, and shut down at its end when this call started it: the
+    runs inside attach to it instead of starting and stopping Ray each (`stackalign sweep`: one per value)."""
+    started = connect(backend)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
 def _check_resources(backend) -> None:
     import ray
 
@@ -63,12 +89,14 @@ def _check_resources(backend) -> None:
             )
 
 
-def _write_head(head_dir: Path, files: dict[str, bytes]) -> None:
-    """Write a trained head's files; the config (whose presence marks a complete head) goes last, atomically."""
+def _write_head(head_dir: Path, files: dict[str, bytes], config_name: str | None = None) -> None:
+    """Write a trained head's (or threshold predictor's) files; the config (`config_name`, default the value
+    head's: whose presence marks a complete head) goes last, atomically."""
     from stackalign.decoding.value_head import CONFIG_NAME
 
+    config_name = config_name or CONFIG_NAME
     head_dir.mkdir(parents=True, exist_ok=True)
-    for name in sorted(files, key=lambda n: n == CONFIG_NAME):
+    for name in sorted(files, key=lambda n: n == config_name):
         tmp = head_dir / f"{name}.tmp{os.getpid()}"
         tmp.write_bytes(files[name])
         os.replace(tmp, head_dir / name)
@@ -76,6 +104,95 @@ def _write_head(head_dir: Path, files: dict[str, bytes]) -> None:
 
 def _read_head(head_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in head_dir.iterdir() if p.is_file() and ".tmp" not in p.name}
+
+
+@dataclass
+class _MCChunk:
+    """One sampling + scoring call of the MC phase: `prompts` (cache files `paths`) with `sp`'s settings.
+    `unit`: the decode unit whose serial decode would have made this call (its rows pay the cost); None for
+    a predictor's training prompts."""
+
+    sp: Any  # runner.methods.SRSPlan
+    prompts: list[str]
+    paths: list[Path]
+    unit: int | None
+
+
+@dataclass
+class _ThresholdPhases:
+    """The driver's plan of the SRS threshold phases (see `_plan_thresholds`)."""
+
+    srs: dict[int, Any] = field(default_factory=dict)  # plan index -> SRSPlan (its units need thresholds)
+    chunks: list[_MCChunk] = field(default_factory=list)
+    to_fit: list[int] = field(default_factory=list)  # `predicted` methods without a usable predictor
+    predictors: dict[int, dict[str, bytes]] = field(default_factory=dict)  # plan index -> predictor files
+    unit_paths: dict[int, list[Path]] = field(default_factory=dict)  # `mc` unit -> its prompts' records
+
+
+def _plan_thresholds(job: Job, units: list[tuple[int, list[int]]], ids: tuple[str, str]) -> _ThresholdPhases:
+    """Plan the MC and predictor phases the way the serial backend meets them (methods in recipe order; a
+    `predicted` method's training prompts before its units; a unit's uncached prompts in one call, a
+    predictor's in `mc_chunks` of its batch size), so every record is sampled by the same call as serially,
+    byte for byte, and only records neither cached in `mc_cache/` nor planned earlier are sampled."""
+    from stackalign.decoding.mc import mc_chunks, mc_record_path, read_mc_record
+    from stackalign.decoding.threshold_predictor import CONFIG_NAME, WEIGHTS_NAME
+    from stackalign.runner.methods import (
+        cached_threshold_predictor,
+        predictor_train_prompts,
+        srs_plan,
+        threshold_plan,
+    )
+
+    root = job.out / "mc_cache"
+    ph = _ThresholdPhases()
+    planned: set[Path] = set()
+
+    def need(sp, prompts: list[str], unit: int | None) -> list[Path]:
+        paths = [mc_record_path(root, ids[0], ids[1], p, sp.n, sp.generation) for p in prompts]
+        todo = []
+        for j, (p, path) in enumerate(zip(prompts, paths)):
+            if path not in planned and read_mc_record(path, p, sp.n) is None:
+                planned.add(path)
+                todo.append(j)
+        for c in mc_chunks(todo, sp.chunk_size):
+            ph.chunks.append(_MCChunk(sp, [prompts[j] for j in c], [paths[j] for j in c], unit))
+        return paths
+
+    with_units = {pi for pi, _ in units}
+    for pi, plan in enumerate(job.plans):
+        sp = srs_plan(threshold_plan(plan), job.recipe, job.world, job.stops, job.out)
+        if sp is None or pi not in with_units:
+            continue
+        ph.srs[pi] = sp
+        if sp.source == "predicted":
+            if cached_threshold_predictor(sp) is not None:
+                src = Path(sp.predictor_path) if sp.predictor_path else sp.predictor_dir
+                ph.predictors[pi] = {n: (src / n).read_bytes() for n in (WEIGHTS_NAME, CONFIG_NAME)}
+            else:
+                need(sp, predictor_train_prompts(sp), None)
+                ph.to_fit.append(pi)
+            continue
+        for u, (upi, uids) in enumerate(units):
+            if upi == pi:
+                ph.unit_paths[u] = need(sp, [job.prompts[i] for i in uids], u)
+    return ph
+
+
+def _mc_rewards(
+    paths: list[Path], prompts: list[str], n: int, got: dict[Path, list[float]]
+) -> list[list[float]]:
+    """The MC rewards of `prompts`: sampled in this run (`got`) or read from the cache."""
+    from stackalign.decoding.mc import read_mc_record
+
+    out = []
+    for path, p in zip(paths, prompts):
+        if path not in got:
+            hit = read_mc_record(path, p, n)
+            if hit is None:  # not expected: planned records are written before they are read
+                raise RuntimeError(f"ray backend: the MC record {path} of a planned prompt is missing")
+            got[path] = hit[1]
+        out.append(got[path])
+    return out
 
 
 def run_ray(job: Job) -> Done:
@@ -115,6 +232,16 @@ def run_ray(job: Job) -> Done:
         sample_units: list[tuple[Path, int, list[int]]] = []  # (data set, a CD method using it, ids)
         plans_cd = {pi: cd_plan(job.plans[pi], job.recipe, job.world, job.stops, job.out) for pi in cd_pis}
         name = ray.get(actors[0].model_name.remote()) if cd_pis else None
+        # plan the SRS threshold phases (driver side: cache keys, what is on disk)
+        from stackalign.decoding.threshold_predictor import CONFIG_NAME as PREDICTOR_CONFIG
+        from stackalign.runner.methods import predictor_train_prompts, srs_plan, threshold_plan
+
+        has_srs = any(
+            srs_plan(threshold_plan(job.plans[pi]), job.recipe, None, [], job.out)
+            for pi in {pi for pi, _ in units}
+        )
+        mc_ids = ray.get(actors[0].mc_ids.remote()) if has_srs else ("", "")
+        th = _plan_thresholds(job, units, mc_ids)
         for pi in cd_pis:
             cp = plans_cd[pi]
             if cp.data_dir not in shards:
@@ -129,7 +256,7 @@ def run_ray(job: Job) -> Done:
                 to_train.append(pi)
 
         bar = tqdm(
-            total=len(sample_units) + len(to_train) + len(units),
+            total=len(sample_units) + len(to_train) + len(th.chunks) + len(th.to_fit) + len(units),
             desc=f"ray x{b.workers}",
             unit="unit",
             disable=not job.progress,
@@ -150,23 +277,67 @@ def run_ray(job: Job) -> Done:
             _write_head(plans_cd[pi].head_dir, files)  # at once: a killed driver keeps every finished head
             heads[pi] = files
             bar.update(1)
-        # 3. decoding
+        # 3. SRS Monte Carlo samples: the records go into mc_cache/ (the files mc_samples writes)
+        got: dict[Path, list[float]] = {}  # cache file -> rewards sampled in this run
+        unit_cost: dict[int, object] = {}
+        from stackalign.decoding.mc import write_mc_record
+
+        for k, ch in enumerate(th.chunks):
+            pool.submit(
+                lambda a, v: a.mc_sample.remote(*v), (k, ch.prompts, ch.sp.n, ch.sp.generation, mc_ids)
+            )
+        while pool.has_next():
+            k, records, cost = pool.get_next_unordered()
+            ch = th.chunks[k]
+            for path, rec in zip(ch.paths, records):
+                write_mc_record(path, rec)
+                got[path] = rec["rewards"]
+            if ch.unit is not None:
+                unit_cost[ch.unit] = cost
+            bar.update(1)
+        # 4. threshold predictors: one fit per `predicted` method lacking one
+        from stackalign.decoding.mc import mc_record_path
+
+        for pi in th.to_fit:
+            sp = th.srs[pi]
+            prompts = predictor_train_prompts(sp)
+            paths = [mc_record_path(job.out / "mc_cache", *mc_ids, p, sp.n, sp.generation) for p in prompts]
+            pool.submit(lambda a, v: a.fit_predictor.remote(*v), (pi, _mc_rewards(paths, prompts, sp.n, got)))
+        while pool.has_next():
+            pi, files = pool.get_next_unordered()
+            _write_head(th.srs[pi].predictor_dir, files, PREDICTOR_CONFIG)  # config last: marks it complete
+            th.predictors[pi] = files
+            bar.update(1)
+        # 5. decoding
         head_refs = {pi: ray.put(files) for pi, files in heads.items()}
-        for pi, ids in units:
-            pool.submit(lambda a, v: a.decode.remote(*v), (pi, ids, head_refs.get(pi)))
+        pred_refs = {pi: ray.put(files) for pi, files in th.predictors.items()}
+        for u, (pi, ids) in enumerate(units):
+            mc = None
+            if u in th.unit_paths:
+                prompts = [job.prompts[i] for i in ids]
+                rewards = _mc_rewards(th.unit_paths[u], prompts, th.srs[pi].n, got)
+                mc = {"rewards": rewards, "cost": unit_cost.get(u)}
+            pool.submit(lambda a, v: a.decode.remote(*v), (pi, ids, head_refs.get(pi), pred_refs.get(pi), mc))
         while pool.has_next():
             rows = pool.get_next_unordered()
             job.store.append(rows)
             bar.update(1)
         bar.close()
-        # 4. evaluation scoring: the coherence encoder on the workers, every row of the run directory
+        # 6. evaluation scoring: the coherence encoder on the workers, every row of the run directory
         coherence = _coherence_on(pool, job, b.workers) if job.recipe.evaluation.coherence else None
+        tasks = {
+            "cd_sample": len(sample_units),
+            "cd_train": len(to_train),
+            "mc_sample": len(th.chunks),
+            "fit_predictor": len(th.to_fit),
+            "decode": len(units),
+        }
     finally:
         for a in actors:
             ray.kill(a)
         if started:
             ray.shutdown()
-    return Done(coherence=coherence)
+    return Done(coherence=coherence, tasks=tasks)
 
 
 class PrecomputedCoherence:

@@ -1,13 +1,14 @@
 """A backend worker: loads the recipe's models once and computes units on request (no Ray import here, so
 the same class runs in a Ray actor or in-process).
 
-A worker writes nothing to the run directory: it returns rows (and a trained value head's files) to the
-driver, which is their single writer. That keeps the run directory consistent however workers die, and lets
+A worker writes nothing to the run directory: it returns rows (and a trained value head's or threshold
+predictor's files, and Monte Carlo cache records) to the driver, which is their single writer. That keeps the run directory consistent however workers die, and lets
 workers run on other nodes that do not share the driver's disk.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import tempfile
@@ -23,7 +24,8 @@ DELAY_ENV = "STACKALIGN_RAY_DELAY"
 
 
 class Worker:
-    """The models of one recipe, loaded once; `decode`, `cd_sample`, `cd_train` compute units."""
+    """The models of one recipe, loaded once; `decode`, `cd_sample`, `cd_train`, `mc_sample`,
+    `fit_predictor`, `coherence` compute units."""
 
     def __init__(self, recipe_data: dict, out_dir: str, threads: int | None = None):
         import torch
@@ -42,6 +44,7 @@ class Worker:
         self._generators: dict[int, object] = {}
         self._decoded = 0
         self._coherence = None
+        self._mc: dict | None = None  # the MC rewards of the unit being decoded (threshold: mc)
 
     def ready(self) -> int:
         """The worker's process id (also: the models are loaded)."""
@@ -52,10 +55,20 @@ class Worker:
 
         return model_name(self.ctx.policy)
 
-    def decode(self, pi: int, ids: list[int], head_files: dict[str, bytes] | None = None) -> list[dict]:
-        """The rows of method `pi` on prompts `ids` (`head_files`: a CD method's trained value head)."""
+    def decode(
+        self,
+        pi: int,
+        ids: list[int],
+        head_files: dict[str, bytes] | None = None,
+        predictor_files: dict[str, bytes] | None = None,
+        mc: dict | None = None,
+    ) -> list[dict]:
+        """The rows of method `pi` on prompts `ids`. `head_files`: a CD method's trained value head;
+        `predictor_files`: a `threshold: predicted` method's predictor; `mc`: a `threshold: mc` method's
+        Monte Carlo rewards of these prompts (`{"rewards": [[N floats] per id], "cost": Cost or None}`, the
+        cost of sampling them when this unit's serial decode would have: charged to its rows)."""
         from stackalign.runner.backends.common import decode_rows
-        from stackalign.runner.methods import make_method
+        from stackalign.runner.methods import make_method, threshold_plan
 
         self._decoded += 1
         _maybe_fault(self._decoded)
@@ -63,8 +76,73 @@ class Worker:
             time.sleep(float(os.environ[DELAY_ENV]))
         if pi not in self._generators:
             head = _load_head(head_files) if head_files is not None else None
-            self._generators[pi] = make_method(self.plans[pi], self.ctx, head=head)
-        return decode_rows(self.ctx, self.plans[pi].name, self._generators[pi], ids)
+            predictor = _load_predictor(predictor_files) if predictor_files is not None else None
+            source = None
+            if mc is not None:
+                source = functools.partial(self._unit_thresholds, threshold_plan(self.plans[pi]).shaper)
+            self._generators[pi] = make_method(
+                self.plans[pi], self.ctx, head=head, predictor=predictor, thresholds=source
+            )
+        self._mc = mc
+        try:
+            return decode_rows(self.ctx, self.plans[pi].name, self._generators[pi], ids)
+        finally:
+            self._mc = None
+
+    def _unit_thresholds(self, shaper, prompts: list[str]):
+        """The current unit's thresholds from the rewards the driver sent (mc_threshold's rule)."""
+        import torch
+
+        from stackalign.decoding.common import Cost
+
+        mc = self._mc
+        rewards = torch.tensor(mc["rewards"], dtype=torch.float32)
+        if rewards.shape[0] != len(prompts):
+            raise RuntimeError(f"decode: {rewards.shape[0]} prompts' MC rewards for {len(prompts)} prompts")
+        return shaper.threshold(rewards), mc["cost"] or Cost()
+
+    def mc_ids(self) -> tuple[str, str]:
+        """(policy id, reward id) of the Monte Carlo cache keys (`mc.model_fingerprint`,
+        `mc.reward_fingerprint`)."""
+        from stackalign.decoding.common import as_reward
+        from stackalign.decoding.mc import model_fingerprint, reward_fingerprint
+
+        return model_fingerprint(self.ctx.policy), reward_fingerprint(as_reward(self.ctx.reward))
+
+    def mc_sample(self, tag: int, prompts: list[str], n: int, generation, ids: tuple[str, str]):
+        """(tag, MC cache records of `prompts`, their cost): one sampling + scoring call, as `mc_samples`
+        makes it for these prompts."""
+        from stackalign.decoding.mc import compute_mc_records
+
+        c = self.ctx
+        records, cost = compute_mc_records(
+            c.policy, c.tokenizer, c.reward, prompts, n, generation, policy_id=ids[0], rm_id=ids[1]
+        )
+        return tag, records, cost
+
+    def fit_predictor(self, pi: int, rewards: list[list[float]]) -> tuple[int, dict[str, bytes]]:
+        """Fit method `pi`'s threshold predictor on its training prompts' MC rewards (as
+        `train_threshold_predictor` does after sampling); returns (pi, the saved predictor's files)."""
+        import torch
+
+        from stackalign.decoding.threshold_predictor import fit_predictor_on_thresholds
+        from stackalign.runner.methods import predictor_train_prompts, srs_plan, threshold_plan
+
+        c = self.ctx
+        sp = srs_plan(threshold_plan(self.plans[pi]), c.recipe, c.world, c.stop_strings, c.out_dir)
+        thresholds = sp.shaper.threshold(torch.tensor(rewards, dtype=torch.float32))
+        pred, _ = fit_predictor_on_thresholds(
+            c.policy,
+            c.tokenizer,
+            predictor_train_prompts(sp),
+            thresholds,
+            sp.shaper,
+            sp.predictor,
+            sp.generation,
+        )
+        with tempfile.TemporaryDirectory(prefix="stackalign-predictor-") as tmp:
+            pred.save(tmp)
+            return pi, {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
     def cd_sample(self, pi: int, idx: list[int]) -> tuple[int, list[dict]]:
         """(pi, offline CD rows: N base samples and their rewards) of training prompts `idx` of method `pi`."""
@@ -116,6 +194,15 @@ def _load_head(files: dict[str, bytes]):
             (Path(tmp) / name).write_bytes(data)
         head, _ = load_value_head(tmp)
     return head
+
+
+def _load_predictor(files: dict[str, bytes]):
+    from stackalign.decoding.threshold_predictor import load_threshold_predictor
+
+    with tempfile.TemporaryDirectory(prefix="stackalign-predictor-") as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        return load_threshold_predictor(tmp)
 
 
 def _maybe_fault(count: int) -> None:
