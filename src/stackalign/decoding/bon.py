@@ -127,13 +127,13 @@ class BoNResult:
     meta: dict = field(default_factory=dict)
 
 
-@torch.no_grad()
 def bon_threshold_generation(config: GenerationConfig) -> GenerationConfig:
     """The generation settings BoN hands to ARGS's threshold rule (``args.mc_generation``): the next seed,
     so the Monte Carlo samples are independent of the N candidates."""
     return dataclasses.replace(config, seed=config.seed + 1)
 
 
+@torch.no_grad()
 def best_of_n(
     policy: Any,
     tokenizer: Any,

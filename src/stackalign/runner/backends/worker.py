@@ -2,8 +2,9 @@
 the same class runs in a Ray actor or in-process).
 
 A worker writes nothing to the run directory: it returns rows (and a trained value head's or threshold
-predictor's files, and Monte Carlo cache records) to the driver, which is their single writer. That keeps the run directory consistent however workers die, and lets
-workers run on other nodes that do not share the driver's disk.
+predictor's files, and Monte Carlo cache records) to the driver, which is their single writer. That keeps
+the run directory consistent however workers die, and lets workers run on other nodes that do not share the
+driver's disk.
 """
 
 from __future__ import annotations
