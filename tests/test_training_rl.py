@@ -1,6 +1,9 @@
 """Training-time SRS: group shaping = the shapers row by row, reference thresholds, bad input, the TRL
 reward function (grouping as TRL repeats prompts) and 2-step GRPOTrainer and RLOOTrainer runs on a tiny model."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import bpe_tokenizer
@@ -164,3 +167,42 @@ def test_overopt_stats_hand_curve():
     s = overopt_stats({"shaping": "vanilla", "curve": curve})
     assert (s["best_gold"], s["best_gold_step"], s["kl_at_gold_peak"]) == (0.75, 10, 2.0)
     assert (s["gold_end"], s["gap_end"], s["kl_end"]) == (0.25, 2.25, 6.0)
+
+
+def test_overopt_paired_gold_against_a_baseline_run(tmp_path, micro):
+    """Paired final gold differences: exactly the per-prompt means of the runs' final samples, differenced;
+    a run with other evaluation settings is skipped."""
+    from stackalign.training.overopt import paired_gold
+
+    prompts = list(micro.test_prompts)[:3]
+    ev = {"prompts": "world:test", "limit": 3, "samples": 2, "seed": 1}
+    answers = [" Thank you for asking!", " Water that falls from clouds.", " Try one idea at a time."]
+
+    def run(name: str, texts: list[list[str]], eval_cfg: dict = ev) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"world": str(micro.root), "eval": eval_cfg}))
+        (d / "final_eval.json").write_text(json.dumps({"summary": {}, "texts": texts}))
+        return d
+
+    base = run("base", [[answers[0], answers[1]]] * 3)
+    other = run("other", [[answers[2], answers[2]], [answers[1], answers[0]], [answers[0], answers[0]]])
+    skipped = run("skipped", [[answers[2]] * 2] * 3, {**ev, "seed": 2})
+    got = paired_gold([base, other, skipped], base)
+    assert list(got) == [str(other)]
+
+    def mean_gold(p: str, row: list[str]) -> float:
+        return sum(micro.gold(p, t) for t in row) / len(row)
+
+    diffs = [
+        mean_gold(p, o) - mean_gold(p, b)
+        for p, o, b in zip(
+            prompts,
+            json.loads((other / "final_eval.json").read_text())["texts"],
+            [[answers[0], answers[1]]] * 3,
+        )
+    ]
+    assert any(abs(d) > 1e-6 for d in diffs)  # the answers differ in gold: a real difference to pair
+    mean, lo, hi = got[str(other)]
+    assert mean == pytest.approx(sum(diffs) / 3) and lo <= mean <= hi
+    assert min(diffs) - 1e-12 <= lo and hi <= max(diffs) + 1e-12

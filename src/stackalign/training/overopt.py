@@ -6,6 +6,10 @@ gold reward against KL(π‖π_ref) during training, one curve per shaping, from
 
 Per run (the ``curve`` of its summary.json: held-out evaluations every ``eval.every`` steps):
 best gold reached, gold at the end, the KL at which gold peaks, and the proxy − gold gap at the end.
+
+``--paired BASELINE_RUN`` adds, for every run on the baseline's world and evaluation prompts, the paired gold
+difference at the end against it with its 95% bootstrap interval over the prompts (both runs' final
+evaluations sample the same prompts with the same seeds, so the per-prompt differences are paired).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["overopt_stats", "plot_overoptimisation", "main"]
+__all__ = ["overopt_stats", "paired_gold", "plot_overoptimisation", "main"]
 
 
 def overopt_stats(summary: dict) -> dict:
@@ -114,6 +118,47 @@ def table(runs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def _final_gold(run: Path, world) -> tuple[list[str], list[float]]:
+    """The evaluation prompts of ``run`` and the mean gold of each prompt's final samples."""
+    cfg = json.loads((run / "config.json").read_text())
+    ev = cfg["eval"]
+    split = str(ev.get("prompts", "world:test")).split(":", 1)[1]
+    prompts = list(
+        {"train": world.train_prompts, "val": world.val_prompts, "test": world.test_prompts}[split]
+    )
+    prompts = prompts[: ev["limit"]] if ev.get("limit") else prompts
+    texts = json.loads((run / "final_eval.json").read_text())["texts"]
+    if len(texts) != len(prompts):
+        raise ValueError(f"{run}: {len(texts)} evaluated prompts, but its config names {len(prompts)}")
+    return prompts, [sum(world.gold(p, t) for t in row) / len(row) for p, row in zip(prompts, texts)]
+
+
+def paired_gold(runs: list[Path], baseline: Path) -> dict[str, tuple[float, float, float] | None]:
+    """{run: (mean, lo, hi)} of the final gold difference run − ``baseline``, paired over the evaluation
+    prompts (95% bootstrap); runs on another world or with other evaluation settings are skipped."""
+    from stackalign.evaluation.intervals import paired_diff_ci
+    from stackalign.worlds import default_world, load_world
+
+    base_cfg = json.loads((baseline / "config.json").read_text())
+    name = str(base_cfg.get("world"))
+    world = default_world() if name == "default" else load_world(name)
+    base_prompts, base_gold = _final_gold(baseline, world)
+    out: dict[str, tuple[float, float, float] | None] = {}
+    for r in runs:
+        cfg = json.loads((r / "config.json").read_text())
+        if (
+            Path(r) == Path(baseline)
+            or str(cfg.get("world")) != name
+            or cfg.get("eval") != base_cfg.get("eval")
+        ):
+            continue
+        prompts, gold = _final_gold(r, world)
+        if prompts != base_prompts:
+            continue
+        out[str(r)] = paired_diff_ci(gold, base_gold)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m stackalign.training.overopt", description=__doc__.splitlines()[0]
@@ -121,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="rl run directories")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--table", default=None, help="also write the markdown table here")
+    p.add_argument(
+        "--paired",
+        action="append",
+        default=[],
+        metavar="BASELINE_RUN",
+        help="print each run's paired gold difference at the end against this run (same world and "
+        "evaluation; repeatable, e.g. one baseline per world)",
+    )
     a = p.parse_args(argv)
     runs = [Path(r) for r in a.runs]
     plot_overoptimisation(runs, Path(a.out))
@@ -128,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     print(t)
     if a.table:
         Path(a.table).write_text(t + "\n")
+    for base in a.paired:
+        print(f"\npaired gold difference at the end against {base} (95% bootstrap over prompts):")
+        for r, d in paired_gold(runs, Path(base)).items():
+            shown = "n/a" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+            print(f"  {label_of(Path(r)):<32} {shown}   ({r})")
     return 0
 
 
