@@ -297,29 +297,36 @@ def ray_done(monkeypatch):
 
 
 def test_a_ray_sweep_keeps_its_actors_and_writes_the_serial_sweeps_rows(
-    micro_world, ray_cluster, tmp_path, ray_done
+    micro_world, ray_cluster, tmp_path, ray_done, monkeypatch
 ):
     from stackalign.runner.sweep import run_sweep
 
     values = "0.25,4"
     serial = tmp_path / "serial"
     run_sweep(recipe_from_dict(_sweep_data(micro_world)), "ARGS", values, out_dir=serial, progress=False)
+    # Two actors, two units per value: each actor decodes one unit per value. The first actor to reach its 2nd
+    # unit (value 2's) SIGKILLs itself; Ray restarts it with the recipe it was started with (value 1's) and
+    # retries the unit, which must still be decoded with value 2's recipe.
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("STACKALIGN_RAY_FAULT", f"{marker}:2")
     out = tmp_path / "ray"
     recipe = recipe_from_dict(_sweep_data(micro_world, kind="ray", workers=2))
     run_sweep(recipe, "ARGS", values, out_dir=out, progress=False)
+    assert marker.exists(), "no worker was killed: the restart went untested"
     # every value's rows are the serial sweep's: value 2 was not decoded with value 1's method (a generator
-    # cached per method index) on the kept actors. The two values' rows differ, so a stale method would show.
+    # cached per method index, or the recipe a restarted actor starts with). The two values' rows differ, so
+    # a stale method would show.
     for lab in ("w=0.25", "w=4"):
         assert _rows(out / lab) == _rows(serial / lab)
         assert len(_rows(out / lab)) == 4
     assert [r[3] for r in _rows(serial / "w=0.25")] != [r[3] for r in _rows(serial / "w=4")]
-    # two actors for the whole sweep: the same processes served both values and loaded the models once each
-    assert len(ray_done) == 2
-    first, second = ([w["pid"] for w in d.workers] for d in ray_done)
-    assert len(set(first)) == 2 and first == second
+    # the actors were kept: the surviving one served both values in one process (one model load), the
+    # restarted one (a new process, one load) switched from its start recipe to value 2's
+    assert len(ray_done) == 2 and ray_done[1].tasks["decode"] == 2
+    first, second = ({w["pid"] for w in d.workers} for d in ray_done)
+    assert len(first) == 2 and len(first & second) == 1
     assert all(w["loads"] == 1 for d in ray_done for w in d.workers)
-    assert max(w["switches"] for w in ray_done[1].workers) == 2  # switched to value 2's recipe, same models
-    assert ray_done[1].tasks["decode"] == 2  # value 2 really decoded on them (4 prompts in batches of 2)
+    assert [w["switches"] for w in ray_done[1].workers] == [2, 2]
 
 
 def test_worker_use_rebuilds_the_recipe_state_and_reloads_only_other_models(micro_world, tmp_path):

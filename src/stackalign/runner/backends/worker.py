@@ -261,6 +261,12 @@ def _maybe_fault(count: int) -> None:
     if not spec:
         return
     marker, n = spec.rsplit(":", 1)
-    if count >= int(n) and not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
+    if count < int(n):
+        return
+    try:  # created exclusively: of workers reaching their N-th unit at once, only one is killed
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
