@@ -24,6 +24,11 @@ Phases (each fans out over the pool; the driver appends results as they arrive):
      evaluation then reads the scores instead of loading the encoder (the gold judge is a cheap function of
      the world, an LLM judge already runs its calls concurrently).
 
+A sweep (`ray_session`) keeps one `WorkerPool` for all its values: each value's run hands its units to the
+same actors, and every call names the run's recipe and directory (`Worker.run`), so an actor switches to a
+new value's recipe on its first unit, keeping its loaded models when the value names the same ones and
+rebuilding everything derived from the recipe (method plans and their generators, prompts, out_dir).
+
 A unit's result depends only on its inputs (per-prompt seeds; the serial backend's batch cut), so results
 arrive in any order and the rows equal the serial backend's. A dead actor is restarted (`max_restarts`)
 and its unfinished calls retried on it; a killed driver loses only results it had not written, and the same
