@@ -87,7 +87,7 @@ def evidence(
         **guided,
     }
     out["follower"] = follow(slhf, out["leader"], seed + 4)
-    names = ["base", "rlhf", "leader", "follower"]
+    names = ["base", "rlhf", "args", "srs_args", "leader", "follower"]
     round_robin = {a: {b: _pref(world, xs, out[a], out[b]) for b in names if b != a} for a in names}
     cross = {}
     for src in ("base", "rlhf", "bon4_proxy", "args", "srs_args", "leader"):
