@@ -169,9 +169,14 @@ def test_shipped_slhf_train_recipes_validate():
     from stackalign.training.recipe import load_train_recipe
 
     root = pathlib.Path(__file__).resolve().parents[1] / "recipes"
-    for name in ("train-slhf-sandbox.yaml", "train-slhf-qwen-gpu.yaml", "train-rlhf-sandbox.yaml"):
+    for name in (
+        "train-slhf-sandbox.yaml",
+        "train-slhf-qwen-gpu.yaml",
+        "train-rlhf-sandbox.yaml",
+        "train-selfplay-sandbox.yaml",
+    ):
         r = load_train_recipe(root / name)
-        assert r.algorithm in ("slhf", "rlhf")
+        assert r.algorithm in ("slhf", "rlhf", "selfplay")
     gpu = load_train_recipe(root / "train-slhf-qwen-gpu.yaml")
     assert gpu.common.policy == "Qwen/Qwen2.5-0.5B-Instruct" and gpu.algo.judge == "reward_model"
     assert (gpu.common.lr, gpu.algo.tau_leader, gpu.algo.kappa) == (1e-5, 0.001, 5.0)
