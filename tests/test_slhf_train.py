@@ -190,10 +190,19 @@ def test_slhf_evidence_refines_args_and_srs_args_answers_with_intervals(micro, t
     from stackalign.decoding.common import GenerationConfig
     from stackalign.training.slhf_evidence import _pref, evidence
 
-    for name in ("slhf", "rlhf"):
+    for name in ("slhf", "rlhf", "selfplay"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "final").symlink_to(micro.policy_dir, target_is_directory=True)
-    res = evidence(micro, str(tmp_path / "slhf"), str(tmp_path / "rlhf"), n_prompts=4, k_max=2, args_w=2.0)
+    res = evidence(
+        micro,
+        str(tmp_path / "slhf"),
+        str(tmp_path / "rlhf"),
+        n_prompts=4,
+        k_max=2,
+        args_w=2.0,
+        selfplay_dir=str(tmp_path / "selfplay"),
+    )
+    assert set(res["round_robin"]) == {"base", "rlhf", "args", "srs_args", "leader", "follower", "selfplay"}
     cross = res["refine_once_win_rate_vs_source"]
     assert set(cross) == {"base", "rlhf", "bon4_proxy", "args", "srs_args", "leader"}
     rates = [r for row in cross.values() for r in row.values()]

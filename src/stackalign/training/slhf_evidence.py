@@ -2,11 +2,13 @@
 and Max@k over the refinement chain vs i.i.d. samples. All under the world's gold preference / utility.
 
     python -m stackalign.training.slhf_evidence WORLD SLHF_RUN RLHF_RUN OUT.json [--prompts N] [--args-w W]
+        [--selfplay SELFPLAY_RUN]
 
 SLHF_RUN / RLHF_RUN are ``train`` output directories (their ``final/`` models are used). The answers refined
 once come from base, RLHF, Best-of-4 on the proxy RM, the SLHF leader, and greedy ARGS and SRS-ARGS
 (``official-args``, k = 10, reward weight ``--args-w``) on the base model and the proxy RM. Every win rate is
-``[rate, lo, hi]``: the mean gold preference over the prompts and its 95% bootstrap interval.
+``[rate, lo, hi]``: the mean gold preference over the prompts and its 95% bootstrap interval. With
+``--selfplay``, a ``selfplay`` run's final model joins the round robin (the self-play preference baseline).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def evidence(
     k_max: int = 5,
     seed: int = 0,
     args_w: float = 0.5,
+    selfplay_dir: str | None = None,
 ) -> dict:
     from stackalign.decoding.args import ARGSConfig, args_generate
     from stackalign.models import load_policy
@@ -88,6 +91,10 @@ def evidence(
     }
     out["follower"] = follow(slhf, out["leader"], seed + 4)
     names = ["base", "rlhf", "args", "srs_args", "leader", "follower"]
+    if selfplay_dir is not None:
+        selfplay, _ = load_policy(Path(selfplay_dir) / "final")
+        out["selfplay"] = one(selfplay, xs, seed + 6)
+        names.append("selfplay")
     round_robin = {a: {b: _pref(world, xs, out[a], out[b]) for b in names if b != a} for a in names}
     cross = {}
     for src in ("base", "rlhf", "bon4_proxy", "args", "srs_args", "leader"):
@@ -131,10 +138,20 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--args-w", type=float, default=0.5, help="reward weight of the ARGS / SRS-ARGS answers")
+    ap.add_argument(
+        "--selfplay", default=None, help="a selfplay run directory: its final/ joins the round robin"
+    )
     a = ap.parse_args(argv)
     from stackalign.worlds import load_world
 
-    res = evidence(load_world(a.world), a.slhf_run, a.rlhf_run, n_prompts=a.prompts, args_w=a.args_w)
+    res = evidence(
+        load_world(a.world),
+        a.slhf_run,
+        a.rlhf_run,
+        n_prompts=a.prompts,
+        args_w=a.args_w,
+        selfplay_dir=a.selfplay,
+    )
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
     return 0
