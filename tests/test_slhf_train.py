@@ -169,9 +169,53 @@ def test_shipped_slhf_train_recipes_validate():
     from stackalign.training.recipe import load_train_recipe
 
     root = pathlib.Path(__file__).resolve().parents[1] / "recipes"
-    for name in ("train-slhf-sandbox.yaml", "train-slhf-qwen-gpu.yaml", "train-rlhf-sandbox.yaml"):
+    for name in (
+        "train-slhf-sandbox.yaml",
+        "train-slhf-qwen-gpu.yaml",
+        "train-rlhf-sandbox.yaml",
+        "train-selfplay-sandbox.yaml",
+    ):
         r = load_train_recipe(root / name)
-        assert r.algorithm in ("slhf", "rlhf")
+        assert r.algorithm in ("slhf", "rlhf", "selfplay")
     gpu = load_train_recipe(root / "train-slhf-qwen-gpu.yaml")
     assert gpu.common.policy == "Qwen/Qwen2.5-0.5B-Instruct" and gpu.algo.judge == "reward_model"
     assert (gpu.common.lr, gpu.algo.tau_leader, gpu.algo.kappa) == (1e-5, 0.001, 5.0)
+
+
+def test_slhf_evidence_refines_args_and_srs_args_answers_with_intervals(micro, tmp_path):
+    """The evidence tool on the micro world (the base model standing in for both trained runs): every win
+    rate is [rate, lo, hi] with lo <= rate <= hi; ARGS and SRS-ARGS answers are among the refined sources and
+    are the decoders' own greedy outputs; a model refining with itself as the 'other' answer is 0.5 exactly."""
+    from stackalign.decoding.args import ARGSConfig, args_generate
+    from stackalign.decoding.common import GenerationConfig
+    from stackalign.training.slhf_evidence import _pref, evidence
+
+    for name in ("slhf", "rlhf", "selfplay"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "final").symlink_to(micro.policy_dir, target_is_directory=True)
+    res = evidence(
+        micro,
+        str(tmp_path / "slhf"),
+        str(tmp_path / "rlhf"),
+        n_prompts=4,
+        k_max=2,
+        args_w=2.0,
+        selfplay_dir=str(tmp_path / "selfplay"),
+    )
+    assert set(res["round_robin"]) == {"base", "rlhf", "args", "srs_args", "leader", "follower", "selfplay"}
+    cross = res["refine_once_win_rate_vs_source"]
+    assert set(cross) == {"base", "rlhf", "bon4_proxy", "args", "srs_args", "leader"}
+    rates = [r for row in cross.values() for r in row.values()]
+    rates += [r for row in res["round_robin"].values() for r in row.values()]
+    assert all(0.0 <= lo <= rate <= hi <= 1.0 for rate, lo, hi in rates)
+    xs = micro.test_prompts[:4]
+    policy, tok = micro.load_policy()
+    gen = GenerationConfig(max_new_tokens=micro.max_new_tokens, stop_strings=tuple(micro.stop_strings))
+    from stackalign.shaping import get_preset
+
+    shaper = get_preset("official-args", beta=0.5)
+    cfg = ARGSConfig(k=10, beta=0.5)
+    srs = args_generate(policy, tok, micro.load_reward_model(), xs, cfg, gen, shaper=shaper)
+    want = [micro.gold(x, y) for x, y in zip(xs, srs.texts)]
+    assert res["mean_gold"]["srs_args"] == pytest.approx(sum(want) / 4, abs=1e-4)
+    assert _pref(micro, xs, srs.texts, srs.texts) == [0.5, 0.5, 0.5]

@@ -140,6 +140,7 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
     "rl": ("stackalign.training.rl:RLConfig", "stackalign.training.rl:train"),
     "rlhf": ("stackalign.training.slhf:RLHFConfig", "stackalign.training.slhf:train_rlhf"),
     "slhf": ("stackalign.training.slhf:SLHFConfig", "stackalign.training.slhf:train"),
+    "selfplay": ("stackalign.training.selfplay:SelfPlayConfig", "stackalign.training.selfplay:train"),
     "dpo": ("stackalign.training.dpo:DPOConfig", "stackalign.training.dpo:train"),
     "ssapo": ("stackalign.training.ssapo:SSAPOConfig", "stackalign.training.ssapo:train"),
 }

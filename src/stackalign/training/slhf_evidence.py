@@ -1,9 +1,14 @@
 """Evidence for SLHF on a sandbox world (the issue's (ii)–(iv)): a round robin, cross-model refinement,
 and Max@k over the refinement chain vs i.i.d. samples. All under the world's gold preference / utility.
 
-    python -m stackalign.training.slhf_evidence WORLD SLHF_RUN RLHF_RUN OUT.json [--prompts N]
+    python -m stackalign.training.slhf_evidence WORLD SLHF_RUN RLHF_RUN OUT.json [--prompts N] [--args-w W]
+        [--selfplay SELFPLAY_RUN]
 
-SLHF_RUN / RLHF_RUN are ``train`` output directories (their ``final/`` models are used).
+SLHF_RUN / RLHF_RUN are ``train`` output directories (their ``final/`` models are used). The answers refined
+once come from base, RLHF, Best-of-4 on the proxy RM, the SLHF leader, and greedy ARGS and SRS-ARGS
+(``official-args``, k = 10, reward weight ``--args-w``) on the base model and the proxy RM. Every win rate is
+``[rate, lo, hi]``: the mean gold preference over the prompts and its 95% bootstrap interval. With
+``--selfplay``, a ``selfplay`` run's final model joins the round robin (the self-play preference baseline).
 """
 
 from __future__ import annotations
@@ -21,14 +26,29 @@ from stackalign.decoding.refine import RefineConfig, max_at_k, refine_chain
 from stackalign.decoding.sampling import sample
 
 
-def _pref(world, xs, a, b) -> float:
-    return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
+def _pref(world, xs, a, b) -> list[float]:
+    """[rate, lo, hi]: mean p(a ≻ b) under the gold preference over the prompts, 95% bootstrap interval."""
+    from stackalign.evaluation.intervals import bootstrap_ci
+
+    p = [world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)]
+    rate = sum(p) / len(p)
+    lo, hi = bootstrap_ci(p) or (rate, rate)  # None for no prompts
+    return [round(rate, 4), round(lo, 4), round(hi, 4)]
 
 
 @torch.no_grad()
 def evidence(
-    world, slhf_dir: str, rlhf_dir: str, *, n_prompts: int = 100, k_max: int = 5, seed: int = 0
+    world,
+    slhf_dir: str,
+    rlhf_dir: str,
+    *,
+    n_prompts: int = 100,
+    k_max: int = 5,
+    seed: int = 0,
+    args_w: float = 0.5,
+    selfplay_dir: str | None = None,
 ) -> dict:
+    from stackalign.decoding.args import ARGSConfig, args_generate
     from stackalign.models import load_policy
 
     t0 = time.perf_counter()
@@ -53,17 +73,31 @@ def evidence(
     for i, x in enumerate(xs):
         sc = rm([x] * 4, cand.texts[i])
         bon.append(cand.texts[i][int(sc.argmax())])
+    # ARGS and SRS-ARGS (the official preset) on the base model: the inference-time methods SRS is about. As
+    # in a run recipe, the reward weight w is 1/beta and SRS's threshold uses the same beta.
+    from stackalign.shaping import get_preset
+
+    args_cfg = ARGSConfig(k=10, beta=1.0 / args_w)
+    guided = {
+        name: args_generate(base, tok, rm, xs, args_cfg, gen, shaper=shaper).texts
+        for name, shaper in (("args", None), ("srs_args", get_preset("official-args", beta=1.0 / args_w)))
+    }
     out = {
         "base": one(base, xs, seed + 1),
         "rlhf": one(rlhf, xs, seed + 2),
         "leader": one(slhf, xs, seed + 3),
         "bon4_proxy": bon,
+        **guided,
     }
     out["follower"] = follow(slhf, out["leader"], seed + 4)
-    names = ["base", "rlhf", "leader", "follower"]
+    names = ["base", "rlhf", "args", "srs_args", "leader", "follower"]
+    if selfplay_dir is not None:
+        selfplay, _ = load_policy(Path(selfplay_dir) / "final")
+        out["selfplay"] = one(selfplay, xs, seed + 6)
+        names.append("selfplay")
     round_robin = {a: {b: _pref(world, xs, out[a], out[b]) for b in names if b != a} for a in names}
     cross = {}
-    for src in ("base", "rlhf", "bon4_proxy", "leader"):
+    for src in ("base", "rlhf", "bon4_proxy", "args", "srs_args", "leader"):
         cross[src] = {
             "slhf_follower": _pref(world, xs, follow(slhf, out[src], seed + 10), out[src]),
             "base_as_follower": _pref(world, xs, follow(base, out[src], seed + 11), out[src]),
@@ -86,6 +120,7 @@ def evidence(
     mean_gold = {n: round(sum(world.gold(x, y) for x, y in zip(xs, out[n])) / len(xs), 4) for n in out}
     return {
         "prompts": len(xs),
+        "args_w": args_w,
         "round_robin": round_robin,
         "refine_once_win_rate_vs_source": cross,
         "max_at_k_gold": maxk,
@@ -102,10 +137,21 @@ def main(argv=None) -> int:
     ap.add_argument("rlhf_run")
     ap.add_argument("out")
     ap.add_argument("--prompts", type=int, default=100)
+    ap.add_argument("--args-w", type=float, default=0.5, help="reward weight of the ARGS / SRS-ARGS answers")
+    ap.add_argument(
+        "--selfplay", default=None, help="a selfplay run directory: its final/ joins the round robin"
+    )
     a = ap.parse_args(argv)
     from stackalign.worlds import load_world
 
-    res = evidence(load_world(a.world), a.slhf_run, a.rlhf_run, n_prompts=a.prompts)
+    res = evidence(
+        load_world(a.world),
+        a.slhf_run,
+        a.rlhf_run,
+        n_prompts=a.prompts,
+        args_w=a.args_w,
+        selfplay_dir=a.selfplay,
+    )
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
     return 0

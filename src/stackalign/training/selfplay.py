@@ -1,0 +1,161 @@
+"""``algorithm: selfplay`` — a self-play preference baseline for SLHF (the NLHF family).
+
+NLHF (Munos et al., arXiv 2312.00886) learns from a preference p(y ≻ y' | x) directly, as a game, instead of
+through a scalar reward; on an intransitive preference (the sandbox's population vote) no scalar reward can
+represent it. Its simplest practical form is self-play, as in SPO (Swamy, Dann, Kidambi, Wu, Agarwal: "A
+Minimaximalist Approach to Reinforcement Learning from Human Feedback", ICML 2024): sample several answers from
+the current policy, let the judge compare them, and use each answer's share of wins as its reward. Per step:
+
+1. P prompts (``prompts_per_step``), G samples each from the current policy π_θ (``group_size`` >= 2).
+2. Each sample's reward is its mean judged preference over the other G − 1 samples of its group:
+       r_ij = 1/(G−1) · Σ_{k≠j} p(y_ij ≻ y_ik | x_i)                                    (win share)
+   with the judge of ``algorithm: slhf`` (the world's gold preference, or σ(r(x,y) − r(x,y')) of a reward
+   model). p(y ≻ y') + p(y' ≻ y) = 1, so the rewards of a group average exactly 1/2.
+3. The KL to the frozen reference in the reward, R_ij = r_ij − τ · Σ_t k1(y_ij, t) (the regularised game of
+   NLHF), and leave-one-out advantages A_ij = R_ij − mean_{k≠j} R_ik.
+4. The REINFORCE loss, AdamW, clipping, checkpoints, resume: ``stackalign.training.loop``.
+
+The opponent is the current policy itself (SPO), not NLHF's Nash-MD geometric mixture of the policy and the
+reference. Evaluation: the policy against base under the world's gold preference (``policy_vs_base``), and
+the scalar gold utility like the other algorithms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from stackalign.training.loop import StepOutput, batch_indices, step_seed, train_loop
+from stackalign.training.pg import (
+    advantages,
+    kl_estimate,
+    kl_in_reward,
+    pad_id_of,
+    prompt_token_ids,
+    reinforce_loss,
+    response_logprobs,
+    sample_group,
+)
+from stackalign.training.slhf import JUDGES, make_judge
+from stackalign.training.slhf_loss import check_judge
+
+__all__ = ["SelfPlayConfig", "win_share_rewards", "train"]
+
+
+@dataclass
+class SelfPlayConfig:
+    """The ``selfplay`` algorithm's fields (flat in the recipe beside the common ones)."""
+
+    group_size: int = field(
+        default=4,
+        metadata={"help": "G >= 2: answers sampled per prompt, each judged against the other G - 1"},
+    )
+    tau: float = field(default=0.001, metadata={"help": "τ >= 0: weight of KL(π ‖ π_ref) in the reward"})
+    judge: str = field(
+        default="gold",
+        metadata={
+            "help": "'gold': the world's gold preference p(y ≻ y'); 'reward_model': σ(r(x,y) − r(x,y')) with "
+            "the recipe's reward_model (null: the world's proxy RM)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        g = self.group_size
+        if isinstance(g, bool) or not isinstance(g, int) or g < 2:
+            raise ValueError(f"group_size: must be an integer >= 2 (a sample needs opponents), got {g!r}")
+        t = self.tau
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or t == float("inf"):
+            raise ValueError(f"tau: must be a finite number >= 0, got {t!r}")
+        if self.judge not in JUDGES:
+            raise ValueError(f"judge: expected one of {list(JUDGES)}, got {self.judge!r}")
+
+
+def win_share_rewards(judge, prompts: list[str], texts: list[list[str]]) -> torch.Tensor:
+    """r [P, G] (float64): r_ij = mean over k ≠ j of p(y_ij ≻ y_ik | x_i) (module docstring, step 2).
+
+    One judge call over every ordered pair (j, k), j < k, of every group; the reverse pair is 1 − p."""
+    P, G = len(prompts), len(texts[0])
+    pairs = [(i, j, k) for i in range(P) for j in range(G) for k in range(j + 1, G)]
+    s = check_judge(
+        judge([prompts[i] for i, _, _ in pairs], [texts[i][j] for i, j, _ in pairs],
+              [texts[i][k] for i, _, k in pairs]),
+        len(pairs),
+    ).double()  # fmt: skip
+    wins = torch.zeros(P, G, dtype=torch.float64)
+    for (i, j, k), p in zip(pairs, s.tolist()):
+        wins[i, j] += p
+        wins[i, k] += 1.0 - p
+    return wins / (G - 1)
+
+
+def train(ctx) -> dict:
+    """The ``selfplay`` algorithm: trains, saves ``final/``, returns the summary's ``eval``."""
+    from stackalign.training.evaluate import evaluate_policy
+
+    cfg: SelfPlayConfig = ctx.algo
+    c = ctx.config
+    world = ctx.world
+    if cfg.judge == "gold" and world is None:
+        raise ValueError("judge: 'gold' needs a world (or use judge: reward_model)")
+    policy, tok = ctx.load_policy()
+    reference = ctx.load_reference()
+    judge = make_judge(ctx, cfg)
+    prompts = ctx.train_prompts()
+    gen = ctx.generation_config()
+    pad = pad_id_of(tok)
+
+    def step_fn(step: int) -> StepOutput:
+        xs = [prompts[i] for i in batch_indices(len(prompts), c.prompts_per_step, step, c.seed)]
+        P, G = len(xs), cfg.group_size
+        res = sample_group(policy, tok, xs, G, gen, seed=c.seed, step=step)
+        wins = win_share_rewards(judge, xs, res.texts)
+        flat_p, _ = res.flat()
+        pids = prompt_token_ids(tok, flat_p)
+        rids = [ids for row in res.token_ids for ids in row]
+        logp, mask = response_logprobs(policy, pids, rids, pad, temperature=gen.temperature)
+        with torch.no_grad():
+            ref_logp, _ = response_logprobs(reference, pids, rids, pad, temperature=gen.temperature)
+        kl = kl_estimate(logp.detach(), ref_logp, mask, "k1").double().view(P, G)
+        R = kl_in_reward(wins.to(kl.device), kl, cfg.tau)
+        loss, parts = reinforce_loss(logp, mask, advantages(R, "rloo").flatten().float())
+        metrics = {
+            "win_share_max": float(wins.max(-1).values.mean()),
+            "kl": float(kl.mean()),
+            "response_tokens": float(mask.sum(-1).mean()),
+            **parts,
+        }
+        return StepOutput(loss, metrics)
+
+    train_loop(policy, tok, step_fn, ctx.loop_settings(), ctx.out_dir)
+    ctx.save_final(policy, tok)
+    policy.eval()
+    ev = evaluate_policy(
+        policy,
+        tok,
+        ctx.eval_prompts(),
+        ctx.eval_generation_config(),
+        n=c.eval.samples,
+        gold=world.gold if world is not None else None,
+        reward_model=ctx.load_reward_model(),
+        reference=reference,
+    ).summary()
+    if world is not None and hasattr(world, "gold_preference"):
+        ev["policy_vs_base"] = _vs_base(world, policy, reference, tok, ctx.eval_prompts(), ctx.eval_generation_config(), c.eval.samples)  # fmt: skip
+    return {"eval": ev}
+
+
+@torch.no_grad()
+def _vs_base(world, policy, base, tok, prompts, gen, samples: int) -> float:
+    """Mean gold preference p(policy's answer ≻ base's answer) over ``prompts`` × ``samples`` (ties: half)."""
+    from stackalign.decoding.sampling import sample
+
+    xs = [x for x in prompts for _ in range(samples)]
+
+    def one(model, salt):
+        return [
+            t[0] for t in sample(model, tok, xs, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts
+        ]
+
+    a, b = one(policy, "eval-leader"), one(base, "eval-base")
+    return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
