@@ -263,3 +263,94 @@ def test_srs_ray_resumes_a_serial_run_from_its_cache(
     assert ray_tasks[0]["mc_sample"] == 0 and ray_tasks[0]["fit_predictor"] == 0
     assert ray_tasks[0]["decode"] >= 4
     assert _files(out / "mc_cache") == _files(srs_serial_out / "mc_cache")
+
+
+# --------------------------------------------------------------------------- a sweep keeps its actors
+
+
+def _sweep_data(world, **backend):
+    return {
+        "world": str(world.root),
+        "prompts": {"limit": 4},
+        "generation": {"max_new_tokens": 8, "batch_size": 2},
+        # k=5, 8 tokens: w=0.25 and w=4 decode other responses on the micro world (k=3, 6 tokens: the same)
+        "methods": [{"name": "ARGS", "decoder": "args", "params": {"k": 5, "w": 0.5}}],
+        "evaluation": {"coherence": None, "judge": "gold"},
+        "backend": {"kind": "serial", **backend},
+    }
+
+
+@pytest.fixture
+def ray_done(monkeypatch):
+    """The `Done` of every Ray run in the test."""
+    from stackalign.runner.backends import ray_backend
+
+    seen = []
+    real = ray_backend.run_ray
+
+    def spy(job):
+        seen.append(real(job))
+        return seen[-1]
+
+    monkeypatch.setattr(ray_backend, "run_ray", spy)
+    return seen
+
+
+def test_a_ray_sweep_keeps_its_actors_and_writes_the_serial_sweeps_rows(
+    micro_world, ray_cluster, tmp_path, ray_done, monkeypatch
+):
+    from stackalign.runner.sweep import run_sweep
+
+    values = "0.25,4"
+    serial = tmp_path / "serial"
+    run_sweep(recipe_from_dict(_sweep_data(micro_world)), "ARGS", values, out_dir=serial, progress=False)
+    # Two actors, two units per value: each actor decodes one unit per value. The first actor to reach its 2nd
+    # unit (value 2's) SIGKILLs itself; Ray restarts it with the recipe it was started with (value 1's) and
+    # retries the unit, which must still be decoded with value 2's recipe.
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("STACKALIGN_RAY_FAULT", f"{marker}:2")
+    out = tmp_path / "ray"
+    recipe = recipe_from_dict(_sweep_data(micro_world, kind="ray", workers=2))
+    run_sweep(recipe, "ARGS", values, out_dir=out, progress=False)
+    assert marker.exists(), "no worker was killed: the restart went untested"
+    # every value's rows are the serial sweep's: value 2 was not decoded with value 1's method (a generator
+    # cached per method index, or the recipe a restarted actor starts with). The two values' rows differ, so
+    # a stale method would show.
+    for lab in ("w=0.25", "w=4"):
+        assert _rows(out / lab) == _rows(serial / lab)
+        assert len(_rows(out / lab)) == 4
+    assert [r[3] for r in _rows(serial / "w=0.25")] != [r[3] for r in _rows(serial / "w=4")]
+    # the actors were kept: the surviving one served both values in one process (one model load), the
+    # restarted one (a new process, one load) switched from its start recipe to value 2's
+    assert len(ray_done) == 2 and ray_done[1].tasks["decode"] == 2
+    first, second = ({w["pid"] for w in d.workers} for d in ray_done)
+    assert len(first) == 2 and len(first & second) == 1
+    assert all(w["loads"] == 1 for d in ray_done for w in d.workers)
+    assert [w["switches"] for w in ray_done[1].workers] == [2, 2]
+
+
+def test_worker_use_rebuilds_the_recipe_state_and_reloads_only_other_models(micro_world, tmp_path):
+    # in-process (no Ray): the switch a kept actor makes between a sweep's values
+    from stackalign.runner.backends.worker import Worker
+
+    def data(w, **top):
+        d = _sweep_data(micro_world)
+        d["methods"][0]["params"]["w"] = w
+        return recipe_from_dict({**d, **top}).to_dict()
+
+    worker = Worker(data(0.25), str(tmp_path / "a"))
+    worker.decode(0, [0, 1])  # builds (and caches) method 0's generator with w=0.25
+    policy = worker.ctx.policy
+    assert worker.use(data(4.0), str(tmp_path / "b")) and not worker.use(data(4.0), str(tmp_path / "b"))
+    assert worker.ctx.policy is policy and worker.loads == 1 and worker.switches == 2
+    assert worker.ctx.out_dir == tmp_path / "b" and worker.plans[0].params["w"] == 4.0
+    fresh = Worker(data(4.0), str(tmp_path / "b"))
+    assert _no_time(worker.decode(0, [0, 1])) == _no_time(fresh.decode(0, [0, 1]))
+    # another dtype: other models, loaded afresh
+    worker.use(data(4.0, dtype="bfloat16"), str(tmp_path / "c"))
+    assert worker.loads == 2 and worker.ctx.policy is not policy
+    assert str(next(worker.ctx.policy.parameters()).dtype) == "torch.bfloat16"
+
+
+def _no_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]

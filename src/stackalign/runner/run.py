@@ -85,7 +85,22 @@ def load_world_and_prompts(recipe: Recipe, world=None) -> tuple[Any, list[str], 
     return world, prompts, stops
 
 
-def build_context(recipe: Recipe, out_dir: Path, world=None, prompts=None, stops=None) -> Context:
+# recipe keys that decide which models a Context loads: a Context whose recipe agrees on all of them can
+# lend its loaded models to another recipe's Context (`build_context(..., reuse=)`)
+MODEL_KEYS = ("world", "policy", "reward_model", "reward_chat_template", "dtype", "device")
+
+
+def same_models(a: Recipe, b: Recipe) -> bool:
+    """Whether recipes `a` and `b` load the same world, policy and reward model (same dtype and device)."""
+    return all(getattr(a, k) == getattr(b, k) for k in MODEL_KEYS)
+
+
+def build_context(
+    recipe: Recipe, out_dir: Path, world=None, prompts=None, stops=None, reuse: Context | None = None
+) -> Context:
+    """The run's Context: the recipe's models loaded, or, with `reuse` (a Context of a recipe with the same
+    models, see `same_models`), its policy, tokenizer and reward model taken as they are (a Ray sweep's
+    workers keep them across the values); everything else comes from `recipe`."""
     import torch
 
     from stackalign.models import load_policy, load_reward_model
@@ -93,6 +108,14 @@ def build_context(recipe: Recipe, out_dir: Path, world=None, prompts=None, stops
     torch.manual_seed(recipe.seed)
     if prompts is None:
         world, prompts, stops = load_world_and_prompts(recipe, world)
+    gold = gold_judge = None
+    if recipe.gold == "world":
+        gold, gold_judge = world.gold, world.gold_judge
+    if reuse is not None:
+        if not same_models(reuse.recipe, recipe):
+            raise ValueError("build_context: reuse holds the models of a recipe with other models")
+        models = (reuse.policy, reuse.tokenizer, reuse.reward)
+        return Context(recipe, world, *models, gold, gold_judge, prompts, stops, out_dir)
     dtype = getattr(torch, recipe.dtype)
     policy_path = recipe.policy or str(world.policy_dir)
     rm_path = recipe.reward_model or str(world.reward_dir)
@@ -106,9 +129,6 @@ def build_context(recipe: Recipe, out_dir: Path, world=None, prompts=None, stops
         )
     except (ValueError, OSError) as e:
         raise RecipeError(f"reward_model: {e}") from None
-    gold = gold_judge = None
-    if recipe.gold == "world":
-        gold, gold_judge = world.gold, world.gold_judge
     return Context(recipe, world, policy, tok, reward, gold, gold_judge, prompts, stops, out_dir)
 
 
@@ -207,10 +227,13 @@ def execute(
     progress: bool = True,
     restart_changed: bool = False,
     check_environment: bool = True,
+    workers: Any = None,
 ) -> dict:
     """Run every method of `recipe` on its prompts (resuming), then evaluate. Returns the summary.
 
-    Order: the environment check and the run directory's consistency come before any model loads."""
+    Order: the environment check and the run directory's consistency come before any model loads.
+    `workers`: for the Ray backend, a `ray_backend.WorkerPool` whose actors (and loaded models) the run uses
+    instead of starting its own, e.g. a sweep's, shared by its values."""
     from stackalign.runner.methods import resolve_method
     from stackalign.runner.preflight import preflight
 
@@ -225,7 +248,7 @@ def execute(
     from stackalign.runner.backends import Job, run_backend
 
     store = JsonlStore(out / "generations.jsonl")
-    job = Job(recipe, out, world, prompts, stops, plans, store, progress)
+    job = Job(recipe, out, world, prompts, stops, plans, store, progress, workers=workers)
     done = run_backend(job)  # the serial backend's loaded models, or Ray's coherence scores
     return evaluate(out, recipe=recipe, ctx=done.ctx, world=world, coherence=done.coherence)
 

@@ -193,8 +193,9 @@ def format_sweep_table(result: dict) -> str:
 
 def _backend_session(recipe: Recipe) -> contextlib.AbstractContextManager:
     """For the Ray backend: one Ray connection for the whole sweep (each value's run attaches to it rather
-    than starting and stopping a local Ray instance, seconds each). Without Ray installed, nothing: the first
-    run then reports the missing package as a recipe error."""
+    than starting and stopping a local Ray instance, seconds each) and one pool of actors, whose loaded
+    models every value's run reuses (yielded: `execute(..., workers=)`). Without Ray installed, nothing: the
+    first run then reports the missing package as a recipe error."""
     if recipe.backend.kind != "ray" or importlib.util.find_spec("ray") is None:
         return contextlib.nullcontext()
     from stackalign.runner.backends.ray_backend import ray_session
@@ -238,7 +239,7 @@ def run_sweep(
         world = default_world(progress=progress) if recipe.world == "default" else load_world(recipe.world)
 
     per_value: dict[float, dict] = {}
-    with _backend_session(recipe):
+    with _backend_session(recipe) as workers:
         for v in vals:
             sub = out / f"{key}={_label(v)}"
             if progress:
@@ -246,7 +247,7 @@ def run_sweep(
             sub.mkdir(parents=True, exist_ok=True)
             if plan["decoder"].startswith("cd_"):
                 _link_cd_cache(sub, out / "cd_shared")
-            per_value[v] = execute(plan["recipes"][v], sub, world=world, progress=progress)
+            per_value[v] = execute(plan["recipes"][v], sub, world=world, progress=progress, workers=workers)
 
     chosen, criterion = choose_value(per_value, method_name)
     result = {

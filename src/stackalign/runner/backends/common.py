@@ -22,6 +22,8 @@ class Job:
     plans: list  # runner.methods.MethodPlan, in recipe order
     store: JsonlStore  # generations.jsonl; only the driver appends to it
     progress: bool = True
+    # Ray: a kept `ray_backend.WorkerPool` (a sweep's) to run on; None: the run starts and kills its own actors
+    workers: Any = None
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Done:
     ctx: Any = None
     coherence: Any = None
     tasks: dict = field(default_factory=dict)  # Ray: tasks run per phase (cd_sample, mc_sample, decode, ...)
+    workers: list = field(default_factory=list)  # Ray: each actor's Worker.info() (pid, loads, switches)
 
 
 def decode_units(job: Job) -> list[tuple[int, list[int]]]:

@@ -24,6 +24,11 @@ Phases (each fans out over the pool; the driver appends results as they arrive):
      evaluation then reads the scores instead of loading the encoder (the gold judge is a cheap function of
      the world, an LLM judge already runs its calls concurrently).
 
+A sweep (`ray_session`) keeps one `WorkerPool` for all its values: each value's run hands its units to the
+same actors, and every call names the run's recipe and directory (`Worker.run`), so an actor switches to a
+new value's recipe on its first unit, keeping its loaded models when the value names the same ones and
+rebuilding everything derived from the recipe (method plans and their generators, prompts, out_dir).
+
 A unit's result depends only on its inputs (per-prompt seeds; the serial backend's batch cut), so results
 arrive in any order and the rows equal the serial backend's. A dead actor is restarted (`max_restarts`)
 and its unfinished calls retried on it; a killed driver loses only results it had not written, and the same
@@ -62,18 +67,79 @@ def connect(backend) -> bool:
     return True
 
 
-@contextmanager
-def ray_session(backend) -> Iterator[None]:
-    """Ray connected (`connect`) for the block, and shut down at its end when this call started it: the
-    runs inside attach to it instead of starting and stopping Ray each (`stackalign sweep`: one per value)."""
-    started = connect(backend)
-    try:
-        yield
-    finally:
-        if started:
-            import ray
+class WorkerPool:
+    """Ray actors (`Worker`) kept across runs: a sweep's values share them, and with them the loaded models.
 
-            ray.shutdown()
+    `actors(job)` hands a run its `backend.workers` actors, started on the first call and reused after it (a
+    run of another recipe switches each actor to its recipe on the actor's first unit, see `Worker.run`);
+    `close` kills them. A run whose backend asks for other actors (count, resources, restarts, test hooks)
+    gets new ones."""
+
+    def __init__(self) -> None:
+        self._actors: list = []
+        self._key: tuple | None = None
+        self.started = 0  # actors started over the pool's life
+
+    def actors(self, job: Job) -> list:
+        key = _actor_key(job.recipe.backend)
+        if self._actors and key != self._key:
+            self.close()
+        if not self._actors:
+            self._actors = _start_actors(job)
+            self._key = key
+            self.started += len(self._actors)
+        return self._actors
+
+    def close(self) -> None:
+        import ray
+
+        for a in self._actors:
+            ray.kill(a)
+        self._actors, self._key = [], None
+
+
+@contextmanager
+def ray_session(backend) -> Iterator[WorkerPool]:
+    """Ray connected (`connect`) for the block, and shut down at its end when this call started it: the
+    runs inside attach to it instead of starting and stopping Ray each (`stackalign sweep`: one per value).
+    Yields a `WorkerPool` the runs share (`execute(..., workers=)`): their actors and loaded models are
+    started once for the block and killed at its end."""
+    started = connect(backend)
+    pool = WorkerPool()
+    try:
+        yield pool
+    finally:
+        try:
+            pool.close()
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+
+
+def _actor_key(backend) -> tuple:
+    """What an actor is started with, besides its first recipe: a kept actor serves runs that agree on it."""
+    env = tuple((k, os.environ.get(k)) for k in (FAULT_ENV, DELAY_ENV))
+    return (backend.workers, backend.cpus_per_worker, backend.gpus_per_worker, backend.max_restarts, env)
+
+
+def _start_actors(job: Job) -> list:
+    """`backend.workers` new `Worker` actors, each loading `job`'s recipe's models."""
+    import ray
+
+    b = job.recipe.backend
+    env = {k: os.environ[k] for k in (FAULT_ENV, DELAY_ENV) if os.environ.get(k)}
+    Actor = ray.remote(
+        num_cpus=b.cpus_per_worker,
+        num_gpus=b.gpus_per_worker,
+        max_restarts=b.max_restarts,
+        max_task_retries=b.max_restarts,
+    )(Worker)
+    threads = max(1, int(b.cpus_per_worker))
+    opts = {"runtime_env": {"env_vars": env}} if env else {}
+    recipe_data = job.recipe.to_dict()
+    return [Actor.options(**opts).remote(recipe_data, str(job.out), threads) for _ in range(b.workers)]
 
 
 def _check_resources(backend) -> None:
@@ -209,20 +275,17 @@ def run_ray(job: Job) -> Done:
         return Done()
     started = connect(b)
     actors = []
+    kept = job.workers is not None  # a sweep's pool: its actors outlive this run
     try:
         _check_resources(b)
-        env = {k: os.environ[k] for k in (FAULT_ENV, DELAY_ENV) if os.environ.get(k)}
-        Actor = ray.remote(
-            num_cpus=b.cpus_per_worker,
-            num_gpus=b.gpus_per_worker,
-            max_restarts=b.max_restarts,
-            max_task_retries=b.max_restarts,
-        )(Worker)
-        threads = max(1, int(b.cpus_per_worker))
-        opts = {"runtime_env": {"env_vars": env}} if env else {}
-        recipe_data = job.recipe.to_dict()
-        actors = [Actor.options(**opts).remote(recipe_data, str(job.out), threads) for _ in range(b.workers)]
+        actors = job.workers.actors(job) if kept else _start_actors(job)
         pool = ActorPool(actors)
+        # every call names this run's recipe and directory: a kept actor (or one Ray restarted with the
+        # recipe it was started with) switches to them before computing (Worker.run)
+        spec = (ray.put(job.recipe.to_dict()), str(job.out))
+
+        def call(method: str):
+            return lambda a, v: a.run.remote(*spec, method, *v)
 
         # plan the CD phases (driver side: paths, what is on disk)
         cd_pis = sorted({pi for pi, _ in units if job.plans[pi].decoder.startswith("cd_")})
@@ -231,7 +294,7 @@ def run_ray(job: Job) -> Done:
         shards: dict[Path, OfflineShards] = {}
         sample_units: list[tuple[Path, int, list[int]]] = []  # (data set, a CD method using it, ids)
         plans_cd = {pi: cd_plan(job.plans[pi], job.recipe, job.world, job.stops, job.out) for pi in cd_pis}
-        name = ray.get(actors[0].model_name.remote()) if cd_pis else None
+        name = ray.get(actors[0].run.remote(*spec, "model_name")) if cd_pis else None
         # plan the SRS threshold phases (driver side: cache keys, what is on disk)
         from stackalign.decoding.threshold_predictor import CONFIG_NAME as PREDICTOR_CONFIG
         from stackalign.runner.methods import predictor_train_prompts, srs_plan, threshold_plan
@@ -240,7 +303,7 @@ def run_ray(job: Job) -> Done:
             srs_plan(threshold_plan(job.plans[pi]), job.recipe, None, [], job.out)
             for pi in {pi for pi, _ in units}
         )
-        mc_ids = ray.get(actors[0].mc_ids.remote()) if has_srs else ("", "")
+        mc_ids = ray.get(actors[0].run.remote(*spec, "mc_ids")) if has_srs else ("", "")
         th = _plan_thresholds(job, units, mc_ids)
         for pi in cd_pis:
             cp = plans_cd[pi]
@@ -263,7 +326,7 @@ def run_ray(job: Job) -> Done:
         )
         # 1. CD offline data
         for _, pi, idx in sample_units:
-            pool.submit(lambda a, v: a.cd_sample.remote(*v), (pi, idx))
+            pool.submit(call("cd_sample"), (pi, idx))
         while pool.has_next():
             pi, rows = pool.get_next_unordered()
             shards[plans_cd[pi].data_dir].append(rows)
@@ -271,7 +334,7 @@ def run_ray(job: Job) -> Done:
         # 2. CD value heads
         for pi in to_train:
             data = OfflineData.load(plans_cd[pi].data_dir)
-            pool.submit(lambda a, v: a.cd_train.remote(*v), (pi, ray.put(data.rows), data.meta))
+            pool.submit(call("cd_train"), (pi, ray.put(data.rows), data.meta))
         while pool.has_next():
             pi, files = pool.get_next_unordered()
             _write_head(plans_cd[pi].head_dir, files)  # at once: a killed driver keeps every finished head
@@ -283,9 +346,7 @@ def run_ray(job: Job) -> Done:
         from stackalign.decoding.mc import write_mc_record
 
         for k, ch in enumerate(th.chunks):
-            pool.submit(
-                lambda a, v: a.mc_sample.remote(*v), (k, ch.prompts, ch.sp.n, ch.sp.generation, mc_ids)
-            )
+            pool.submit(call("mc_sample"), (k, ch.prompts, ch.sp.n, ch.sp.generation, mc_ids))
         while pool.has_next():
             k, records, cost = pool.get_next_unordered()
             ch = th.chunks[k]
@@ -302,7 +363,7 @@ def run_ray(job: Job) -> Done:
             sp = th.srs[pi]
             prompts = predictor_train_prompts(sp)
             paths = [mc_record_path(job.out / "mc_cache", *mc_ids, p, sp.n, sp.generation) for p in prompts]
-            pool.submit(lambda a, v: a.fit_predictor.remote(*v), (pi, _mc_rewards(paths, prompts, sp.n, got)))
+            pool.submit(call("fit_predictor"), (pi, _mc_rewards(paths, prompts, sp.n, got)))
         while pool.has_next():
             pi, files = pool.get_next_unordered()
             _write_head(th.srs[pi].predictor_dir, files, PREDICTOR_CONFIG)  # config last: marks it complete
@@ -317,14 +378,14 @@ def run_ray(job: Job) -> Done:
                 prompts = [job.prompts[i] for i in ids]
                 rewards = _mc_rewards(th.unit_paths[u], prompts, th.srs[pi].n, got)
                 mc = {"rewards": rewards, "cost": unit_cost.get(u)}
-            pool.submit(lambda a, v: a.decode.remote(*v), (pi, ids, head_refs.get(pi), pred_refs.get(pi), mc))
+            pool.submit(call("decode"), (pi, ids, head_refs.get(pi), pred_refs.get(pi), mc))
         while pool.has_next():
             rows = pool.get_next_unordered()
             job.store.append(rows)
             bar.update(1)
         bar.close()
         # 6. evaluation scoring: the coherence encoder on the workers, every row of the run directory
-        coherence = _coherence_on(pool, job, b.workers) if job.recipe.evaluation.coherence else None
+        coherence = _coherence_on(pool, job, b.workers, call) if job.recipe.evaluation.coherence else None
         tasks = {
             "cd_sample": len(sample_units),
             "cd_train": len(to_train),
@@ -332,12 +393,14 @@ def run_ray(job: Job) -> Done:
             "fit_predictor": len(th.to_fit),
             "decode": len(units),
         }
+        workers = ray.get([a.info.remote() for a in actors])
     finally:
-        for a in actors:
-            ray.kill(a)
+        if not kept:
+            for a in actors:
+                ray.kill(a)
         if started:
             ray.shutdown()
-    return Done(coherence=coherence, tasks=tasks)
+    return Done(coherence=coherence, tasks=tasks, workers=workers)
 
 
 class PrecomputedCoherence:
@@ -357,7 +420,7 @@ class PrecomputedCoherence:
         return [self.scores[(p, t)] for p, t in zip(prompts, texts)]
 
 
-def _coherence_on(pool, job: Job, workers: int) -> PrecomputedCoherence:
+def _coherence_on(pool, job: Job, workers: int, call) -> PrecomputedCoherence:
     """Score the coherence of every row (prompt, response cut at the evaluation's stop strings) on the pool."""
     from stackalign.evaluation.metrics import clean_response
     from stackalign.runner.run import eval_stop_strings
@@ -367,7 +430,7 @@ def _coherence_on(pool, job: Job, workers: int) -> PrecomputedCoherence:
     size = max(1, -(-len(pairs) // (4 * workers)))  # a few chunks per worker: balance without tiny calls
     chunks = [pairs[s : s + size] for s in range(0, len(pairs), size)]
     for k, chunk in enumerate(chunks):
-        pool.submit(lambda a, v: a.coherence.remote(*v), (k, [p for p, _ in chunk], [t for _, t in chunk]))
+        pool.submit(call("coherence"), (k, [p for p, _ in chunk], [t for _, t in chunk]))
     scores: dict[tuple[str, str], float] = {}
     while pool.has_next():
         k, values = pool.get_next_unordered()

@@ -26,26 +26,70 @@ DELAY_ENV = "STACKALIGN_RAY_DELAY"
 
 class Worker:
     """The models of one recipe, loaded once; `decode`, `cd_sample`, `cd_train`, `mc_sample`,
-    `fit_predictor`, `coherence` compute units."""
+    `fit_predictor`, `coherence` compute units.
+
+    `use` switches the worker to another recipe and run directory (a sweep's next value), keeping the loaded
+    models when the recipe names the same ones; `run` is a unit call made for a given recipe (the Ray backend
+    calls every unit through it, so a worker kept across runs, or restarted by Ray with its first recipe,
+    always computes a unit with the recipe of the unit's run)."""
 
     def __init__(self, recipe_data: dict, out_dir: str, threads: int | None = None):
         import torch
 
-        from stackalign.runner.methods import resolve_method
-        from stackalign.runner.recipe import recipe_from_dict
-        from stackalign.runner.run import build_context, load_world_and_prompts
-
         if threads is not None:
             torch.set_num_threads(threads)
-        recipe = recipe_from_dict(recipe_data)
-        world, prompts, stops = load_world_and_prompts(recipe)
-        # out_dir is only recorded: the CD phases that write there run on the driver's side of the protocol
-        self.ctx = build_context(recipe, Path(out_dir), world=world, prompts=prompts, stops=stops)
-        self.plans = [resolve_method(m, i) for i, m in enumerate(recipe.methods)]
-        self._generators: dict[int, object] = {}
-        self._decoded = 0
+        self.ctx = None
+        self.loads = 0  # times this process loaded the models (a kept worker: once per sweep)
+        self.switches = 0  # times `use` rebuilt the recipe's state (the first recipe included)
+        self._current: tuple[dict, str] | None = None
         self._coherence = None
+        self._coherence_name = None
+        self._decoded = 0
+        self.use(recipe_data, out_dir)
+
+    def use(self, recipe_data: dict, out_dir: str) -> bool:
+        """Compute units of recipe `recipe_data` for run directory `out_dir` from now on; returns whether the
+        worker switched. Everything derived from the recipe (its context: prompts, stop strings, gold, out_dir;
+        the method plans; the generators built per method index) is rebuilt, the policy, tokenizer and reward
+        model are kept when the recipe loads the same ones (`run.same_models`), else loaded afresh."""
+        from stackalign.runner.methods import resolve_method
+        from stackalign.runner.recipe import recipe_from_dict
+        from stackalign.runner.run import build_context, load_world_and_prompts, same_models
+
+        if self._current == (recipe_data, out_dir):
+            return False
+        recipe = recipe_from_dict(recipe_data)
+        keep = self.ctx is not None and same_models(self.ctx.recipe, recipe)
+        # a kept world is the loaded one (the same directory); its prompts are read again for this recipe
+        world, prompts, stops = load_world_and_prompts(recipe, self.ctx.world if keep else None)
+        # out_dir is only recorded: the CD phases that write there run on the driver's side of the protocol
+        if not keep:
+            self.ctx = None  # the old models go before the new ones load (memory)
+            self.loads += 1
+        self.ctx = build_context(
+            recipe, Path(out_dir), world=world, prompts=prompts, stops=stops, reuse=self.ctx if keep else None
+        )
+        self.plans = [resolve_method(m, i) for i, m in enumerate(recipe.methods)]
+        # built from the previous recipe's plans (a generator per method *index*): never reused
+        self._generators: dict[int, object] = {}
         self._mc: dict | None = None  # the MC rewards of the unit being decoded (threshold: mc)
+        if recipe.evaluation.coherence != self._coherence_name:
+            self._coherence, self._coherence_name = None, recipe.evaluation.coherence
+        self._current = (recipe_data, out_dir)
+        self.switches += 1
+        return True
+
+    def run(self, recipe_data: dict, out_dir: str, method: str, *args):
+        """`method(*args)` (a unit call: `decode`, `mc_sample`, ...) for recipe `recipe_data` and run
+        directory `out_dir`, switching to them first when the worker holds another (`use`)."""
+        if method not in UNIT_CALLS:
+            raise ValueError(f"worker: {method!r} is not a unit call ({sorted(UNIT_CALLS)})")
+        self.use(recipe_data, out_dir)
+        return getattr(self, method)(*args)
+
+    def info(self) -> dict:
+        """The worker's process id, its model loads and recipe switches."""
+        return {"pid": os.getpid(), "loads": self.loads, "switches": self.switches}
 
     def ready(self) -> int:
         """The worker's process id (also: the models are loaded)."""
@@ -182,9 +226,15 @@ class Worker:
         once per worker."""
         from stackalign.runner.run import coherence_scorer
 
-        if self._coherence is None:
+        if self._coherence is None:  # reset by `use` when a recipe names another encoder
             self._coherence = coherence_scorer(self.ctx.recipe)
         return tag, [float(v) for v in self._coherence.score(prompts, texts)]
+
+
+# the calls `Worker.run` makes: the units and the driver's questions about the loaded models
+UNIT_CALLS = frozenset(
+    {"decode", "mc_sample", "fit_predictor", "cd_sample", "cd_train", "coherence", "model_name", "mc_ids"}
+)
 
 
 def _load_head(files: dict[str, bytes]):
@@ -211,6 +261,12 @@ def _maybe_fault(count: int) -> None:
     if not spec:
         return
     marker, n = spec.rsplit(":", 1)
-    if count >= int(n) and not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
+    if count < int(n):
+        return
+    try:  # created exclusively: of workers reaching their N-th unit at once, only one is killed
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
