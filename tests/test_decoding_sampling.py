@@ -136,3 +136,34 @@ def test_temperature_and_top_p_change_the_distribution():
     )
     assert len({s[0] for s in hot.token_ids[0]}) > len({s[0] for s in cold.token_ids[0]})
     assert torch.is_tensor(torch.tensor(hot.token_ids[0]))
+
+
+def test_mixture_sampling_is_the_token_level_geometric_mixture():
+    """mixture=(ref, β): β = 0 is the policy's own sampling, β = 1 the reference's (same seeds); greedy
+    decoding follows argmax of (1 − β) log π + β log π_ref step by step (full forwards, no cache)."""
+    policy, _, tok = make_models("llama", seed=0)
+    ref, _, _ = make_models("llama", seed=1)
+    cfg = GenerationConfig(max_new_tokens=6, ignore_eos=True, seed=3)
+    own = sample(policy, tok, PROMPTS, 2, cfg)
+    assert sample(policy, tok, PROMPTS, 2, cfg, mixture=(ref, 0.0)).token_ids == own.token_ids
+    assert (
+        sample(policy, tok, PROMPTS, 2, cfg, mixture=(ref, 1.0)).token_ids
+        == sample(ref, tok, PROMPTS, 2, cfg).token_ids
+    )
+    beta = 0.4
+    greedy_cfg = GenerationConfig(max_new_tokens=5, ignore_eos=True, temperature=0.0)
+    got = sample(policy, tok, PROMPTS, 1, greedy_cfg, mixture=(ref, beta))
+    for prompt, row in zip(PROMPTS, got.token_ids):
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        want = []
+        with torch.no_grad():
+            for _ in range(5):
+                lp = policy(input_ids=ids).logits[0, -1].log_softmax(-1)
+                lr = ref(input_ids=ids).logits[0, -1].log_softmax(-1)
+                t = int(((1 - beta) * lp + beta * lr).argmax())
+                want.append(t)
+                ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+        assert row[0] == want
+    assert own.token_ids != sample(policy, tok, PROMPTS, 2, cfg, mixture=(ref, 0.5)).token_ids
+    with pytest.raises(ValueError, match="beta must be in"):
+        sample(policy, tok, PROMPTS, 1, cfg, mixture=(ref, 1.5))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from stackalign.runner.recipe import RecipeError
 from stackalign.training.recipe import train_recipe_from_dict
 from stackalign.training.run import run_training
-from stackalign.training.selfplay import win_share_rewards
+from stackalign.training.selfplay import mixture_rewards, win_share_rewards
 
 
 def test_win_share_rewards_by_hand():
@@ -33,6 +33,39 @@ def test_win_share_rewards_by_hand():
     assert r[0].tolist() == pytest.approx([1.0, 0.0, 0.5, 0.5])
     assert r[1].tolist() == pytest.approx([0.0, 1 / 3, 1.0, 2 / 3])
     assert r.mean(-1).tolist() == pytest.approx([0.5, 0.5])  # p(y ≻ y') + p(y' ≻ y) = 1
+
+
+def test_mixture_rewards_by_hand():
+    """Nash-MD-PG: each answer's mean preference over the G opponents, one judge call over all pairs."""
+
+    def judge(xs, a, b):
+        return torch.tensor(
+            [1.0 if len(u) > len(v) else 0.0 if len(u) < len(v) else 0.5 for u, v in zip(a, b)]
+        )
+
+    r = mixture_rewards(judge, ["x"], [["aa", "a"]], [["a", "aa", "aaa"]])
+    assert r[0].tolist() == pytest.approx([(1.0 + 0.5 + 0.0) / 3, (0.5 + 0.0 + 0.0) / 3])
+
+
+def test_nash_md_opponents_come_from_the_mixture(micro, tmp_path, monkeypatch):
+    """opponent: mixture samples the opponents from (reference, mixture_beta) and trains the policy."""
+    import stackalign.training.selfplay as sp
+
+    seen = []
+    real = sp.sample_group
+
+    def spy(*args, **kw):
+        seen.append((kw.get("salt", "train"), kw.get("mixture")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sp, "sample_group", spy)
+    s = run_training(
+        _recipe(micro, steps=2, opponent="mixture", mixture_beta=0.25), tmp_path / "nmd", world=micro
+    )
+    assert s["algorithm"] == "selfplay" and 0.0 <= s["eval"]["policy_vs_base"] <= 1.0
+    assert [salt for salt, _ in seen] == ["train", "opponent"] * 2
+    assert all(m is None for salt, m in seen if salt == "train")
+    assert all(m is not None and m[1] == 0.25 for salt, m in seen if salt == "opponent")
 
 
 def _recipe(world, **kw):
@@ -80,7 +113,13 @@ def test_selfplay_run_trains_and_resumes(micro, tmp_path):
 
 @pytest.mark.parametrize(
     "kw,field",
-    [({"group_size": 1}, "group_size"), ({"tau": -0.5}, "tau"), ({"judge": "oracle"}, "judge")],
+    [
+        ({"group_size": 1}, "group_size"),
+        ({"tau": -0.5}, "tau"),
+        ({"judge": "oracle"}, "judge"),
+        ({"opponent": "nash"}, "opponent"),
+        ({"mixture_beta": 1.0}, "mixture_beta"),
+    ],
 )
 def test_bad_selfplay_recipe_names_the_field(micro, kw, field):
     with pytest.raises((RecipeError, ValueError), match=field):

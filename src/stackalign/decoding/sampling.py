@@ -95,6 +95,7 @@ def sample(
     *,
     batch_size: int | None = None,
     max_rows: int = 64,
+    mixture: tuple[Any, float] | None = None,
 ) -> SampleResult:
     """``n`` responses per prompt with a shared prompt prefill.
 
@@ -106,6 +107,9 @@ def sample(
         config: sampling settings; ``temperature=0`` is greedy.
         batch_size: prompts per prefill batch (default ``max(1, max_rows // n)``).
         max_rows: default cap on rows (prompts x n) decoded together.
+        mixture: ``(reference, beta)``: sample from the token-level geometric mixture of ``model`` and a
+            reference LM with the same tokenizer, π^β(y_t | ·) ∝ π(y_t | ·)^(1−β) · π_ref(y_t | ·)^β (the
+            opponent of Nash-MD-PG, NLHF, arXiv 2312.00886); temperature and top-k/top-p apply to the mixture.
 
     Returns:
         :class:`SampleResult` with P x n texts and token ids, and the cost (LM tokens counts each prompt
@@ -114,8 +118,11 @@ def sample(
     config = config or GenerationConfig()
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n: must be an integer >= 1, got {n!r}")
+    if mixture is not None and not 0.0 <= float(mixture[1]) <= 1.0:
+        raise ValueError(f"mixture: beta must be in [0, 1], got {mixture[1]!r}")
     prompts = list(prompts) if not isinstance(prompts, str) else prompts
-    ids = encode_prompts(tokenizer, prompts, max_new_tokens=config.max_new_tokens, models=[model])
+    models = [model] if mixture is None else [model, mixture[0]]
+    ids = encode_prompts(tokenizer, prompts, max_new_tokens=config.max_new_tokens, models=models)
     bs = batch_size or max(1, max_rows // n)
     if bs < 1:
         raise ValueError(f"batch_size: must be >= 1, got {bs}")
@@ -130,13 +137,16 @@ def sample(
     with Timer(cost, device):
         for s in range(0, len(prompts), bs):
             rows = _sample_batch(
-                model, prompts[s : s + bs], ids[s : s + bs], n, config, stop, pad, device, cost
+                model, prompts[s : s + bs], ids[s : s + bs], n, config, stop, pad, device, cost, mixture
             )
             for i in range(len(rows) // n):
                 group = [stop.finalize(r) for r in rows[i * n : (i + 1) * n]]
                 token_ids.append([g[0] for g in group])
                 texts.append([g[1] for g in group])
-    return SampleResult(prompts, texts, token_ids, cost, {"n": n, "shared_prefill": True, **config.to_dict()})
+    meta = {"n": n, "shared_prefill": True, **config.to_dict()}
+    if mixture is not None:
+        meta["mixture_beta"] = float(mixture[1])
+    return SampleResult(prompts, texts, token_ids, cost, meta)
 
 
 def _sample_batch(
@@ -149,24 +159,39 @@ def _sample_batch(
     pad: int,
     device: Any,
     cost: Cost,
+    mixture: tuple[Any, float] | None = None,
 ) -> list[list[int]]:
-    """Decode one prompt batch; returns the raw generated ids of its P*n rows (prompt-major)."""
+    """Decode one prompt batch; returns the raw generated ids of its P*n rows (prompt-major). With
+    ``mixture``, the reference LM runs beside ``model`` on its own cache (see :func:`sample`)."""
+    nets = [model] if mixture is None else [model, mixture[0]]
     input_ids, mask = left_pad(ids, pad, device)
-    logits, cache = lm_forward(model, input_ids, mask)  # the shared prefill
-    cost.lm_tokens += int(mask.sum())
-    cost.lm_calls += 1
+    logits, caches = [], []
+    for net in nets:  # the shared prefill
+        lg, cache = lm_forward(net, input_ids, mask)
+        cost.lm_tokens += int(mask.sum())
+        cost.lm_calls += 1
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            lg = lg.repeat_interleave(n, 0)
+        logits.append(lg)
+        caches.append(cache)
     if n > 1:
-        cache.batch_repeat_interleave(n)
-        logits = logits.repeat_interleave(n, 0)
         mask = mask.repeat_interleave(n, 0)
     R = len(prompts) * n
     T = config.max_new_tokens
     gens = None if config.greedy else prompt_generators(prompts, config.seed, device, salt="sample")
     rows = LiveRows(R, T, pad, device)
-    state = {"logits": logits, "mask": mask, "cache": cache}
+    state = {"logits": logits, "mask": mask, "caches": caches}
+
+    def next_logits() -> Tensor:
+        if mixture is None:
+            return state["logits"][0]
+        beta = float(mixture[1])  # log π^β = (1 − β) log π + β log π_ref, up to a per-row constant
+        own, ref = state["logits"]
+        return (1.0 - beta) * own.log_softmax(-1) + beta * ref.log_softmax(-1)
 
     def choose(step: int) -> Tensor:
-        logits = state["logits"]
+        logits = next_logits()
         if gens is None:
             return logits.argmax(-1)
         probs = filter_logits(logits, config.temperature, config.top_k, config.top_p).softmax(-1)
@@ -176,14 +201,18 @@ def _sample_batch(
 
     def select(keep: Tensor) -> None:
         state["mask"] = state["mask"][keep]
-        state["cache"].batch_select_indices(keep)
+        for cache in state["caches"]:
+            cache.batch_select_indices(keep)
 
     def feed(tok: Tensor) -> None:
         mask = state["mask"]
         state["mask"] = mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        state["logits"], state["cache"] = lm_forward(model, tok.unsqueeze(-1), mask, state["cache"])
-        cost.lm_tokens += int(rows.active.numel())
-        cost.lm_calls += 1
+        for i, net in enumerate(nets):
+            state["logits"][i], state["caches"][i] = lm_forward(
+                net, tok.unsqueeze(-1), mask, state["caches"][i]
+            )
+            cost.lm_tokens += int(rows.active.numel())
+            cost.lm_calls += 1
 
     run_steps(rows, stop, T, choose, select, feed)
     return rows.outputs()

@@ -56,8 +56,10 @@ def sample_group(
     seed: int,
     step: int,
     salt: str = "train",
+    mixture: tuple[Any, float] | None = None,
 ) -> SampleResult:
-    """G responses per prompt, a pure function of ``(weights, prompts, seed, step)``.
+    """G responses per prompt, a pure function of ``(weights, prompts, seed, step)``; ``mixture=(reference,
+    beta)`` samples from the token-level geometric mixture of the model and the reference (``sample``).
 
     Returns a :class:`SampleResult` (``texts[i][j]``, ``token_ids[i][j]``: response j of prompt i; the ids
     keep a final EOS / the token that completed a stop string, the texts do not)."""
@@ -65,7 +67,7 @@ def sample_group(
     model.eval()
     try:
         cfg = replace(config, seed=step_seed(seed, step, salt))
-        return sample(model, tokenizer, prompts, G, cfg)
+        return sample(model, tokenizer, prompts, G, cfg, mixture=mixture)
     finally:
         model.train(was_training)
 

@@ -1,4 +1,4 @@
-"""``algorithm: selfplay`` — a self-play preference baseline for SLHF (the NLHF family).
+"""``algorithm: selfplay`` — self-play preference baselines for SLHF (the NLHF family): SPO and Nash-MD-PG.
 
 NLHF (Munos et al., arXiv 2312.00886) learns from a preference p(y ≻ y' | x) directly, as a game, instead of
 through a scalar reward; on an intransitive preference (the sandbox's population vote) no scalar reward can
@@ -15,9 +15,13 @@ the current policy, let the judge compare them, and use each answer's share of w
    NLHF), and leave-one-out advantages A_ij = R_ij − mean_{k≠j} R_ik.
 4. The REINFORCE loss, AdamW, clipping, checkpoints, resume: ``stackalign.training.loop``.
 
-The opponent is the current policy itself (SPO), not NLHF's Nash-MD geometric mixture of the policy and the
-reference. Evaluation: the policy against base under the world's gold preference (``policy_vs_base``), and
-the scalar gold utility like the other algorithms.
+``opponent: mixture`` plays NLHF's Nash-MD-PG instead: the opponents are G other answers drawn from the
+token-level geometric mixture of the policy and the reference, π^β(y_t | ·) ∝ π_θ(y_t | ·)^(1−β) ·
+π_ref(y_t | ·)^β (``mixture_beta``; β = 0 is the policy itself), and each of the policy's G answers is rewarded by
+its mean preference over them, r_ij = 1/G · Σ_k p(y_ij ≻ y'_ik | x_i); only the policy's answers are trained.
+
+Evaluation: the policy against base under the world's gold preference (``policy_vs_base``), and the scalar gold
+utility like the other algorithms.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from stackalign.training.pg import (
 from stackalign.training.slhf import JUDGES, make_judge
 from stackalign.training.slhf_loss import check_judge
 
-__all__ = ["SelfPlayConfig", "win_share_rewards", "train"]
+__all__ = ["SelfPlayConfig", "OPPONENTS", "win_share_rewards", "mixture_rewards", "train"]
+
+OPPONENTS = ("self", "mixture")
 
 
 @dataclass
@@ -59,6 +65,17 @@ class SelfPlayConfig:
             "the recipe's reward_model (null: the world's proxy RM)"
         },
     )
+    opponent: str = field(
+        default="self",
+        metadata={
+            "help": "'self': each answer is judged against the policy's other G − 1 answers (SPO); 'mixture': "
+            "against G answers of the geometric mixture π^β ∝ π^(1−β) π_ref^β (Nash-MD-PG)"
+        },
+    )
+    mixture_beta: float = field(
+        default=0.125,
+        metadata={"help": "β in [0, 1) of the 'mixture' opponent (the reference's share; 0 = the policy)"},
+    )
 
     def __post_init__(self) -> None:
         g = self.group_size
@@ -69,6 +86,11 @@ class SelfPlayConfig:
             raise ValueError(f"tau: must be a finite number >= 0, got {t!r}")
         if self.judge not in JUDGES:
             raise ValueError(f"judge: expected one of {list(JUDGES)}, got {self.judge!r}")
+        if self.opponent not in OPPONENTS:
+            raise ValueError(f"opponent: expected one of {list(OPPONENTS)}, got {self.opponent!r}")
+        b = self.mixture_beta
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+            raise ValueError(f"mixture_beta: must be a number in [0, 1), got {b!r}")
 
 
 def win_share_rewards(judge, prompts: list[str], texts: list[list[str]]) -> torch.Tensor:
@@ -87,6 +109,20 @@ def win_share_rewards(judge, prompts: list[str], texts: list[list[str]]) -> torc
         wins[i, j] += p
         wins[i, k] += 1.0 - p
     return wins / (G - 1)
+
+
+def mixture_rewards(
+    judge, prompts: list[str], texts: list[list[str]], opponents: list[list[str]]
+) -> torch.Tensor:
+    """r [P, G] (float64): r_ij = mean over the G opponents k of p(y_ij ≻ y'_ik | x_i) (Nash-MD-PG)."""
+    P, G, K = len(prompts), len(texts[0]), len(opponents[0])
+    pairs = [(i, j, k) for i in range(P) for j in range(G) for k in range(K)]
+    s = check_judge(
+        judge([prompts[i] for i, _, _ in pairs], [texts[i][j] for i, j, _ in pairs],
+              [opponents[i][k] for i, _, k in pairs]),
+        len(pairs),
+    ).double()  # fmt: skip
+    return s.view(P, G, K).mean(-1)
 
 
 def train(ctx) -> dict:
@@ -109,7 +145,12 @@ def train(ctx) -> dict:
         xs = [prompts[i] for i in batch_indices(len(prompts), c.prompts_per_step, step, c.seed)]
         P, G = len(xs), cfg.group_size
         res = sample_group(policy, tok, xs, G, gen, seed=c.seed, step=step)
-        wins = win_share_rewards(judge, xs, res.texts)
+        if cfg.opponent == "self":
+            wins = win_share_rewards(judge, xs, res.texts)
+        else:
+            mix = (reference, cfg.mixture_beta)
+            opp = sample_group(policy, tok, xs, G, gen, seed=c.seed, step=step, salt="opponent", mixture=mix)
+            wins = mixture_rewards(judge, xs, res.texts, opp.texts)
         flat_p, _ = res.flat()
         pids = prompt_token_ids(tok, flat_p)
         rids = [ids for row in res.token_ids for ids in row]
