@@ -180,8 +180,11 @@ def test_overopt_paired_gold_against_a_baseline_run(tmp_path, micro):
 
     def run(name: str, texts: list[list[str]], eval_cfg: dict = ev) -> Path:
         d = tmp_path / name
-        d.mkdir()
-        (d / "config.json").write_text(json.dumps({"world": str(micro.root), "eval": eval_cfg}))
+        d.mkdir()  # config.json as a run writes it: the resolved recipe
+        config = train_recipe_from_dict(
+            {"algorithm": "rl", "world": str(micro.root), "eval": eval_cfg}
+        ).to_dict()
+        (d / "config.json").write_text(json.dumps(config))
         (d / "final_eval.json").write_text(json.dumps({"summary": {}, "texts": texts}))
         return d
 

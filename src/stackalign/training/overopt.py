@@ -118,41 +118,42 @@ def table(runs: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def _final_gold(run: Path, world) -> tuple[list[str], list[float]]:
-    """The evaluation prompts of ``run`` and the mean gold of each prompt's final samples."""
-    cfg = json.loads((run / "config.json").read_text())
-    ev = cfg["eval"]
-    split = str(ev.get("prompts", "world:test")).split(":", 1)[1]
-    prompts = list(
-        {"train": world.train_prompts, "val": world.val_prompts, "test": world.test_prompts}[split]
-    )
-    prompts = prompts[: ev["limit"]] if ev.get("limit") else prompts
-    texts = json.loads((run / "final_eval.json").read_text())["texts"]
+def _run_context(run: Path, world=None):
+    """The ``TrainContext`` of a finished run from its ``config.json`` (its world loaded unless given): the
+    evaluation prompts come from the same code as during training."""
+    from stackalign.training.recipe import train_recipe_from_dict
+    from stackalign.training.run import TrainContext, _load_world
+
+    recipe = train_recipe_from_dict(json.loads((run / "config.json").read_text()))
+    return TrainContext(recipe, run, world if world is not None else _load_world(recipe.common))
+
+
+def _final_gold(ctx) -> tuple[list[str], list[float]]:
+    """The evaluation prompts of the run ``ctx`` and the mean gold of each prompt's final samples."""
+    prompts = ctx.eval_prompts()
+    texts = json.loads((ctx.out_dir / "final_eval.json").read_text())["texts"]
     if len(texts) != len(prompts):
-        raise ValueError(f"{run}: {len(texts)} evaluated prompts, but its config names {len(prompts)}")
-    return prompts, [sum(world.gold(p, t) for t in row) / len(row) for p, row in zip(prompts, texts)]
+        raise ValueError(
+            f"{ctx.out_dir}: {len(texts)} evaluated prompts, but its config names {len(prompts)}"
+        )
+    return prompts, [sum(ctx.world.gold(p, t) for t in row) / len(row) for p, row in zip(prompts, texts)]
 
 
 def paired_gold(runs: list[Path], baseline: Path) -> dict[str, tuple[float, float, float] | None]:
     """{run: (mean, lo, hi)} of the final gold difference run − ``baseline``, paired over the evaluation
     prompts (95% bootstrap); runs on another world or with other evaluation settings are skipped."""
     from stackalign.evaluation.intervals import paired_diff_ci
-    from stackalign.worlds import default_world, load_world
 
-    base_cfg = json.loads((baseline / "config.json").read_text())
-    name = str(base_cfg.get("world"))
-    world = default_world() if name == "default" else load_world(name)
-    base_prompts, base_gold = _final_gold(baseline, world)
+    base = _run_context(Path(baseline))
+    base_prompts, base_gold = _final_gold(base)
     out: dict[str, tuple[float, float, float] | None] = {}
     for r in runs:
-        cfg = json.loads((r / "config.json").read_text())
-        if (
-            Path(r) == Path(baseline)
-            or str(cfg.get("world")) != name
-            or cfg.get("eval") != base_cfg.get("eval")
-        ):
+        if Path(r) == Path(baseline):
             continue
-        prompts, gold = _final_gold(r, world)
+        ctx = _run_context(Path(r), base.world)
+        if ctx.config.world != base.config.world or ctx.config.eval != base.config.eval:
+            continue
+        prompts, gold = _final_gold(ctx)
         if prompts != base_prompts:
             continue
         out[str(r)] = paired_diff_ci(gold, base_gold)
