@@ -26,11 +26,11 @@ utility like the other algorithms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
-from stackalign.training.loop import StepOutput, batch_indices, step_seed, train_loop
+from stackalign.training.loop import StepOutput, batch_indices, train_loop
 from stackalign.training.pg import (
     advantages,
     kl_estimate,
@@ -41,7 +41,7 @@ from stackalign.training.pg import (
     response_logprobs,
     sample_group,
 )
-from stackalign.training.slhf import JUDGES, make_judge
+from stackalign.training.slhf import JUDGES, eval_answers, gold_win, make_judge
 from stackalign.training.slhf_loss import check_judge
 
 __all__ = ["SelfPlayConfig", "OPPONENTS", "win_share_rewards", "mixture_rewards", "train"]
@@ -132,11 +132,9 @@ def train(ctx) -> dict:
     cfg: SelfPlayConfig = ctx.algo
     c = ctx.config
     world = ctx.world
-    if cfg.judge == "gold" and world is None:
-        raise ValueError("judge: 'gold' needs a world (or use judge: reward_model)")
+    judge = make_judge(ctx, cfg)  # before any model loads: a gold judge without a world is refused there
     policy, tok = ctx.load_policy()
     reference = ctx.load_reference()
-    judge = make_judge(ctx, cfg)
     prompts = ctx.train_prompts()
     gen = ctx.generation_config()
     pad = pad_id_of(tok)
@@ -188,15 +186,11 @@ def train(ctx) -> dict:
 
 @torch.no_grad()
 def _vs_base(world, policy, base, tok, prompts, gen, samples: int) -> float:
-    """Mean gold preference p(policy's answer ≻ base's answer) over ``prompts`` × ``samples`` (ties: half)."""
-    from stackalign.decoding.sampling import sample
-
+    """SLHF's ``leader_vs_base`` for this policy: the same evaluation answers of base, the same soft win rate."""
     xs = [x for x in prompts for _ in range(samples)]
-
-    def one(model, salt):
-        return [
-            t[0] for t in sample(model, tok, xs, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts
-        ]
-
-    a, b = one(policy, "eval-leader"), one(base, "eval-base")
-    return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
+    return gold_win(
+        world,
+        xs,
+        eval_answers(policy, tok, xs, gen, "eval-leader"),
+        eval_answers(base, tok, xs, gen, "eval-base"),
+    )

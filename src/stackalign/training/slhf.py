@@ -142,31 +142,37 @@ def train(ctx) -> dict:
     return {"eval": ev}
 
 
+def eval_answers(model, tok, xs: list[str], gen, salt: str) -> list[str]:
+    """One sampled answer per entry of ``xs`` with the evaluation seed ``step_seed(gen.seed, 0, salt)``: every
+    algorithm's evaluation draws the base answers with the same salt, so their win rates share them."""
+    from stackalign.decoding.sampling import sample
+
+    return [t[0] for t in sample(model, tok, xs, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts]
+
+
+def gold_win(world, xs: list[str], a: list[str], b: list[str]) -> float:
+    """Mean gold preference p(a_i ≻ b_i | x_i) over the entries (a soft win rate, ties count half)."""
+    return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
+
+
 @torch.no_grad()
 def evaluate_slhf(world, policy, base, tok, prompts, gen, *, samples: int = 1, chain: int = 3) -> dict:
     """Win rates (mean soft gold preference, ties count half) over ``prompts`` × ``samples``: leader vs base,
     follower (refining its own leader's answer) vs leader and vs base, and the refinement chain vs base."""
-    from stackalign.decoding.sampling import sample
-
     xs = [x for x in prompts for _ in range(samples)]
-
-    def one(model, ps, salt):
-        return [
-            t[0] for t in sample(model, tok, ps, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts
-        ]
-
-    def win(a, b):
-        return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
-
-    leader, basel = one(policy, xs, "eval-leader"), one(base, xs, "eval-base")
+    leader, basel = (
+        eval_answers(policy, tok, xs, gen, "eval-leader"),
+        eval_answers(base, tok, xs, gen, "eval-base"),
+    )
     cur, refine, first = leader, {}, None
     for k in range(1, chain + 1):
-        cur = one(policy, [world.follower_prompt(x, y) for x, y in zip(xs, cur)], f"eval-follower-{k}")
+        follower_xs = [world.follower_prompt(x, y) for x, y in zip(xs, cur)]
+        cur = eval_answers(policy, tok, follower_xs, gen, f"eval-follower-{k}")
         first = cur if k == 1 else first
-        refine[str(k)] = win(cur, basel)
+        refine[str(k)] = gold_win(world, xs, cur, basel)
     return {
-        "leader_vs_base": win(leader, basel),
-        "follower_vs_leader": win(first, leader),
+        "leader_vs_base": gold_win(world, xs, leader, basel),
+        "follower_vs_leader": gold_win(world, xs, first, leader),
         "follower_vs_base": refine["1"],
         "refinement": refine,
     }
