@@ -93,19 +93,22 @@ class SelfPlayConfig:
             raise ValueError(f"mixture_beta: must be a number in [0, 1), got {b!r}")
 
 
+def _judge_pairs(judge, prompts: list[str], pairs, first: list[list[str]], second: list[list[str]]):
+    """p(first[i][j] ≻ second[i][k] | x_i) for every (i, j, k) of ``pairs``, in one judge call (float64)."""
+    xs = [prompts[i] for i, _, _ in pairs]
+    a = [first[i][j] for i, j, _ in pairs]
+    b = [second[i][k] for i, _, k in pairs]
+    return check_judge(judge(xs, a, b), len(pairs)).double()
+
+
 def win_share_rewards(judge, prompts: list[str], texts: list[list[str]]) -> torch.Tensor:
     """r [P, G] (float64): r_ij = mean over k ≠ j of p(y_ij ≻ y_ik | x_i) (module docstring, step 2).
 
     One judge call over every ordered pair (j, k), j < k, of every group; the reverse pair is 1 − p."""
     P, G = len(prompts), len(texts[0])
     pairs = [(i, j, k) for i in range(P) for j in range(G) for k in range(j + 1, G)]
-    s = check_judge(
-        judge([prompts[i] for i, _, _ in pairs], [texts[i][j] for i, j, _ in pairs],
-              [texts[i][k] for i, _, k in pairs]),
-        len(pairs),
-    ).double()  # fmt: skip
     wins = torch.zeros(P, G, dtype=torch.float64)
-    for (i, j, k), p in zip(pairs, s.tolist()):
+    for (i, j, k), p in zip(pairs, _judge_pairs(judge, prompts, pairs, texts, texts).tolist()):
         wins[i, j] += p
         wins[i, k] += 1.0 - p
     return wins / (G - 1)
@@ -117,12 +120,7 @@ def mixture_rewards(
     """r [P, G] (float64): r_ij = mean over the G opponents k of p(y_ij ≻ y'_ik | x_i) (Nash-MD-PG)."""
     P, G, K = len(prompts), len(texts[0]), len(opponents[0])
     pairs = [(i, j, k) for i in range(P) for j in range(G) for k in range(K)]
-    s = check_judge(
-        judge([prompts[i] for i, _, _ in pairs], [texts[i][j] for i, j, _ in pairs],
-              [opponents[i][k] for i, _, k in pairs]),
-        len(pairs),
-    ).double()  # fmt: skip
-    return s.view(P, G, K).mean(-1)
+    return _judge_pairs(judge, prompts, pairs, texts, opponents).view(P, G, K).mean(-1)
 
 
 def train(ctx) -> dict:
@@ -169,18 +167,19 @@ def train(ctx) -> dict:
     train_loop(policy, tok, step_fn, ctx.loop_settings(), ctx.out_dir)
     ctx.save_final(policy, tok)
     policy.eval()
+    eval_prompts, eval_gen = ctx.eval_prompts(), ctx.eval_generation_config()
     ev = evaluate_policy(
         policy,
         tok,
-        ctx.eval_prompts(),
-        ctx.eval_generation_config(),
+        eval_prompts,
+        eval_gen,
         n=c.eval.samples,
         gold=world.gold if world is not None else None,
         reward_model=ctx.load_reward_model(),
         reference=reference,
     ).summary()
     if world is not None and hasattr(world, "gold_preference"):
-        ev["policy_vs_base"] = _vs_base(world, policy, reference, tok, ctx.eval_prompts(), ctx.eval_generation_config(), c.eval.samples)  # fmt: skip
+        ev["policy_vs_base"] = _vs_base(world, policy, reference, tok, eval_prompts, eval_gen, c.eval.samples)
     return {"eval": ev}
 
 
