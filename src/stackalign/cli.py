@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
+    models = sub.add_parser("models", help="real pretrained models installable from PyPI, by name")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", help="the model names stackalign knows, installed and converted or not")
+    ml.set_defaults(func=_handler("stackalign.models.real:list_main"))
+    mp = msub.add_parser("path", help="print a model's Hugging Face directory (converting it on first use)")
+    mp.add_argument("name")
+    mp.set_defaults(func=_handler("stackalign.models.real:path_main"))
+
     games = sub.add_parser("games", help="exact finite-game solvers (SRS, SLHF, NLHF, SGPO)")
     gsub = games.add_subparsers(dest="games_command", required=True)
     gc = gsub.add_parser("condorcet", help="RLHF / NLHF / SLHF on the Condorcet example")
