@@ -51,3 +51,34 @@ def test_name_works_in_loaders_and_cli(smol_dir, capsys):
     assert all(name in out for name in REAL_MODELS) and "converted" in out
     assert [r["name"] for r in list_models()] == list(REAL_MODELS)
     assert main(["models", "path", "nope-1b"]) == 2
+
+
+def test_reward_model_from_policy_shares_backbone_and_tokenizer(smol_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from stackalign.cli import main
+    from stackalign.models import load_reward_model, shares_tokenizer
+    from stackalign.models.loading import _load_tokenizer
+
+    assert (
+        main(
+            ["models", "reward-from", "smollm2-135m-instruct", "--out", str(tmp_path / "rm"), "--layers", "2"]
+        )
+        == 0
+    )
+    rm = load_reward_model(tmp_path / "rm")
+    assert rm.model.config.num_hidden_layers == 2 and rm.model.config.num_labels == 1
+    lm = AutoModelForCausalLM.from_pretrained(smol_dir)
+    # the backbone's first block is the policy's, copied
+    a = rm.model.base_model.layers[0].self_attn.q_proj.weight
+    b = lm.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(a, b)
+    assert shares_tokenizer(_load_tokenizer(smol_dir, False), rm.tokenizer)
+    r = rm(["What is 2+2?", "What is 2+2?"], [" 4", " Four."])
+    assert r.shape == (2,) and torch.isfinite(r).all() and r[0] != r[1]
+    assert (
+        main(
+            ["models", "reward-from", "smollm2-135m-instruct", "--out", str(tmp_path / "x"), "--layers", "99"]
+        )
+        == 2
+    )
