@@ -47,7 +47,8 @@ def test_slhf_run_summary_contract_and_resume(micro, tmp_path):
     assert set(s) == {"algorithm", "steps", "seconds", "eval"}
     assert s["algorithm"] == "slhf" and s["steps"] == 4 and s["seconds"] > 0
     ev = s["eval"]
-    assert set(ev) == {"leader_vs_base", "follower_vs_leader", "follower_vs_base", "refinement"}
+    assert set(ev) == {"leader_vs_base", "follower_vs_leader", "follower_vs_base", "refinement", "judge"}
+    assert ev["judge"] == "gold"  # the default judge on a world with a gold preference
     assert set(ev["refinement"]) == {"1", "2", "3"} and ev["follower_vs_base"] == ev["refinement"]["1"]
     for w in [ev["leader_vs_base"], ev["follower_vs_leader"], *ev["refinement"].values()]:
         assert 0.0 <= w <= 1.0

@@ -141,6 +141,6 @@ def test_worldless_run_from_files(micro_world, tmp_path):
     assert [x["round"] for x in s["rounds"]] == [0, 1] and s["rounds"][0]["pairs"] == 8
     assert s["eval"] == {"win_rate_vs_base": None, "gold_reward": None}
     assert s["rounds"][1]["stats"]["self_label_gold_agreement"] is None
-    with pytest.raises(ValueError, match="prompts_file: required"):
+    with pytest.raises(ValueError, match="train_prompts: 'world:train' needs a world"):
         run_training(_recipe(micro_world, world=None, policy=str(micro_world.policy_dir),
                              seeds_file=str(seeds), rounds=1), tmp_path / "v")  # fmt: skip

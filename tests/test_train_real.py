@@ -1,0 +1,112 @@
+"""The six training algorithms on a real chat model with no world: prompts and pairs from files, the chat
+template, the reward model as the only judge; the trained final/ decodes in a run recipe."""
+
+import json
+
+import pytest
+import yaml
+
+PROMPTS = ["How do I boil an egg?", "Give me one tip for sleeping better.", "What is a leap year?"]
+EXTRA = {
+    "rl": {"group_size": 2},
+    "rlhf": {"group_size": 2},
+    "selfplay": {"group_size": 2},
+    "slhf": {"chain": 1},
+    "dpo": {"batch_size": 2, "seed_epochs": 1},
+    "ssapo": {"batch_size": 2, "seed_epochs": 1, "rounds": 0},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, smol_dir):
+    from stackalign.models.real import reward_model_from_policy
+
+    d = tmp_path_factory.mktemp("own")
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (d / "seeds.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": p, "chosen": " A clear, helpful answer.", "rejected": " No."}) + "\n"
+            for p in PROMPTS
+        )
+    )
+    reward_model_from_policy("smollm2-135m-instruct", d / "rm", layers=2)
+    return d
+
+
+def _recipe(d, algorithm: str) -> dict:
+    r = {
+        "algorithm": algorithm,
+        "world": None,
+        "policy": "smollm2-135m-instruct",
+        "reward_model": str(d / "rm"),
+        "chat_template": True,
+        "train_prompts": str(d / "prompts.jsonl"),
+        "eval": {"prompts": str(d / "prompts.jsonl"), "limit": 1, "samples": 1},
+        "steps": 2,
+        "prompts_per_step": 1,
+        "max_new_tokens": 4,
+        "lr": 1e-5,
+        "progress": False,
+        "checkpoint_every": 1,
+        **EXTRA[algorithm],
+    }
+    if algorithm in ("dpo", "ssapo"):
+        r["seeds_file"] = str(d / "seeds.jsonl")
+    return r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", list(EXTRA))
+def test_trains_on_the_real_model_without_a_world(algorithm, data, tmp_path):
+    from stackalign.training.recipe import train_recipe_from_dict
+    from stackalign.training.run import run_training
+
+    summary = run_training(train_recipe_from_dict(_recipe(data, algorithm)), tmp_path / "out")
+    assert (tmp_path / "out" / "final" / "config.json").is_file()
+    assert any((tmp_path / "out" / "final").glob("*.safetensors"))
+    ev = summary["eval"]
+    assert "gold" not in json.dumps({k: v for k, v in ev.items() if v is not None})  # no gold number anywhere
+    if algorithm in ("slhf", "selfplay", "dpo", "ssapo"):
+        assert ev["judge"] == "reward_model"
+    if algorithm in ("slhf",):
+        assert 0.0 <= ev["leader_vs_base"] <= 1.0
+    if algorithm in ("dpo", "ssapo"):
+        assert 0.0 <= ev["rm_win_rate_vs_base"] <= 1.0
+    if algorithm in ("rl", "rlhf", "selfplay"):
+        assert ev["proxy_reward"] is not None and ev["gold_reward"] is None
+    if algorithm == "rl":  # the trained policy decodes in a run recipe
+        from stackalign.runner.recipe import load_recipe
+        from stackalign.runner.run import execute
+
+        run = {
+            "world": None,
+            "gold": None,
+            "policy": str(tmp_path / "out" / "final"),
+            "reward_model": str(data / "rm"),
+            "prompts": {"source": str(data / "prompts.jsonl"), "limit": 1, "chat_template": True},
+            "generation": {"max_new_tokens": 4},
+            "methods": [{"name": "Greedy", "decoder": "greedy"}],
+            "evaluation": {"coherence": None, "judge": None},
+        }
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+        s = execute(load_recipe(tmp_path / "run.yaml"), tmp_path / "run", progress=False)
+        assert s["methods"]["Greedy"]["n"] == 1
+
+
+def test_world_splits_without_a_world_are_refused_before_models_load(data, tmp_path):
+    from stackalign.runner.recipe import RecipeError
+    from stackalign.training.recipe import train_recipe_from_dict
+    from stackalign.training.run import run_training
+
+    r = _recipe(data, "rl")
+    r["train_prompts"] = "world:train"
+    with pytest.raises(RecipeError, match="train_prompts: 'world:train' needs a world"):
+        run_training(train_recipe_from_dict(r), tmp_path / "a")
+    r = _recipe(data, "slhf")
+    r["chat_template"] = False
+    with pytest.raises(ValueError, match="follower turn needs the chat template"):
+        run_training(train_recipe_from_dict(r), tmp_path / "b")
+    r = _recipe(data, "rl")
+    r["train_prompts"] = str(data / "nope.jsonl")
+    with pytest.raises(Exception, match="train_prompts: no such file"):
+        train_recipe_from_dict(r)
