@@ -37,8 +37,9 @@ QUESTIONS = [
 ]
 
 # An answer script with characters the SmolLM2 BPE splits into partial UTF-8 byte tokens (each of 龘 and 語
-# is three byte tokens, 日 two), a ``<|im_start|>`` mid-answer (a special token the text never shows).
-SCRIPT_TEXT = "Hello 龘 world, 日本語 café!"
+# is three byte tokens, 日 two), a ``<|im_start|>`` mid-answer (a special token the text never shows), and
+# long words the policy writes in several tokens (another tokenizer re-tokenizes them as they grow).
+SCRIPT_TEXT = "Hello 龘 world, 日本語 café! Antidisestablishmentarianism, naïveté."
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +68,12 @@ def chat_prompts(tok, questions=QUESTIONS):
     ]
 
 
-def script(tok):
+def script(tok, spelled: str = ""):
     """Token ids of the scripted answer: its canonical encoding with ``<|im_start|>`` inserted after the
-    first token, and the indices of the partial-character tokens."""
+    first token, then ``spelled`` one character per token (not the canonical encoding: another tokenizer
+    merges the characters as they come, across the bridge's window)."""
     ids = tok.encode(SCRIPT_TEXT, add_special_tokens=False)
+    ids += [tok.encode(ch, add_special_tokens=False)[0] for ch in spelled]
     start = tok.convert_tokens_to_ids("<|im_start|>")
     ids = ids[:1] + [start] + ids[1:]
     partial = [i for i, t in enumerate(ids) if "\ufffd" in tok.decode([t])]
@@ -78,11 +81,12 @@ def script(tok):
     return ids
 
 
-def drive(scorers, tok, prompts, k=6):
+@torch.no_grad()
+def drive(scorers, tok, prompts, k=6, spelled=""):
     """Run every scorer through the same steps: at step t each row's candidates are the script's token t,
     the EOS token, ``<|im_start|>``, a partial byte token and two ordinary tokens, and the script's token is
     chosen. Returns the rewards of every scorer per step, [steps, R, k] each."""
-    ids = script(tok)
+    ids = script(tok, spelled)
     eos, start = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|im_start|>")
     partial = tok.encode("龘", add_special_tokens=False)[0]
     ordinary = tok.encode(" the end", add_special_tokens=False)[:2]
@@ -183,11 +187,14 @@ def test_bridge_rewards_equal_a_full_reencode(smol, which, request):
 
     assert not shares_tokenizer(tok, rm.tokenizer)
     prompts = chat_prompts(tok)[:3]
-    (bridge, text), _ = drive([BridgeScorer(rm, tok), TextScorer(rm, tok)], tok, prompts)
+    scorer = BridgeScorer(rm, tok)
+    (bridge, text), _ = drive([scorer, TextScorer(rm, tok)], tok, prompts, spelled=" hello there, 2024")
+    # the window did its work: merges across its end happened, no row fell back to re-encoding everything
+    assert scorer.merges > 0 and scorer.full_rows == 0
     assert torch.allclose(bridge, text, atol=2e-4, rtol=1e-4), (bridge - text).abs().max()
     # a partial byte token does not change the text: it scores like its prefix (and like the EOS candidate)
     k = text.shape[-1]
-    assert torch.equal(bridge[:, 0, 3], bridge[:, 0, 1])
+    assert torch.allclose(bridge[:, 0, 3], bridge[:, 0, 1], atol=1e-5)
     assert k == 6
 
 

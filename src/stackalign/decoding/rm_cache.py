@@ -1,4 +1,4 @@
-"""Scoring the k next-token candidates of every row with a reward model, four ways.
+"""Scoring the k next-token candidates of every row with a reward model, five ways, one input rule.
 
 ARGS needs, at every step and for every row, the reward of ``prompt + generated prefix + candidate_j`` for
 the k candidates. All scorers share one small protocol so ARGS does not care which one it gets:
@@ -24,8 +24,19 @@ the k candidates. All scorers share one small protocol so ARGS does not care whi
 * :class:`FullRecomputeScorer` (reference, the official SRS-ARGS algorithm): every step, run the RM on the full
   token sequence of each of the k candidates, no cache, in chunks of ``chunk_size`` (the official code uses 5).
   O(k L) RM tokens per step. Kept for tests and benchmarks.
-* :class:`TextScorer` (different tokenizers or a Python callable reward): decode prefix + candidate to text
-  and score ``format_rm_input(prompt, response)`` in batches.
+* :class:`BridgeScorer` (a reward model with another tokenizer): the reward model's ids of each row's
+  committed text and their KV cache are kept; each step only a tail window of the text is re-encoded per
+  candidate and the candidates' own tokens are scored as a tree on top of the cache. Rewards equal a full
+  re-encode.
+* :class:`TextScorer` (a Python callable reward, a chat-template reward model, or on request): every
+  candidate's full input, in batches: the policy's ids with a shared tokenizer, else the decoded text
+  through ``format_rm_input(prompt, response)``.
+
+Every scorer follows the reward-model input rule of :mod:`stackalign.models.reward`: special tokens (EOS,
+end of turn) are not part of the answer, so such a candidate scores its prefix and is never fed to the
+reward model; an incomplete trailing UTF-8 character is not there yet (text scorers); a shared tokenizer is
+fed the policy's own ids. So the tree, repeat, reference and text scorers give the same rewards on the same
+candidates, and the bridge gives the full re-encode's.
 
 Why a tree mask over one cache rather than repeat-and-select by default: both are exact, but the tree step
 reads one cache instead of writing k copies of it, so memory stays O(L) and per-step work is k query
@@ -477,6 +488,10 @@ class BridgeScorer(_CachedScorer):
         impl = getattr(rm.model.config, "_attn_implementation", None)
         self.bool_mask = impl == "sdpa"
         self.max_pos = getattr(rm.model.config, "max_position_embeddings", None)
+        # diagnostics: chosen candidates that re-tokenized committed RM tokens (a merge across the window's
+        # end), and rows that had to re-encode from the start (their window check failed)
+        self.merges = 0
+        self.full_rows = 0
 
     # -- the policy's side: answer texts ----------------------------------------------------------------
     def _decode(self, ids: list[int]) -> str:
@@ -567,6 +582,7 @@ class BridgeScorer(_CachedScorer):
         if redo:  # the committed window disagreed with the cache: these rows re-encode from the start
             for r in redo:
                 self.slow[r] = True
+            self.full_rows += len(redo)
             plans.update(self._plan(answers, redo, {}))
         return self._forward(plans, answers, cands)
 
@@ -665,6 +681,7 @@ class BridgeScorer(_CachedScorer):
         for r in range(R):
             j = choice[r]
             reused, own, own_ends = plans[r][j]
+            self.merges += reused < len(self.E[r])
             start = sum(len(o) + len(self.post) for _, o, _ in plans[r][:j])  # its first query index
             self._commit_text(self.detok[r], toks[r], answers[r][j])
             self.texts[r] = self.prompts[r] + answers[r][j]
