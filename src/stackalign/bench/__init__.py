@@ -7,7 +7,9 @@
   preset), bridge ARGS (the any-tokenizer path: :class:`stackalign.decoding.rm_cache.BridgeScorer`, on the
   same models). Ratios: ``reference_over_fast``, ``srs_args_over_plain``, ``srs_over_vanilla``,
   ``text_over_fast`` (bridge over fast ARGS: the any-tokenizer path over the same-tokenizer one),
-  ``identical`` (reference and fast ARGS chose the same greedy tokens) and ``identical_bridge``.
+  ``identical`` (reference and fast ARGS chose the same greedy tokens) and ``identical_bridge`` (bridge and
+  fast ARGS did: expected where the policy's tokens are its text's canonical encoding, as on a trained
+  world; the bridge scores the re-encoded text, fast ARGS the policy's ids).
   ``--policy DIR|NAME --reward-model DIR|NAME``: your own models; with different tokenizers the id-level
   variants cannot run and ``text_over_bridge`` (the full re-encode over the bridge) is reported instead. ``floor``: the reward model's
   forward on the k candidates alone (:func:`candidate_floor`) and the lower bound it puts on
