@@ -231,7 +231,16 @@ def test_mismatched_tokenizers_fall_back_to_text_or_fail_clearly():
     res = args_generate(
         policy, tok, other_rm, PROMPTS[:1], ARGSConfig(k=3), GenerationConfig(max_new_tokens=3)
     )
-    assert res.meta["scorer"] == "text"
+    assert res.meta["scorer"] == "bridge" and "tokenizers differ" in res.meta["scorer_reason"]
+    text = args_generate(
+        policy,
+        tok,
+        other_rm,
+        PROMPTS[:1],
+        ARGSConfig(k=3, rm_mode="text"),
+        GenerationConfig(max_new_tokens=3),
+    )
+    assert text.meta["scorer"] == "text" and text.token_ids == res.token_ids
 
 
 @pytest.mark.parametrize(

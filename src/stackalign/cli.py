@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=None, help="prompts decoded together (default: all, one batch)"
     )
     bench.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 3)")
+    bench.add_argument(
+        "--policy",
+        default=None,
+        help="args/generate: a policy directory or model name instead of the world's",
+    )
+    bench.add_argument(
+        "--reward-model",
+        default=None,
+        help="args/generate: a reward-model directory or model name instead of the world's",
+    )
     bench.set_defaults(
         func=lambda a: _handler("stackalign.bench.ray:main" if a.which == "ray" else "stackalign.bench:main")(
             a

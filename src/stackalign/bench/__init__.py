@@ -4,8 +4,14 @@
   tokens (EOS ignored so every variant generates exactly as many tokens), a few prompts decoded as one
   batch: plain greedy, reference ARGS (the official algorithm: k full RM forwards over full sequences per
   step, chunked 5 at a time), fast ARGS (tree-masked RM KV cache), fast SRS-ARGS (``official-args``
-  preset). Ratios: ``reference_over_fast``, ``srs_args_over_plain``, ``srs_over_vanilla``, and
-  ``identical`` (reference and fast ARGS chose the same greedy tokens). ``floor``: the reward model's
+  preset), bridge ARGS (the any-tokenizer path: :class:`stackalign.decoding.rm_cache.BridgeScorer`, on the
+  same models). Ratios: ``reference_over_fast``, ``srs_args_over_plain``, ``srs_over_vanilla``,
+  ``text_over_fast`` (bridge over fast ARGS: the any-tokenizer path over the same-tokenizer one),
+  ``identical`` (reference and fast ARGS chose the same greedy tokens) and ``identical_bridge`` (bridge and
+  fast ARGS did: expected where the policy's tokens are its text's canonical encoding, as on a trained
+  world; the bridge scores the re-encoded text, fast ARGS the policy's ids).
+  ``--policy DIR|NAME --reward-model DIR|NAME``: your own models; with different tokenizers the id-level
+  variants cannot run and ``text_over_bridge`` (the full re-encode over the bridge) is reported instead. ``floor``: the reward model's
   forward on the k candidates alone (:func:`candidate_floor`) and the lower bound it puts on
   ``srs_args_over_plain``.
 * ``bench sample``: N = 10 samples per prompt with a shared prompt prefill vs HF ``num_return_sequences``;
@@ -40,60 +46,96 @@ def bench_args(
     device: str = "cpu",
     repeats: int = 3,
     batch_size: int | None = None,
+    policy: str | None = None,
+    reward_model: str | None = None,
 ) -> dict:
-    """Time plain greedy, reference ARGS, fast ARGS and fast SRS-ARGS on the same prompts, decoded
-    ``batch_size`` at a time (default: all in one batch)."""
+    """Time plain greedy, reference ARGS, fast ARGS, fast SRS-ARGS and bridge ARGS (the any-tokenizer
+    path, :class:`BridgeScorer`) on the same prompts, decoded ``batch_size`` at a time (default: all in one
+    batch). ``policy`` / ``reward_model``: your own models instead of the world's (see :func:`load_models`);
+    when their tokenizers differ, the id-level variants (reference, fast) cannot run and the full re-encode
+    (text scoring) is timed against the bridge instead."""
     from stackalign.decoding.args import ARGSConfig, args_generate
     from stackalign.decoding.common import GenerationConfig
+    from stackalign.decoding.rm_cache import supports_incremental
     from stackalign.decoding.sampling import greedy
 
-    policy, tok, rm, prompts, desc = load_models(world, device)
+    policy_m, tok, rm, prompts, desc = load_models(world, device, policy=policy, reward_model=reward_model)
     prompts = prompts[:n_prompts]
     gen = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
     k = 10
     bs = batch_size or len(prompts)
+    shared = supports_incremental(tok, rm) is None
     ref_cfg = ARGSConfig(k=k, rm_mode="reference", reference_chunk_size=5, batch_size=bs)
     fast_cfg = ARGSConfig(k=k, rm_mode="fast", rm_cache="tree", batch_size=bs)
+    bridge_cfg = ARGSConfig(k=k, rm_mode="bridge", batch_size=bs)
+    text_cfg = ARGSConfig(k=k, rm_mode="text", batch_size=bs)
     variants = {
-        "plain_greedy": lambda g: greedy(policy, tok, prompts, g, batch_size=bs),
-        "reference_args": lambda g: args_generate(policy, tok, rm, prompts, ref_cfg, g),
-        "fast_args": lambda g: args_generate(policy, tok, rm, prompts, fast_cfg, g),
-        "fast_srs_args": lambda g: args_generate(
-            policy, tok, rm, prompts, fast_cfg, g, shaper="official-args"
-        ),
+        "plain_greedy": lambda g: greedy(policy_m, tok, prompts, g, batch_size=bs),
+        "bridge_args": lambda g: args_generate(policy_m, tok, rm, prompts, bridge_cfg, g),
     }
+    if shared:
+        variants.update(
+            reference_args=lambda g: args_generate(policy_m, tok, rm, prompts, ref_cfg, g),
+            fast_args=lambda g: args_generate(policy_m, tok, rm, prompts, fast_cfg, g),
+            fast_srs_args=lambda g: args_generate(
+                policy_m, tok, rm, prompts, fast_cfg, g, shaper="official-args"
+            ),
+        )
+        timed, once = ("plain_greedy", "fast_args", "fast_srs_args", "bridge_args"), "reference_args"
+    else:
+        variants["text_args"] = lambda g: args_generate(policy_m, tok, rm, prompts, text_cfg, g)
+        timed, once = ("plain_greedy", "bridge_args"), "text_args"
     warm = GenerationConfig(max_new_tokens=8, ignore_eos=True)
     for fn in variants.values():
         fn(warm)
     clock = Clock()
     # Interleave the fast variants' repeats so slow drifts in machine speed hit them alike.
     for _ in range(repeats):
-        for name in ("plain_greedy", "fast_args", "fast_srs_args"):
+        for name in timed:
             clock.run(name, variants[name], gen)
-    clock.run("reference_args", variants["reference_args"], gen)
+    clock.run(once, variants[once], gen)
     outs = clock.outs
     results = {name: row(outs[name], clock, name) for name in variants}
 
     def ratios_of(t: dict[str, float]) -> dict[str, float]:
+        if not shared:
+            return {
+                "text_over_bridge": t["text_args"] / t["bridge_args"],
+                "bridge_over_plain": t["bridge_args"] / t["plain_greedy"],
+            }
         return {
             "reference_over_fast": t["reference_args"] / t["fast_args"],
             "srs_args_over_plain": t["fast_srs_args"] / t["plain_greedy"],
             "srs_over_vanilla": t["fast_srs_args"] / t["fast_args"],
+            "text_over_fast": t["bridge_args"] / t["fast_args"],
         }
 
-    identical = outs["reference_args"].token_ids == outs["fast_args"].token_ids
-    ratios = {**ratios_of(clock.wall), "identical": bool(identical)}
-    floor_s = candidate_floor(rm, len(prompts), bs, k, max_new_tokens, repeats, device)
-    floor = {
-        "rm_candidates_seconds": floor_s,
-        "srs_args_over_plain": (clock.wall["plain_greedy"] + floor_s) / clock.wall["plain_greedy"],
-    }
-    targets = {
-        "reference_over_fast": ">= 8",
-        "srs_args_over_plain": "<= 2.5",
-        "srs_over_vanilla": "<= 1.05",
-        "identical": "true",
-    }
+    if shared:
+        ratios = {
+            **ratios_of(clock.wall),
+            "identical": outs["reference_args"].token_ids == outs["fast_args"].token_ids,
+            "identical_bridge": outs["bridge_args"].token_ids == outs["fast_args"].token_ids,
+        }
+        targets = {
+            "reference_over_fast": ">= 8",
+            "srs_args_over_plain": "<= 2.5",
+            "srs_over_vanilla": "<= 1.05",
+            "text_over_fast": "<= 1.5",
+            "identical": "true",
+            "identical_bridge": "true",
+        }
+        floor_s = candidate_floor(rm, len(prompts), bs, k, max_new_tokens, repeats, device)
+        floor = {
+            "rm_candidates_seconds": floor_s,
+            "srs_args_over_plain": (clock.wall["plain_greedy"] + floor_s) / clock.wall["plain_greedy"],
+        }
+    else:
+        ratios = {
+            **ratios_of(clock.wall),
+            "identical_bridge": outs["bridge_args"].token_ids == outs["text_args"].token_ids,
+        }
+        targets = {"identical_bridge": "true"}
+        floor = None
     return {
         "bench": "args",
         "models": desc,
@@ -104,6 +146,7 @@ def bench_args(
         "k": k,
         "max_new_tokens": max_new_tokens,
         "repeats": repeats,
+        "scorers": {name: getattr(o, "meta", {}).get("scorer") for name, o in outs.items()},
         "variants": results,
         "ratios": ratios,
         "ratios_cpu_time": ratios_of(clock.cpu) if str(device).startswith("cpu") else None,
@@ -220,17 +263,20 @@ def main(args: argparse.Namespace) -> int:
     )
     if kwargs["n_prompts"] < 1 or kwargs["max_new_tokens"] < 1:
         raise ValueError("--prompts and --max-new-tokens must be >= 1")
+    own = {"policy": getattr(args, "policy", None), "reward_model": getattr(args, "reward_model", None)}
     if which == "args":
         bs = getattr(args, "batch_size", None)
         if bs is not None and bs < 1:
             raise ValueError("--batch-size must be >= 1")
-        out = bench_args(**kwargs, batch_size=bs, repeats=int(_arg(args, "repeats", 3)))
+        out = bench_args(**kwargs, **own, batch_size=bs, repeats=int(_arg(args, "repeats", 3)))
     elif which == "sample":
+        if any(own.values()):
+            raise ValueError("--policy / --reward-model: bench sample runs on a world's policy")
         out = bench_sample(**kwargs)
     elif which == "generate":
         from stackalign.bench.generate import bench_generate
 
-        out = bench_generate(**kwargs)
+        out = bench_generate(**kwargs, **own)
     else:
         raise ValueError(f"unknown benchmark {which!r}; choose args, cd, generate or sample")
     if getattr(args, "json", False):

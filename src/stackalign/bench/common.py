@@ -8,11 +8,38 @@ from typing import Any
 __all__ = ["Clock", "load_models", "print_table", "row", "tiny_models"]
 
 
-def load_models(world: str | None, device: str = "cpu") -> tuple[Any, Any, Any, list[str], str]:
+# Prompts of a benchmark on the user's own models (no world): rendered with the policy's chat template
+# when it has one.
+OWN_MODEL_QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about rain.",
+    "How do I boil an egg?",
+    "Name three prime numbers and explain why they are prime.",
+    "Why is the sky blue?",
+    "Give me a short tip for learning Python.",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "What should I pack for a weekend hiking trip?",
+]
+
+
+def load_models(
+    world: str | None,
+    device: str = "cpu",
+    *,
+    policy: str | None = None,
+    reward_model: str | None = None,
+) -> tuple[Any, Any, Any, list[str], str]:
     """``(policy, tokenizer, reward_model, prompts, description)`` from a world directory, the cached
     default world (``world=None``), tiny random models (``world="tiny"``), or a random Llama pair of a given
     size (``world="random:HIDDEN:LAYERS"``, e.g. ``random:1024:16``: head size 64, MLP 8/3 x hidden, 4 query
-    heads per KV head), to see how the ratios move when the models are no longer toys."""
+    heads per KV head), to see how the ratios move when the models are no longer toys.
+
+    ``policy`` / ``reward_model`` (a directory or a model name such as ``smollm2-135m-instruct``) replace
+    the world's: with both given no world is needed (the prompts are :data:`OWN_MODEL_QUESTIONS`, through
+    the policy's chat template when it has one); with one, the world (or the default world) supplies the
+    other model and the prompts."""
+    if policy is not None or reward_model is not None:
+        return _own_models(world, device, policy, reward_model)
     if world == "tiny":
         return tiny_models(device) + ("tiny random Llama policy + reward model (no world)",)
     if world is not None and world.startswith("random:"):
@@ -47,6 +74,34 @@ def load_models(world: str | None, device: str = "cpu") -> tuple[Any, Any, Any, 
     policy, tok = w.load_policy(device=device)
     rm = w.load_reward_model(device=device)
     return policy, tok, rm, list(w.test_prompts), f"world {w.root}"
+
+
+def _own_models(
+    world: str | None, device: str, policy: str | None, reward_model: str | None
+) -> tuple[Any, Any, Any, list[str], str]:
+    from stackalign.models import load_policy, load_reward_model
+
+    if policy is None or reward_model is None:
+        pol, tok, rm, prompts, desc = load_models(world, device)
+        if policy is not None:
+            pol, tok = load_policy(policy, device=device)
+        if reward_model is not None:
+            rm = load_reward_model(reward_model, device=device)
+        return pol, tok, rm, prompts, f"policy {policy or desc}, reward model {reward_model or desc}"
+    if world is not None:
+        raise ValueError("--world: give either a world or both --policy and --reward-model, not all three")
+    pol, tok = load_policy(policy, device=device)
+    rm = load_reward_model(reward_model, device=device)
+    if getattr(tok, "chat_template", None):
+        prompts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+            )
+            for q in OWN_MODEL_QUESTIONS
+        ]
+    else:
+        prompts = [f"Question: {q}\nAnswer:" for q in OWN_MODEL_QUESTIONS]
+    return pol, tok, rm, prompts, f"policy {policy}, reward model {reward_model}"
 
 
 def tiny_models(device: str = "cpu", **sizes: Any) -> tuple[Any, Any, Any, list[str]]:

@@ -26,13 +26,16 @@ def bench_generate(
     device: str = "cpu",
     repeats: int = 5,
     k: int = 10,
+    policy: str | None = None,
+    reward_model: str | None = None,
 ) -> dict:
-    """Returns the ``stackalign bench`` JSON layout: variants (seconds, cpu_seconds, rm_tokens), ratios."""
+    """Returns the ``stackalign bench`` JSON layout: variants (seconds, cpu_seconds, rm_tokens), ratios.
+    ``policy`` / ``reward_model``: your own models instead of the world's (see :func:`load_models`)."""
     from stackalign.decoding.args import ARGSConfig, args_generate
     from stackalign.decoding.common import GenerationConfig
     from stackalign.integrations.transformers import ARGSLogitsProcessor
 
-    policy, tok, rm, prompts, desc = load_models(world, device)
+    policy, tok, rm, prompts, desc = load_models(world, device, policy=policy, reward_model=reward_model)
     prompts = list(prompts[:n_prompts])
     enc = tok(prompts, return_tensors="pt", padding=True).to(device)
     gen = GenerationConfig(max_new_tokens=max_new_tokens)
@@ -81,6 +84,7 @@ def bench_generate(
         "k": k,
         "max_new_tokens": max_new_tokens,
         "repeats": repeats,
+        "scorer": ref.meta.get("scorer"),
         "variants": variants,
         "ratios": ratios,
         "ratios_cpu_time": cpu_ratios,

@@ -4,8 +4,9 @@ At every step, for every row:
 
 1. one cached policy forward gives the next-token logits; take the top-k tokens, logits ``l_1..l_k``;
 2. score each candidate ``prefix + token_j`` with the reward model: ``r_1..r_k``
-   (see ``rm_cache.py`` for the four ways: tree-masked RM cache, repeat-and-select, the official full
-   recompute, text level);
+   (see ``rm_cache.py`` for the ways: tree-masked RM cache, repeat-and-select, the official full
+   recompute, the incremental text bridge for another tokenizer, full text level). Every scorer gives the
+   rewards of one input rule (models/reward.py), so ARGS is one decoder whichever it uses;
 3. shape the rewards: ``s = shaper(r, weights=softmax(l), threshold=m)``. With no per-prompt threshold the
    shaper computes its threshold over the k candidates, weighted by their base probabilities (the
    ``official-args`` preset); with ``thresholds=`` (one per prompt, e.g. a Monte Carlo estimate from
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,11 +52,13 @@ from stackalign.decoding.common import (
     sample_rows,
 )
 from stackalign.decoding.rm_cache import (
+    BridgeScorer,
     FullRecomputeScorer,
     RepeatScorer,
     Scorer,
     TextScorer,
     TreeScorer,
+    _backbone_and_head,
     supports_incremental,
     tree_mask_unsupported,
 )
@@ -65,9 +69,16 @@ from stackalign.shaping.threshold import ALL_PAIRS_MAX_N
 
 Tensor = torch.Tensor
 
-__all__ = ["ARGSConfig", "args_generate", "make_scorer", "shape_on_host", "shapes_on_host"]
+__all__ = [
+    "ARGSConfig",
+    "args_generate",
+    "bridge_unsupported",
+    "make_scorer",
+    "shape_on_host",
+    "shapes_on_host",
+]
 
-RM_MODES = ("auto", "fast", "reference", "text")
+RM_MODES = ("auto", "fast", "reference", "bridge", "text")
 RM_CACHES = ("auto", "tree", "repeat")
 THRESHOLD_SOURCES = ("step", "mc", "predicted")
 
@@ -95,12 +106,14 @@ class ARGSConfig:
     temperature: float = field(
         default=0.7, metadata={"help": "temperature of the stochastic mode (ARGS: 0.7)"}
     )
-    rm_mode: Literal["auto", "fast", "reference", "text"] = field(
+    rm_mode: Literal["auto", "fast", "reference", "bridge", "text"] = field(
         default="auto",
         metadata={
             "help": "fast (incremental reward-model cache; needs a shared tokenizer), reference (the official "
-            "algorithm: full RM recompute of every candidate each step), text (decode and score text), or auto "
-            "(fast when possible, else text)"
+            "algorithm: full RM recompute of every candidate each step), bridge (a reward model with any "
+            "tokenizer: its ids of the committed text kept, only a tail window re-encoded, candidates scored "
+            "on its cache), text (score every candidate's full input), or auto (fast when the tokenizer is "
+            "shared, else bridge when the reward model allows it, else text with a warning)"
         },
     )
     rm_cache: Literal["auto", "tree", "repeat"] = field(
@@ -194,24 +207,66 @@ def shape_on_host(
     return torch.from_numpy(shaped).to(top_logits.device, top_logits.dtype), finite
 
 
+def bridge_unsupported(rm: Any) -> str | None:
+    """None if ``rm`` can score another tokenizer's text through the incremental bridge
+    (:class:`BridgeScorer`), else why not."""
+    if getattr(rm, "model", None) is None or getattr(rm, "tokenizer", None) is None:
+        return f"the reward {rm!r} is a text-level callable"
+    if getattr(rm, "chat_template", False):
+        return "the reward model formats its input with a chat template"
+    try:
+        _backbone_and_head(rm)
+    except ValueError as e:
+        return str(e)
+    if getattr(rm.tokenizer, "backend_tokenizer", None) is None:
+        return "the reward model's tokenizer is not a fast (Rust) tokenizer"
+    return tree_mask_unsupported(rm.model)
+
+
 def make_scorer(policy_tokenizer: Any, rm: Any, config: ARGSConfig) -> Scorer:
-    """The candidate scorer for ``config.rm_mode`` / ``config.rm_cache`` (see ``rm_cache.py``)."""
+    """The candidate scorer for ``config.rm_mode`` / ``config.rm_cache`` (see ``rm_cache.py``).
+
+    The scorer's ``name`` (tree, repeat, reference, bridge or text) and ``reason`` (why an automatic choice
+    fell back from the fastest scorer, None when it did not) are what a run records. ``auto`` picks the
+    tree scorer when the reward model shares the policy's tokenizer, else the incremental text bridge, else
+    text scoring (with a warning: it re-scores every candidate's full input each step)."""
     why_not = supports_incremental(policy_tokenizer, rm)
     mode = config.rm_mode
     reason = None  # why an automatic choice fell back from the fastest scorer (recorded in the run's meta)
     if mode == "auto":
-        mode = "fast" if why_not is None else "text"
-        reason = None if why_not is None else f"text scoring: {why_not}"
+        mode = "fast"
+        if why_not is not None:
+            why_no_bridge = bridge_unsupported(rm)
+            mode = "bridge" if why_no_bridge is None else "text"
+            reason = f"{mode} scoring: {why_not}"
+            if why_no_bridge is not None:
+                reason += f", and no text bridge: {why_no_bridge}"
     if mode in ("fast", "reference") and why_not is not None:
         raise ValueError(
             f"rm_mode={mode!r} scores token ids and needs the reward model to share the policy's tokenizer, "
-            f"but {why_not}; use rm_mode='text' (or 'auto')"
+            f"but {why_not}; use rm_mode='bridge' or 'text' (or 'auto')"
         )
+    if mode == "bridge":
+        why_no_bridge = bridge_unsupported(rm)
+        if why_no_bridge is not None:
+            raise ValueError(f"rm_mode='bridge' cannot score with this reward model: {why_no_bridge}")
+        try:
+            scorer: Scorer = BridgeScorer(rm, policy_tokenizer)
+        except ValueError as e:
+            if config.rm_mode != "auto":
+                raise ValueError(f"rm_mode='bridge': {e}") from None
+            mode, reason = "text", f"text scoring: {why_not}, and no text bridge: {e}"
     if mode == "text":
-        scorer: Scorer = TextScorer(rm, policy_tokenizer, config.text_batch_size)
+        scorer = TextScorer(rm, policy_tokenizer, config.text_batch_size)
+        if config.rm_mode == "auto":
+            warnings.warn(
+                f"ARGS falls back to text scoring ({reason}): every candidate's full input is scored again "
+                "each step, many times slower than the incremental scorers",
+                stacklevel=3,
+            )
     elif mode == "reference":
         scorer = FullRecomputeScorer(rm, config.reference_chunk_size)
-    else:
+    elif mode == "fast":
         strategy = config.rm_cache
         if strategy == "auto":
             why_not_tree = tree_mask_unsupported(rm.model)

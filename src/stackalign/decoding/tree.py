@@ -105,9 +105,11 @@ class TreeLookahead:
             layer.keys, layer.values = layer.keys[..., : self._L, :], layer.values[..., : self._L, :]
         self._L = None
 
-    def keep_choice(self, choice: Tensor) -> None:
+    def keep_choice(self, choice: Tensor, visible: Tensor | None = None) -> None:
         """Keep candidate ``choice`` [R] of each row: move its K/V entry into the first new slot and drop the
-        other k - 1."""
+        other k - 1. ``visible`` [R] bool (default all True): rows whose kept token must stay out of every
+        later context (a special token the reward model does not see): its column is masked like padding and
+        the row's next position id does not move."""
         L, n = self._L, choice.shape[0]
         src = L + (int(choice[0]) if n == 1 else choice.to(self.device))  # one row: a plain slice, no gather
         rows = torch.arange(n, device=self.device) if n > 1 else None
@@ -119,8 +121,13 @@ class TreeLookahead:
                 else:
                     t[:, :, L] = t[rows, :, src]
                 setattr(layer, name, t[:, :, : L + 1])
-        self.past = torch.cat([self.past, self._one.expand(n, 1)], dim=1)
-        self.next_pos = self.next_pos + 1
+        if visible is None:
+            self.past = torch.cat([self.past, self._one.expand(n, 1)], dim=1)
+            self.next_pos = self.next_pos + 1
+        else:
+            visible = visible.to(self.device)
+            self.past = torch.cat([self.past, self._value(visible[:, None])], dim=1)
+            self.next_pos = self.next_pos + visible.long()
         self._L = None
 
     def select(self, keep: Tensor, cache: bool = True) -> None:

@@ -2,6 +2,33 @@
 
 Both are called as ``rm(prompts, responses, batch_size=16) -> torch.float32 tensor [n]`` and both
 format their input with :func:`format_rm_input`, the single definition of the reward-model input.
+
+The reward-model input rule (every scorer follows it: ARGS's tree, repeat, reference, text and bridge
+scorers, best-of-N, soft best-of-N, a run's ``proxy_reward`` and the trainers' rewards):
+
+1. **The answer is the text the user sees**: the generated tokens decoded without special tokens
+   (``tokenizer.decode(ids, skip_special_tokens=True)``, :func:`special_token_ids`). In particular a
+   finished answer is scored WITHOUT its end-of-sequence / end-of-turn token: an EOS candidate of ARGS
+   scores exactly what the prefix without it scores, and a special token chosen mid-answer (decoding with
+   ``ignore_eos``) adds nothing to the reward model's input. Why this way round: the answer text is what
+   every text-level consumer has (BoN and the proxy reward score decoded texts, callable rewards and judges
+   never see token ids, a reward model with another tokenizer has no such token), what reward models are
+   trained on by most pipelines (preference pairs of texts; HF's own sequence-classification pooling skips
+   a trailing EOS when pad == eos), and the only rule that needs no special-token bookkeeping in a text.
+   With the other rule, an EOS candidate would be scored on a token the finished answer never shows.
+2. **An incomplete character at the end is not there yet**: a policy token may end inside a multi-byte
+   UTF-8 character (byte-level BPE); the decoded text then ends with U+FFFD replacement characters, which
+   :func:`format_rm_input` drops. The candidate is scored as its prefix of complete characters; once the
+   character completes, the whole character is scored. A reward model that shares the policy's tokenizer
+   scores the policy's token ids as they are instead (rule 3), where the partial token is a token like any.
+3. **Same tokenizer, same ids**: a reward model that shares the policy's tokenizer (and formats its input
+   without a chat template) is fed ``prompt ids + the answer's non-special ids``, the policy's own
+   tokens, never a re-encoding of their text (which can merge tokens differently). ARGS's tree, repeat,
+   reference and text scorers all do this, so they give the same rewards; text-level consumers re-encode the
+   final text, which gives the same ids whenever the policy's tokens are the text's canonical encoding.
+4. **Another tokenizer, the text**: the reward model encodes ``format_rm_input(prompt, answer)`` with its
+   own tokenizer; the incremental bridge of ARGS (:class:`stackalign.decoding.rm_cache.BridgeScorer`)
+   yields exactly these ids while re-encoding only a tail window.
 """
 
 from __future__ import annotations
@@ -13,9 +40,14 @@ from typing import Any
 
 import torch
 
+# What a decoder shows for bytes that are not (yet) a complete UTF-8 character.
+REPLACEMENT_CHAR = "\ufffd"
+
 
 def format_rm_input(prompt: str, response: str, *, tokenizer: Any = None, chat_template: bool = False) -> str:
     """The reward model's input text for one (prompt, response) pair. See the package docstring.
+
+    A trailing U+FFFD of ``response`` (an incomplete multi-byte character, rule 2) is dropped.
 
     The rule, in one place (the input is built once from (prompt messages, answer)):
 
@@ -33,6 +65,7 @@ def format_rm_input(prompt: str, response: str, *, tokenizer: Any = None, chat_t
         raise ValueError(
             f"prompt and response must be str, got {type(prompt).__name__} and {type(response).__name__}"
         )
+    response = response.rstrip(REPLACEMENT_CHAR)  # an incomplete trailing character (rule 2 above)
     if not chat_template:
         return prompt + response
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
@@ -41,6 +74,15 @@ def format_rm_input(prompt: str, response: str, *, tokenizer: Any = None, chat_t
 
     messages = [*conversation(prompt), {"role": "assistant", "content": response}]
     return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def special_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids that ``tokenizer.decode(..., skip_special_tokens=True)`` drops: the tokenizer's special tokens and
+    every added token marked special. They are not part of an answer's text (rule 1 of the module doc)."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or ())
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids.update(int(i) for i, t in added.items() if getattr(t, "special", False))
+    return frozenset(int(i) for i in ids)
 
 
 def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
@@ -246,7 +288,7 @@ class CallableReward:
         _check_pairs(prompts, responses)
         vals = []
         for p, r in zip(prompts, responses):
-            v = self.fn(p, r)
+            v = self.fn(p, r.rstrip(REPLACEMENT_CHAR))  # rule 2 of the module doc
             try:
                 v = float(v)
             except (TypeError, ValueError):

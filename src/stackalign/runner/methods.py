@@ -500,10 +500,13 @@ def make_method(
                 predictor=predictor,
                 mc_cache_dir=ctx.out_dir / "mc_cache",
             )
+            # which ARGS scorer ran (tree, repeat, reference, bridge or text) and why it was not a faster one
+            run.scorer = {"name": res.meta.get("scorer"), "reason": res.meta.get("scorer_reason")}
             if m_cost is not None:
                 res.cost.merge(m_cost)
             return _rows(res.texts, res.cost, len(prompts))
 
+        run.scorer = None  # set by the first call: the runner can copy it into summary.json
         return run
 
     if plan.decoder in ("cd_tokenwise", "cd_blockwise"):
