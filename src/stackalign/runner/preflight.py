@@ -91,6 +91,8 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
             why = judge_reachable(base)
             if why is not None:
                 problems.append(f"evaluation.judge_base_url: cannot reach the judge at {base} ({why})")
+    if ev.judge == "hf":
+        _check_local(problems, "evaluation.judge_model", ev.judge_model, want_dir=True)
     if recipe.backend.kind == "ray" and importlib.util.find_spec("ray") is None:
         problems.append(
             f"backend.kind: ray needs the optional package `ray` (the `ray` extra); install it with "
