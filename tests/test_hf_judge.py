@@ -190,3 +190,26 @@ def test_run_recipe_on_smollm2_with_the_local_judge_then_the_reward_model_judge(
     assert p["win_rate"][0] == pytest.approx(sum(expected) / 3, abs=1e-9)
     judge_line = (out / "report.md").read_text().split("Judge:")[1].split("\n")[0]
     assert "reward model" in judge_line and "gold" not in judge_line
+
+
+def test_preflight_refuses_a_judge_directory_without_a_chat_template(tmp_path):
+    from stackalign.runner.preflight import preflight
+    from stackalign.runner.recipe import RecipeError, recipe_from_dict
+
+    plain, chat = tmp_path / "plain", tmp_path / "chat"
+    bpe_tokenizer(["a b c"] * 3, vocab_size=280).save_pretrained(plain)
+    _tokenizer().save_pretrained(chat)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    data = {
+        "world": None,
+        "gold": None,
+        "policy": "p",
+        "reward_model": "r",
+        "prompts": {"source": str(tmp_path / "p.jsonl")},
+        "methods": [{"name": "base", "decoder": "base"}],
+        "evaluation": {"coherence": None, "judge": "hf", "judge_model": str(plain)},
+    }
+    with pytest.raises(RecipeError, match="evaluation.judge_model: .*no chat template"):
+        preflight(recipe_from_dict(data), network=False)
+    data["evaluation"]["judge_model"] = str(chat)
+    preflight(recipe_from_dict(data), network=False)  # nothing else to object to

@@ -46,11 +46,13 @@ class HFJudge(ChatPairJudge):
             raise ValueError("max_new_tokens and batch_size must be >= 1")
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
-                f"judge_model: {label or 'the judge model'!s} has no chat template; the hf judge needs a chat "
-                f"(instruct) model"
+                f"evaluation.judge_model: {label or 'the judge model'!s} has no chat template; the hf judge needs "
+                f"a chat (instruct) model"
             )
         if tokenizer.pad_token_id is None:
-            raise ValueError("judge_model: the tokenizer has no pad token (load it with HFJudge.load)")
+            raise ValueError(
+                "evaluation.judge_model: the tokenizer has no pad token (load it with HFJudge.load)"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -65,7 +67,7 @@ class HFJudge(ChatPairJudge):
         try:
             model, tokenizer = load_policy(name_or_path, dtype=dtype, device=device)
         except (ValueError, OSError) as e:
-            raise JudgeError(f"judge_model: cannot load {name_or_path!r} ({e})") from None
+            raise JudgeError(f"evaluation.judge_model: cannot load {name_or_path!r} ({e})") from None
         return cls(model, tokenizer, label=repr(str(name_or_path)), **kw)
 
     def __repr__(self) -> str:
