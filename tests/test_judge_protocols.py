@@ -273,3 +273,27 @@ def test_recipe_accepts_the_new_judges_without_a_world():
     ev = {"coherence": None, "judge": "hf", "judge_model": "smollm2-135m-instruct", "judge_orders": "both"}
     r = recipe_from_dict({**base, "evaluation": {**ev, "length_control": True, "baselines": ["base"]}})
     assert r.evaluation.judge_orders == "both" and r.evaluation.length_control
+
+
+def test_run_builds_the_recipes_judge():
+    from stackalign.runner.recipe import RecipeError, recipe_from_dict
+    from stackalign.runner.run import make_judge
+
+    ev = {"coherence": None, "judge": "llm", "judge_model": "stub", "judge_api_key_env": None}
+    ev.update(judge_orders="both", judge_max_new_tokens=64, judge_base_url="http://127.0.0.1:9/v1")
+    judge = make_judge(recipe_from_dict({**WORLDLESS, "seed": 3, "evaluation": ev}), [], ())
+    assert isinstance(judge, LLMJudge)
+    assert (judge.orders, judge.max_tokens, judge.seed, judge.api_key_env) == ("both", 64, 3, None)
+
+    recipe = recipe_from_dict({**WORLDLESS, "evaluation": {"coherence": None, "judge": "reward_model"}})
+    rows = rows_for([("a long answer</s>", "b")])
+    rows[0]["proxy_reward"], rows[1]["proxy_reward"] = 1.0, -1.0
+    judge = make_judge(recipe, rows, ("</s>",))
+    assert isinstance(judge, RewardModelJudge)
+    # the answers are looked up as the judge reads them: cut at the stop strings
+    assert judge.judge(rows[0]["prompt"], "a long answer", "b").preference == pytest.approx(
+        1 / (1 + 2.718281828459045**-2)
+    )
+    rows[1]["proxy_reward"] = None
+    with pytest.raises(RecipeError, match="evaluation.judge: reward_model needs each row's proxy_reward"):
+        make_judge(recipe, rows, ())
