@@ -50,7 +50,10 @@ class EvalSettings:
     """How a trained policy is evaluated (shared by every algorithm)."""
 
     prompts: str = field(
-        default="world:test", metadata={"help": "evaluation prompts: world:test, world:val or world:train"}
+        default="world:test",
+        metadata={
+            "help": "evaluation prompts: world:test, world:val, world:train or a .jsonl file ('prompt' field)"
+        },
     )
     limit: int | None = field(default=40, metadata={"help": "use the first N evaluation prompts (null: all)"})
     samples: int = field(default=4, metadata={"help": "responses sampled per evaluation prompt"})
@@ -76,10 +79,7 @@ class EvalSettings:
             raise ValueError("samples: greedy evaluation (temperature 0) draws 1 sample per prompt")
         if self.every < 0:
             raise ValueError(f"every: must be >= 0, got {self.every}")
-        if self.prompts not in ("world:test", "world:val", "world:train"):
-            raise ValueError(
-                f"eval.prompts: expected world:test, world:val or world:train, got {self.prompts!r}"
-            )
+        _check_prompt_source(self.prompts, ("world:test", "world:val", "world:train"), "prompts")
 
 
 @dataclass
@@ -104,7 +104,20 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm (null: off)"})
     prompts_per_step: int = field(default=4, metadata={"help": "training prompts per optimizer step"})
-    train_prompts: str = field(default="world:train", metadata={"help": "training prompts: world:train|val"})
+    train_prompts: str = field(
+        default="world:train",
+        metadata={"help": "training prompts: world:train, world:val or a .jsonl file ('prompt' field)"},
+    )
+    chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "render training and evaluation prompts with the policy tokenizer's chat template (and "
+            "SLHF's follower turn through it)"
+        },
+    )
+    system: str | None = field(
+        default=None, metadata={"help": "with chat_template: a system turn before the user turn (null: none)"}
+    )
     max_new_tokens: int | None = field(
         default=None, metadata={"help": "response length cap (null: the world's max_new_tokens)"}
     )
@@ -129,10 +142,22 @@ class TrainConfig:
             raise ValueError(f"dtype: expected float32, float16 or bfloat16, got {self.dtype!r}")
         if self.world is None and self.policy is None:
             raise ValueError("policy: required when world is null")
-        if self.train_prompts not in ("world:train", "world:val"):
-            raise ValueError(f"train_prompts: expected world:train or world:val, got {self.train_prompts!r}")
+        _check_prompt_source(self.train_prompts, ("world:train", "world:val"), "train_prompts")
+        if self.system is not None and (not self.chat_template or not self.system.strip()):
+            raise ValueError("system: a non-empty system turn that needs chat_template: true")
+
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every / keep_checkpoints: must be >= 1")
+
+
+def _check_prompt_source(source: str, splits: tuple[str, ...], key: str) -> None:
+    """A prompt source is one of ``splits`` (a world's) or an existing .jsonl file."""
+    if source in splits:
+        return
+    if source.startswith("world:") or not source.endswith(".jsonl"):
+        raise ValueError(f"{key}: expected {', '.join(splits)} or a .jsonl file, got {source!r}")
+    if not Path(source).expanduser().is_file():
+        raise ValueError(f"{key}: no such file {source!r}")
 
 
 # name -> ("module:ConfigClass", "module:train_function")

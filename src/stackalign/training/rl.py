@@ -245,11 +245,12 @@ def train(ctx) -> dict:
     cfg: RLConfig = ctx.algo
     c = ctx.config
     shaper = make_shaper(cfg)
+    train_prompts = ctx.train_prompts()  # prompt sources are read before any model loads
+    ctx.eval_prompts()
     policy, tok = ctx.load_policy()
     reference = ctx.load_reference()
     rm = ctx.load_reward_model()
     gold = ctx.world.gold if ctx.world is not None else None
-    train_prompts = ctx.train_prompts()
     gen = ctx.generation_config()
     out: Path = ctx.out_dir
 

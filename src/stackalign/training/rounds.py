@@ -230,8 +230,15 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
             raise ValueError("seeds_file: required when world is null (the seed pairs come from a file)")
         if algo.data == "all" and not ssapo:
             raise ValueError("data: 'all' needs a world's gold judge to label the rounds; use data: seeds")
-        if ssapo and algo.rounds > 0 and not algo.prompts_file:
-            raise ValueError("prompts_file: required when world is null (the rounds' new prompts)")
+    needs_prompts = ssapo and algo.rounds > 0 or algo.data == "all"  # DPO on the seeds reads no prompts
+    # every prompt source is read before any model loads (a missing file or world split fails here)
+    train_prompts = []
+    if needs_prompts:
+        train_prompts = _load_prompts(algo.prompts_file) if algo.prompts_file else ctx.train_prompts()
+        if algo.prompts_file:
+            train_prompts = ctx.format_prompts(train_prompts)
+    rm_eval = world is None and common.reward_model is not None  # no gold: the reward model judges
+    eval_prompts = ctx.eval_prompts() if world is not None or rm_eval else []
     device = torch.device(common.device)
     policy, tok = ctx.load_policy()
     policy.eval()  # no dropout: the loss is deterministic given the weights
@@ -240,22 +247,24 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
     pad = pad_id_of(tok)
 
     seeds = load_pairs(algo.seeds_file) if algo.seeds_file else None
+    if seeds is not None and common.chat_template:  # a seeds file holds raw user requests
+        seeds = [{**p, "prompt": ctx.format_prompts([p["prompt"]])[0]} for p in seeds]
     if seeds is None:
         seeds = seed_pairs(world, algo.seed_pairs, label_noise=algo.label_noise, seed=common.seed)
     seeds = validate_pairs(seeds, source="seed pairs")
     sched = round_schedule(algo, len(seeds), ssapo)
     n_rounds = len(sched) - 1
     used = {p["prompt"] for p in seeds}
-    train_prompts = _load_prompts(algo.prompts_file) if algo.prompts_file else ctx.train_prompts()
-    rest = [p for p in train_prompts if p not in used] or train_prompts
-    _, pools = split_round_prompts(rest, 0, algo.prompts_per_round, n_rounds, seed=common.seed)
+    pools: list[list[str]] = []
+    if n_rounds:
+        rest = [p for p in train_prompts if p not in used] or train_prompts
+        _, pools = split_round_prompts(rest, 0, algo.prompts_per_round, n_rounds, seed=common.seed)
 
     # evaluation: the base's samples drawn once; every policy sampled with the same seed (same streams)
-    eval_prompts = ctx.eval_prompts() if world is not None else []
     n_eval = common.eval.samples
     gcfg = ctx.eval_generation_config()
     bpath = out / "base_eval.jsonl"
-    if world is None:
+    if not eval_prompts:
         base_texts = []
     elif bpath.is_file():
         base_texts = [r["responses"] for r in _read_jsonl(bpath)]
@@ -267,7 +276,17 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
 
     def evaluate(t: int) -> dict:
         ev: dict = {"win_rate_vs_base": None, "gold_reward": None}  # no gold judge without a world
-        if world is not None:
+        if rm_eval:  # the reward model's soft preference σ(r − r') and its mean score; never called gold
+            texts, _ = generate(policy, tok, eval_prompts, gcfg, n=n_eval)
+            flat = [y for row in texts for y in row]
+            rm = ctx.load_reward_model()
+            r_pol, r_base = rm(flat_p, flat), rm(flat_p, flat_b)
+            ev = {
+                "judge": "reward_model",
+                "rm_win_rate_vs_base": round(float(torch.sigmoid(r_pol - r_base).double().mean()), 4),
+                "proxy_reward": float(r_pol.double().mean()),
+            }
+        elif world is not None:
             texts, _ = generate(policy, tok, eval_prompts, gcfg, n=n_eval)
             flat = [y for row in texts for y in row]
             ev = {

@@ -83,24 +83,44 @@ class TrainContext:
         return self._cache["rm"]
 
     # -- prompts and settings ----------------------------------------------------------------------
-    def _split(self, source: str) -> list[str]:
-        if self.world is None:
-            raise RecipeError(f"prompts: {source!r} needs a world")
-        split = source.split(":", 1)[1]
-        return list(
-            {
-                "train": self.world.train_prompts,
-                "val": self.world.val_prompts,
-                "test": self.world.test_prompts,
-            }[split]
-        )
+    def prompts_from(self, source: str, what: str, limit: int | None = None) -> list[str]:
+        """The prompts of ``source`` (a world split or a JSONL file with a ``prompt`` field), the first
+        ``limit``, rendered with the policy's chat template when the recipe asks for it."""
+        from stackalign.runner.prompts import source_prompts
+
+        key = ("prompts", source, limit)
+        if key not in self._cache:  # read once (algorithms read them before loading models, then use them)
+            raw = source_prompts(source, self.world, what=what)
+            self._cache[key] = self.format_prompts(raw[:limit] if limit else raw)
+        return list(self._cache[key])
+
+    def format_prompts(self, raw: list[str]) -> list[str]:
+        """Raw user requests as the policy is prompted: through its chat template when ``chat_template``."""
+        if not self.config.chat_template:
+            return list(raw)
+        from stackalign.models.chat import render_chat_prompts
+        from stackalign.runner.prompts import policy_tokenizer
+
+        try:
+            return render_chat_prompts(policy_tokenizer(self.policy_path), raw, system=self.config.system)
+        except ValueError as e:
+            raise RecipeError(f"chat_template: {e}") from None
 
     def train_prompts(self) -> list[str]:
-        return self._split(self.config.train_prompts)
+        return self.prompts_from(self.config.train_prompts, "train_prompts")
 
     def eval_prompts(self) -> list[str]:
-        ps = self._split(self.config.eval.prompts)
-        return ps[: self.config.eval.limit] if self.config.eval.limit else ps
+        return self.prompts_from(self.config.eval.prompts, "eval.prompts", self.config.eval.limit)
+
+    def follower_prompt(self, tokenizer: Any):
+        """SLHF's follower input ``(x, y) -> text``: through the chat template when the recipe uses one, else
+        the world's follower format (``decoding.refine.follower_prompt_for``)."""
+        from stackalign.decoding.refine import follower_prompt_for
+
+        try:
+            return follower_prompt_for(self.world, tokenizer, self.config.chat_template)
+        except ValueError as e:
+            raise RecipeError(f"chat_template: {e}") from None
 
     @property
     def stop_strings(self) -> tuple[str, ...]:

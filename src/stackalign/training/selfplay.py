@@ -41,7 +41,7 @@ from stackalign.training.pg import (
     response_logprobs,
     sample_group,
 )
-from stackalign.training.slhf import JUDGES, eval_answers, gold_win, make_judge
+from stackalign.training.slhf import JUDGES, eval_answers, judge_name, make_judge, soft_win
 from stackalign.training.slhf_loss import check_judge
 
 __all__ = ["SelfPlayConfig", "OPPONENTS", "win_share_rewards", "mixture_rewards", "train"]
@@ -58,11 +58,12 @@ class SelfPlayConfig:
         metadata={"help": "G >= 2: answers sampled per prompt, each judged against the other G - 1"},
     )
     tau: float = field(default=0.001, metadata={"help": "τ >= 0: weight of KL(π ‖ π_ref) in the reward"})
-    judge: str = field(
-        default="gold",
+    judge: str | None = field(
+        default=None,
         metadata={
             "help": "'gold': the world's gold preference p(y ≻ y'); 'reward_model': σ(r(x,y) − r(x,y')) with "
-            "the recipe's reward_model (null: the world's proxy RM)"
+            "the recipe's reward_model (null: the world's proxy RM); null: gold when the world has one, "
+            "else reward_model"
         },
     )
     opponent: str = field(
@@ -84,8 +85,8 @@ class SelfPlayConfig:
         t = self.tau
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or t == float("inf"):
             raise ValueError(f"tau: must be a finite number >= 0, got {t!r}")
-        if self.judge not in JUDGES:
-            raise ValueError(f"judge: expected one of {list(JUDGES)}, got {self.judge!r}")
+        if self.judge is not None and self.judge not in JUDGES:
+            raise ValueError(f"judge: expected one of {list(JUDGES)} or null, got {self.judge!r}")
         if self.opponent not in OPPONENTS:
             raise ValueError(f"opponent: expected one of {list(OPPONENTS)}, got {self.opponent!r}")
         b = self.mixture_beta
@@ -131,9 +132,10 @@ def train(ctx) -> dict:
     c = ctx.config
     world = ctx.world
     judge = make_judge(ctx, cfg)  # before any model loads: a gold judge without a world is refused there
+    prompts = ctx.train_prompts()  # so is a prompt source that cannot be read
+    ctx.eval_prompts()
     policy, tok = ctx.load_policy()
     reference = ctx.load_reference()
-    prompts = ctx.train_prompts()
     gen = ctx.generation_config()
     pad = pad_id_of(tok)
 
@@ -178,17 +180,17 @@ def train(ctx) -> dict:
         reward_model=ctx.load_reward_model(),
         reference=reference,
     ).summary()
-    if world is not None and hasattr(world, "gold_preference"):
-        ev["policy_vs_base"] = _vs_base(world, policy, reference, tok, eval_prompts, eval_gen, c.eval.samples)
+    ev["policy_vs_base"] = _vs_base(judge, policy, reference, tok, eval_prompts, eval_gen, c.eval.samples)
+    ev["judge"] = judge_name(ctx, cfg)
     return {"eval": ev}
 
 
 @torch.no_grad()
-def _vs_base(world, policy, base, tok, prompts, gen, samples: int) -> float:
+def _vs_base(judge, policy, base, tok, prompts, gen, samples: int) -> float:
     """SLHF's ``leader_vs_base`` for this policy: the same evaluation answers of base, the same soft win rate."""
     xs = [x for x in prompts for _ in range(samples)]
-    return gold_win(
-        world,
+    return soft_win(
+        judge,
         xs,
         eval_answers(policy, tok, xs, gen, "eval-leader"),
         eval_answers(base, tok, xs, gen, "eval-base"),

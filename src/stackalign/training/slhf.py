@@ -41,11 +41,12 @@ class SLHFConfig(SLHFLossConfig):
     """The ``slhf`` algorithm's fields (flat in the recipe beside the common ones); loss fields as in
     ``SLHFLossConfig`` (τ^L, τ^F, κ, leader objective, KL estimator, baseline)."""
 
-    judge: str = field(
-        default="gold",
+    judge: str | None = field(
+        default=None,
         metadata={
             "help": "'gold': the world's gold preference p(y ≻ y'); 'reward_model': σ(r(x,y) − r(x,y')) with "
-            "the recipe's reward_model (null: the world's proxy RM)"
+            "the recipe's reward_model (null: the world's proxy RM); null: gold when the world has one, "
+            "else reward_model"
         },
     )
     chain: int = field(
@@ -54,8 +55,8 @@ class SLHFConfig(SLHFLossConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.judge not in JUDGES:
-            raise ValueError(f"judge: expected one of {list(JUDGES)}, got {self.judge!r}")
+        if self.judge is not None and self.judge not in JUDGES:
+            raise ValueError(f"judge: expected one of {list(JUDGES)} or null, got {self.judge!r}")
         if isinstance(self.chain, bool) or not isinstance(self.chain, int) or self.chain < 1:
             raise ValueError(f"chain: must be an integer >= 1, got {self.chain!r}")
 
@@ -78,10 +79,17 @@ def train_rlhf(ctx) -> dict:
     return _rl_train(ctx)
 
 
+def judge_name(ctx, cfg) -> str:
+    """The recipe's ``judge``, or by default the world's gold preference when it has one, else the reward model."""
+    if cfg.judge is not None:
+        return cfg.judge
+    return "gold" if ctx.world is not None and hasattr(ctx.world, "gold_preference") else "reward_model"
+
+
 def make_judge(ctx, cfg: SLHFConfig):
     """``judge(xs, a, b) -> s`` with s_i = p(a_i ≻ b_i | x_i), a float tensor [B]."""
     world = ctx.world
-    if cfg.judge == "gold":
+    if judge_name(ctx, cfg) == "gold":
         if world is None:
             raise ValueError("judge: 'gold' needs a world (or use judge: reward_model)")
         return lambda xs, a, b: torch.tensor([world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)])
@@ -103,16 +111,18 @@ def train(ctx) -> dict:
     cfg: SLHFConfig = ctx.algo
     c = ctx.config
     world = ctx.world
-    if world is None or not getattr(world, "has_follower_format", False):
+    if not c.chat_template and (world is None or not getattr(world, "has_follower_format", False)):
         where = "none" if world is None else repr(str(world.root))
         raise ValueError(
-            f"world: SLHF needs a world with the follower format (world {where} has none; rebuild it with "
-            "`stackalign world build`)"
+            f"world: SLHF's follower turn needs the chat template (chat_template: true) or a world with the "
+            f"follower format (world {where} has none; rebuild it with `stackalign world build`)"
         )
+    judge = make_judge(ctx, cfg)  # a gold judge without a world is refused before any model loads
+    prompts = ctx.train_prompts()  # so is a prompt source that cannot be read
+    ctx.eval_prompts()
     policy, tok = ctx.load_policy()
+    follower_prompt = ctx.follower_prompt(tok)
     reference = ctx.load_reference()
-    judge = make_judge(ctx, cfg)
-    prompts = ctx.train_prompts()
     gen = ctx.generation_config()
     pad = pad_id_of(tok)
 
@@ -122,7 +132,7 @@ def train(ctx) -> dict:
     def step_fn(step: int) -> StepOutput:
         xs = [prompts[i] for i in batch_indices(len(prompts), c.prompts_per_step, step, c.seed)]
         ys, y_ids = _flat(sample_group(policy, tok, xs, 1, gen, seed=c.seed, step=step, salt="leader"))
-        fx = [world.follower_prompt(x, y) for x, y in zip(xs, ys)]
+        fx = [follower_prompt(x, y) for x, y in zip(xs, ys)]
         ys2, y2_ids = _flat(sample_group(policy, tok, fx, 1, gen, seed=c.seed, step=step, salt="follower"))
         s = check_judge(judge(xs, ys, ys2), len(xs))
         lp_l, m_l = logps(policy, xs, y_ids)
@@ -136,8 +146,9 @@ def train(ctx) -> dict:
     result = train_loop(policy, tok, step_fn, ctx.loop_settings(), ctx.out_dir)
     ctx.save_final(policy, tok)
     policy.eval()
-    ev = evaluate_slhf(world, policy, reference, tok, ctx.eval_prompts(), ctx.eval_generation_config(),
-                       samples=c.eval.samples, chain=cfg.chain)  # fmt: skip
+    ev = evaluate_slhf(judge, follower_prompt, policy, reference, tok, ctx.eval_prompts(),
+                       ctx.eval_generation_config(), samples=c.eval.samples, chain=cfg.chain)  # fmt: skip
+    ev["judge"] = judge_name(ctx, cfg)
     del result
     return {"eval": ev}
 
@@ -150,15 +161,19 @@ def eval_answers(model, tok, xs: list[str], gen, salt: str) -> list[str]:
     return [t[0] for t in sample(model, tok, xs, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts]
 
 
-def gold_win(world, xs: list[str], a: list[str], b: list[str]) -> float:
-    """Mean gold preference p(a_i ≻ b_i | x_i) over the entries (a soft win rate, ties count half)."""
-    return round(sum(world.gold_preference(x, u, v) for x, u, v in zip(xs, a, b)) / len(xs), 4)
+def soft_win(judge, xs: list[str], a: list[str], b: list[str]) -> float:
+    """Mean judged preference p(a_i ≻ b_i | x_i) over the entries (a soft win rate, ties count half); the judge
+    is ``make_judge``'s (the world's gold preference or σ(r − r') of the reward model)."""
+    return round(float(judge(xs, a, b).double().mean()), 4)
 
 
 @torch.no_grad()
-def evaluate_slhf(world, policy, base, tok, prompts, gen, *, samples: int = 1, chain: int = 3) -> dict:
-    """Win rates (mean soft gold preference, ties count half) over ``prompts`` × ``samples``: leader vs base,
-    follower (refining its own leader's answer) vs leader and vs base, and the refinement chain vs base."""
+def evaluate_slhf(
+    judge, follower_prompt, policy, base, tok, prompts, gen, *, samples: int = 1, chain: int = 3
+) -> dict:
+    """Win rates (mean soft preference of ``judge``, ties count half) over ``prompts`` × ``samples``: leader vs
+    base, follower (refining its own leader's answer) vs leader and vs base, and the refinement chain vs base.
+    ``follower_prompt(x, y)`` is the follower's input (``TrainContext.follower_prompt``)."""
     xs = [x for x in prompts for _ in range(samples)]
     leader, basel = (
         eval_answers(policy, tok, xs, gen, "eval-leader"),
@@ -166,13 +181,13 @@ def evaluate_slhf(world, policy, base, tok, prompts, gen, *, samples: int = 1, c
     )
     cur, refine, first = leader, {}, None
     for k in range(1, chain + 1):
-        follower_xs = [world.follower_prompt(x, y) for x, y in zip(xs, cur)]
+        follower_xs = [follower_prompt(x, y) for x, y in zip(xs, cur)]
         cur = eval_answers(policy, tok, follower_xs, gen, f"eval-follower-{k}")
         first = cur if k == 1 else first
-        refine[str(k)] = gold_win(world, xs, cur, basel)
+        refine[str(k)] = soft_win(judge, xs, cur, basel)
     return {
-        "leader_vs_base": gold_win(world, xs, leader, basel),
-        "follower_vs_leader": gold_win(world, xs, first, leader),
+        "leader_vs_base": soft_win(judge, xs, leader, basel),
+        "follower_vs_leader": soft_win(judge, xs, first, leader),
         "follower_vs_base": refine["1"],
         "refinement": refine,
     }
