@@ -164,7 +164,15 @@ def test_unparseable_counted_separately_not_as_ties(key_env):
     assert (res.win, res.tie, res.loss, res.unparseable, res.n) == (1, 1, 0, 2, 4)
     assert res.rate == pytest.approx(2 / 2)
     assert res.judgements[1].outcome is None and res.judgements[1].reply.startswith("Both answers")
-    assert res.to_dict() == {"win": 1, "tie": 1, "loss": 0, "unparseable": 2, "n": 4, "rate": 1.0}
+    assert res.to_dict() == {
+        "win": 1,
+        "tie": 1,
+        "loss": 0,
+        "unparseable": 2,
+        "n": 4,
+        "rate": 1.0,
+        "win_rate": 0.75,
+    }
 
 
 def test_all_unparseable_gives_no_rate(key_env):

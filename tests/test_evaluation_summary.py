@@ -77,6 +77,7 @@ def test_summarize_hand_made_rows():
         "unparseable": 0,
         "n": 2,
         "rate": 1.0,
+        "win_rate": 0.5,
     }
     assert g["n"] == 2
     json.dumps(s, allow_nan=False)  # valid strict JSON

@@ -55,7 +55,10 @@ def _one(decoder="args", shaping="vanilla", preset=None, **params):
         ({**_one(), "generation": {"max_tokens": 3}}, r"generation.max_tokens: unknown key; did you mean"),
         ({**_one(), "generation": {"stop_strings": [""]}}, r"generation.stop_strings"),
         ({**_one(), "evaluation": {"judje": "gold"}}, r"evaluation.judje: unknown key; did you mean 'judge'"),
-        ({**_one(), "evaluation": {"judge": "gpt"}}, r"evaluation.judge: input should be 'gold' or 'llm'"),
+        (
+            {**_one(), "evaluation": {"judge": "gpt"}},
+            r"evaluation.judge: input should be 'gold', 'llm', 'reward_model' or 'hf'",
+        ),
         ({**_one(), "prompts": {"template": "no placeholder"}}, r"prompts.template: must contain"),
         ({**_one(), "prompts": {"source": "world:dev"}}, r"prompts.source: unknown world split 'dev'"),
         ({**_one(), "seed": 1.5}, r"seed: input should be a valid integer"),

@@ -4,25 +4,31 @@ It knows nothing of how a text was made: the inputs are prompts, responses and p
 
 - :mod:`.metrics` — :func:`clean_response`, the ARGS :func:`diversity`, :func:`distinct_n`, and
   :class:`Coherence` (prompt–response cosine similarity with a sentence encoder).
-- :mod:`.judges` — :class:`GoldJudge`, :class:`LLMJudge` (OpenAI-compatible HTTP, ARGS/SRS protocol) and
-  :func:`win_tie`.
+- :mod:`.judges` — :class:`GoldJudge`, :class:`RewardModelJudge` (soft sigmoid(r - r')), :class:`LLMJudge`
+  (OpenAI-compatible HTTP, ARGS/SRS prompt; one order or both orders) and :func:`win_tie`;
+  :mod:`.hf_judge` — :class:`~.hf_judge.HFJudge`, a local chat model with the same prompt and protocols.
+- :mod:`.length_control` — the length-controlled win rate (AlpacaEval 2's logistic regression).
 - :mod:`.summary` — :func:`summarize` (rows → ``summary.json``), :func:`format_table`, :func:`plot_sweep`.
 - :mod:`.intervals` — seeded percentile-bootstrap intervals over prompts, paired against a baseline.
 """
 
 from .intervals import bootstrap_ci, paired_diff_ci, rate_ci
 from .judges import (
+    JUDGE_ORDERS,
     JUDGE_SYSTEM_PROMPT,
     JUDGE_USER_TEMPLATE,
+    ChatPairJudge,
     GoldJudge,
     Judge,
     JudgeError,
     Judgement,
     LLMJudge,
+    RewardModelJudge,
     WinTieResult,
     parse_scores,
     win_tie,
 )
+from .length_control import length_controlled
 from .metrics import (
     DEFAULT_STOP_STRINGS,
     Coherence,
@@ -38,20 +44,24 @@ from .summary import format_paired, format_table, plot_sweep, summarize, sweep_i
 
 __all__ = [
     "DEFAULT_STOP_STRINGS",
+    "JUDGE_ORDERS",
     "JUDGE_SYSTEM_PROMPT",
     "JUDGE_USER_TEMPLATE",
+    "ChatPairJudge",
     "Coherence",
     "GoldJudge",
     "Judge",
     "JudgeError",
     "Judgement",
     "LLMJudge",
+    "RewardModelJudge",
     "WinTieResult",
     "clean_response",
     "default_coherence_model_path",
     "distinct_n",
     "diversity",
     "format_table",
+    "length_controlled",
     "parse_scores",
     "plot_sweep",
     "rep_n",

@@ -2,12 +2,22 @@
 
 A judge compares a *method* answer ``a`` with a *baseline* answer ``b`` to the same prompt and returns a
 :class:`Judgement` whose ``outcome`` is +1 (a better), 0 (tie), -1 (b better) or ``None`` (the judge's reply
-could not be read). Two judges:
+could not be read), and whose ``preference`` is the share of the pair won by ``a`` (1, 1/2, 0; or a soft
+preference). Four judges:
 
 * :class:`GoldJudge` wraps an exact preference function (the sandbox world's gold utility).
-* :class:`LLMJudge` asks a chat model over an OpenAI-compatible ``/chat/completions`` endpoint, with the
-  ARGS/SRS pairwise protocol: both answers shown as "Assistant 1" and "Assistant 2" in an order decided by
-  a seeded coin flip per pair, two 1–10 scores read from the first line of the reply, then swapped back.
+* :class:`RewardModelJudge`: the soft preference sigmoid(r(a) - r(b)) of a reward model (the Bradley-Terry
+  probability that ``a`` is preferred), its outcome the sign of r(a) - r(b).
+* :class:`LLMJudge` asks a chat model over an OpenAI-compatible ``/chat/completions`` endpoint, and
+  :class:`~stackalign.evaluation.hf_judge.HFJudge` a local chat model run in-process; both with the ARGS/SRS
+  pairwise prompt (:class:`ChatPairJudge`: both answers shown as "Assistant 1" and "Assistant 2", two 1-10
+  scores read from the first line of the reply) and one of two protocols:
+
+  - ``orders="one"``: each pair shown once, in an order decided by a seeded coin flip per pair, then swapped
+    back (the ARGS/SRS protocol);
+  - ``orders="both"``: each pair shown in both orders; a verdict counts only when the two agree, otherwise the
+    pair is a tie, and the pair is *flipped* (the judge's verdict followed the position, not the answers).
+    A pair with an unreadable reply in either order is unreadable.
 
 Unlike the ARGS/SRS scripts (which turn an unreadable reply into the scores (0, 0), i.e. a tie), an
 unreadable reply is counted separately and left out of the rate's denominator: :func:`win_tie` reports
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -29,17 +40,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "JUDGE_ORDERS",
     "JUDGE_SYSTEM_PROMPT",
     "JUDGE_USER_TEMPLATE",
+    "ChatPairJudge",
     "GoldJudge",
     "Judge",
     "JudgeError",
     "Judgement",
     "LLMJudge",
+    "RewardModelJudge",
     "WinTieResult",
     "parse_scores",
     "win_tie",
 ]
+
+#: the chat judges' protocols: each pair shown in one (coin-flipped) order, or in both orders
+JUDGE_ORDERS = ("one", "both")
 
 
 class JudgeError(RuntimeError):
@@ -52,19 +69,37 @@ class Judgement:
 
     Attributes:
         outcome: +1 if ``a`` is better, 0 for a tie, -1 if ``b`` is better, ``None`` if unparseable.
-        scores: ``(score_a, score_b)`` after undoing the presentation order (LLM judge only).
+        scores: ``(score_a, score_b)`` after undoing the presentation order (one order of a chat judge).
         swapped: whether ``b`` was shown first (as "Assistant 1").
-        reply: the judge's raw reply text (LLM judge only).
+        reply: the judge's raw reply text (one order of a chat judge).
+        soft: a soft preference for ``a`` in [0, 1] (the reward-model judge); ``None`` for a hard verdict.
+        orders: with the both-orders protocol, the two single-order verdicts (``a`` shown first, then ``b``).
     """
 
     outcome: int | None
     scores: tuple[float, float] | None = None
     swapped: bool = False
     reply: str | None = None
+    soft: float | None = None
+    orders: tuple[Judgement, ...] = ()
 
     @property
     def parsed(self) -> bool:
         return self.outcome is not None
+
+    @property
+    def preference(self) -> float | None:
+        """The share of the pair won by ``a``: 1 win, 1/2 tie, 0 loss (or ``soft``); ``None`` if unparseable."""
+        if self.outcome is None:
+            return None
+        return self.soft if self.soft is not None else (self.outcome + 1) / 2
+
+    @property
+    def flipped(self) -> bool | None:
+        """Both orders, both read: whether the two verdicts disagree. ``None`` otherwise."""
+        if len(self.orders) != 2 or not all(o.parsed for o in self.orders):
+            return None
+        return self.orders[0].outcome != self.orders[1].outcome
 
 
 class Judge(Protocol):
@@ -97,6 +132,33 @@ class GoldJudge:
         if isinstance(v, bool) or v not in (-1, 0, 1):
             raise ValueError(f"gold judge {self.name!r} returned {v!r}; expected -1, 0 or +1")
         return Judgement(outcome=int(v))
+
+
+class RewardModelJudge:
+    """The soft preference of a reward model: ``a`` beats ``b`` with probability sigmoid(r(a) - r(b)).
+
+    ``reward(prompt, response) -> float`` gives each answer's reward; a run passes the reward its rows already
+    hold (the guiding reward model's ``proxy_reward``). The outcome is the sign of r(a) - r(b), so identical
+    answers (and equal rewards) tie. It reads no order, so it has one protocol.
+    """
+
+    name = "reward_model"
+
+    def __init__(self, reward: Callable[[str, str], float]) -> None:
+        if not callable(reward):
+            raise TypeError("RewardModelJudge needs a callable reward(prompt, response) -> float")
+        self.reward = reward
+
+    def __repr__(self) -> str:
+        return "RewardModelJudge()"
+
+    def judge(self, prompt: str, a: str, b: str) -> Judgement:
+        if a == b:
+            return Judgement(outcome=0, soft=0.5)
+        d = float(self.reward(prompt, a)) - float(self.reward(prompt, b))
+        if not math.isfinite(d):
+            raise ValueError(f"reward-model judge: the reward difference is {d}")
+        return Judgement(outcome=(d > 0) - (d < 0), soft=0.5 * (1.0 + math.tanh(0.5 * d)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,10 +225,98 @@ def _coin(seed: int, prompt: str, a: str, b: str) -> bool:
     return bool(h.digest()[0] & 1)
 
 
+class ChatPairJudge:
+    """The pairwise chat-judge protocol, whatever runs the chat model (an HTTP API or a local model).
+
+    The one copy of the prompt (:meth:`messages`), the reading of a reply (:func:`parse_scores`) and the
+    order protocols. A subclass provides :meth:`complete_many`: chat message lists in, reply texts out.
+
+    Args:
+        orders: ``"one"`` (a seeded coin flip per pair decides which answer is shown first) or ``"both"``
+            (each pair shown both ways; a verdict counts only if the two agree, else a tie).
+        seed: seeds the per-pair coin flip of ``orders="one"``.
+        system_prompt, user_template: the protocol text; the template gets ``question``, ``answer1``,
+            ``answer2``.
+    """
+
+    name = "chat"
+
+    def __init__(
+        self,
+        *,
+        orders: str = "one",
+        seed: int = 0,
+        system_prompt: str = JUDGE_SYSTEM_PROMPT,
+        user_template: str = JUDGE_USER_TEMPLATE,
+    ) -> None:
+        if orders not in JUDGE_ORDERS:
+            raise ValueError(f"orders: expected one of {JUDGE_ORDERS}, got {orders!r}")
+        for key in ("question", "answer1", "answer2"):
+            if "{" + key + "}" not in user_template:
+                raise ValueError(f"user_template must contain the field {{{key}}}")
+        self.orders = orders
+        self.seed = seed
+        self.system_prompt = system_prompt
+        self.user_template = user_template
+
+    def messages(self, prompt: str, first: str, second: str) -> list[dict[str, str]]:
+        """The chat messages that show ``first`` as Assistant 1 and ``second`` as Assistant 2."""
+        user = self.user_template.format(question=prompt, answer1=first, answer2=second)
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
+
+    def complete_many(self, conversations: Sequence[list[dict[str, str]]], *, workers: int = 1) -> list[str]:
+        """One reply text per conversation, in order."""
+        raise NotImplementedError
+
+    def judge(self, prompt: str, a: str, b: str) -> Judgement:
+        """Compare answer ``a`` with answer ``b`` to ``prompt`` (+1: a better)."""
+        return self.judge_many([(prompt, a, b)])[0]
+
+    def judge_many(self, triples: Sequence[tuple[str, str, str]], *, workers: int = 1) -> list[Judgement]:
+        """Judge ``(prompt, a, b)`` triples; all presentations go to :meth:`complete_many` at once."""
+        shows: list[tuple[int, bool]] = []  # (triple index, swapped)
+        for i, (p, a, b) in enumerate(triples):
+            if self.orders == "both":
+                shows += [(i, False), (i, True)]
+            else:
+                shows.append((i, _coin(self.seed, p, a, b)))
+        convs = []
+        for i, swapped in shows:
+            p, a, b = triples[i]
+            convs.append(self.messages(p, *((b, a) if swapped else (a, b))))
+        replies = self.complete_many(convs, workers=workers)
+        if len(replies) != len(convs):
+            raise JudgeError(f"{self.name} judge returned {len(replies)} replies for {len(convs)} requests")
+        single: list[list[Judgement]] = [[] for _ in triples]
+        for (i, swapped), reply in zip(shows, replies):
+            single[i].append(_read_verdict(reply, swapped))
+        if self.orders == "one":
+            return [js[0] for js in single]
+        return [_both_orders(js[0], js[1]) for js in single]
+
+
+def _read_verdict(reply: str, swapped: bool) -> Judgement:
+    """One presentation's verdict for ``a``, the scores swapped back when ``b`` was shown first."""
+    scores = parse_scores(reply)
+    if scores is None:
+        return Judgement(outcome=None, scores=None, swapped=swapped, reply=reply)
+    s_a, s_b = (scores[1], scores[0]) if swapped else scores
+    return Judgement(outcome=(s_a > s_b) - (s_a < s_b), scores=(s_a, s_b), swapped=swapped, reply=reply)
+
+
+def _both_orders(first: Judgement, second: Judgement) -> Judgement:
+    """The both-orders verdict: the common outcome if the two agree, a tie if not, unreadable if either is."""
+    if not (first.parsed and second.parsed):
+        outcome = None
+    else:
+        outcome = first.outcome if first.outcome == second.outcome else 0
+    return Judgement(outcome=outcome, orders=(first, second))
+
+
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class LLMJudge:
+class LLMJudge(ChatPairJudge):
     """A chat model as pairwise judge, over an OpenAI-compatible ``POST {base_url}/chat/completions``.
 
     Works with OpenAI, Azure-style proxies, vLLM (``vllm serve``), llama.cpp server, Ollama, etc.; uses only
@@ -180,14 +330,14 @@ class LLMJudge:
             at request time and never stored on this object, in a :class:`Judgement`, or in an error
             message. ``None`` sends no ``Authorization`` header (local servers).
         temperature, max_tokens: sampling settings (SRS: 0 and 2048).
-        seed: seeds the per-pair coin flip that decides which answer is shown first.
+        orders, seed, system_prompt, user_template: the protocol (see :class:`ChatPairJudge`).
         timeout: seconds per HTTP request.
         max_retries: extra attempts after a network error, a timeout, HTTP 408/409/425/429 or 5xx; waits
             ``backoff · 2^attempt`` seconds (at most ``max_backoff``; a ``Retry-After`` header is honoured).
         extra_body: extra JSON fields merged into each request (e.g. ``{"max_completion_tokens": 2048}``).
-        system_prompt, user_template: the protocol text; the template gets ``question``, ``answer1``,
-            ``answer2``.
     """
+
+    name = "llm"
 
     def __init__(
         self,
@@ -197,6 +347,7 @@ class LLMJudge:
         *,
         temperature: float = 0.0,
         max_tokens: int = 2048,
+        orders: str = "one",
         seed: int = 0,
         timeout: float = 120.0,
         max_retries: int = 5,
@@ -218,22 +369,17 @@ class LLMJudge:
                 f"the LLM judge reads its API key from the environment variable {api_key_env}, which is not "
                 f"set; export it, or pass api_key_env=None for a server that needs no key"
             )
-        for key in ("question", "answer1", "answer2"):
-            if "{" + key + "}" not in user_template:
-                raise ValueError(f"user_template must contain the field {{{key}}}")
+        super().__init__(orders=orders, seed=seed, system_prompt=system_prompt, user_template=user_template)
         self.model = model
         self.base_url = base.rstrip("/")
         self.api_key_env = api_key_env
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.seed = seed
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.extra_body = dict(extra_body or {})
-        self.system_prompt = system_prompt
-        self.user_template = user_template
 
     def __repr__(self) -> str:
         return f"LLMJudge(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
@@ -256,12 +402,22 @@ class LLMJudge:
 
     def complete(self, user_message: str) -> str:
         """Send one chat request (system prompt + ``user_message``) and return the reply text."""
+        return self.chat(
+            [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user_message}]
+        )
+
+    def complete_many(self, conversations: Sequence[list[dict[str, str]]], *, workers: int = 1) -> list[str]:
+        """The replies, ``workers`` requests in flight at once (the result does not depend on it)."""
+        if workers <= 1 or len(conversations) <= 1:
+            return [self.chat(c) for c in conversations]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self.chat, conversations))
+
+    def chat(self, messages: list[dict[str, str]]) -> str:
+        """Send one chat request and return the reply text (retrying as configured)."""
         body = {
             "model": self.model,
-            "messages": [
-                {"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": user_message},
-            ],
+            "messages": messages,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             **self.extra_body,
@@ -294,19 +450,6 @@ class LLMJudge:
                     delay = min(self.max_backoff, max(delay, wait))
                 time.sleep(delay)
         raise JudgeError(f"LLM judge request failed after {self.max_retries + 1} attempts: {last}")
-
-    # -- protocol ------------------------------------------------------------------------------------
-    def judge(self, prompt: str, a: str, b: str) -> Judgement:
-        """Compare answer ``a`` with answer ``b`` to ``prompt`` (+1: a better)."""
-        swapped = _coin(self.seed, prompt, a, b)
-        first, second = (b, a) if swapped else (a, b)
-        reply = self.complete(self.user_template.format(question=prompt, answer1=first, answer2=second))
-        scores = parse_scores(reply)
-        if scores is None:
-            return Judgement(outcome=None, scores=None, swapped=swapped, reply=reply)
-        s_a, s_b = (scores[1], scores[0]) if swapped else scores
-        outcome = (s_a > s_b) - (s_a < s_b)
-        return Judgement(outcome=outcome, scores=(s_a, s_b), swapped=swapped, reply=reply)
 
 
 def _reply_text(payload: Any) -> str:
@@ -352,7 +495,10 @@ class WinTieResult:
     """Counts over ``n`` pairs and ``rate = (win + tie) / (win + tie + loss)``.
 
     ``unparseable`` pairs are excluded from the rate's denominator (``rate`` is ``None`` if no pair was
-    parsed). ``judgements`` keeps each pair's verdict in input order (omitted from :meth:`to_dict`).
+    parsed). ``win_rate`` is the mean preference over the parsed pairs (ties count half; a soft judge's
+    sigmoid(r - r') as it is). With the both-orders protocol, ``flipped`` counts the pairs whose two verdicts
+    disagreed among the ``both_read`` pairs read in both orders (``None`` for one order). ``judgements``
+    keeps each pair's verdict in input order (omitted from :meth:`to_dict`).
     """
 
     win: int
@@ -361,6 +507,9 @@ class WinTieResult:
     unparseable: int
     n: int
     rate: float | None
+    win_rate: float | None = None
+    flipped: int | None = None
+    both_read: int | None = None
     judgements: tuple[Judgement, ...] = field(default=(), repr=False, compare=False)
 
     @property
@@ -368,7 +517,10 @@ class WinTieResult:
         return self.win + self.tie + self.loss
 
     def to_dict(self, *, with_judgements: bool = False) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("win", "tie", "loss", "unparseable", "n", "rate")}
+        keys = ["win", "tie", "loss", "unparseable", "n", "rate", "win_rate"]
+        if self.flipped is not None:
+            keys += ["flipped", "both_read"]
+        d = {k: getattr(self, k) for k in keys}
         if with_judgements:
             d["judgements"] = [asdict(j) for j in self.judgements]
         return d
@@ -384,8 +536,10 @@ def win_tie(
 ) -> WinTieResult:
     """Judge each ``(method_responses[i], baseline_responses[i])`` pair on ``prompts[i]``.
 
-    ``workers > 1`` sends that many requests at once (useful for an LLM judge); the result does not depend
-    on it, since each pair's answer order is a function of the pair and the judge's seed.
+    A judge with ``judge_many`` (the chat judges) gets all pairs at once, so a local model batches them and
+    an API judge keeps ``workers`` requests in flight; any other judge is asked pair by pair (``workers``
+    threads). The result does not depend on ``workers``: each pair's answer order is a function of the pair
+    and the judge's seed.
     """
     if not (len(prompts) == len(method_responses) == len(baseline_responses)):
         raise ValueError(
@@ -395,7 +549,9 @@ def win_tie(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     triples = list(zip(prompts, method_responses, baseline_responses))
-    if workers == 1 or len(triples) <= 1:
+    if hasattr(judge, "judge_many"):
+        judgements = list(judge.judge_many(triples, workers=workers)) if triples else []
+    elif workers == 1 or len(triples) <= 1:
         judgements = [judge.judge(p, a, b) for p, a, b in triples]
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -405,13 +561,18 @@ def win_tie(
     loss = sum(j.outcome == -1 for j in judgements)
     unparseable = sum(j.outcome is None for j in judgements)
     parsed = win + tie + loss
-    rate = (win + tie) / parsed if parsed else None
+    prefs = [j.preference for j in judgements if j.preference is not None]
+    flips = [j.flipped for j in judgements if j.flipped is not None]
+    both = getattr(judge, "orders", "one") == "both"
     return WinTieResult(
         win=win,
         tie=tie,
         loss=loss,
         unparseable=unparseable,
         n=len(judgements),
-        rate=rate,
+        rate=(win + tie) / parsed if parsed else None,
+        win_rate=sum(prefs) / len(prefs) if prefs else None,
+        flipped=sum(flips) if both else None,
+        both_read=len(flips) if both else None,
         judgements=tuple(judgements),
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from .intervals import DEFAULT_BOOTSTRAP, bootstrap_ci, paired_diff_ci, rate_ci
 from .judges import Judge, win_tie
+from .length_control import length_controlled
 from .metrics import DEFAULT_STOP_STRINGS, clean_response, diversity
 
 __all__ = [
@@ -88,6 +89,7 @@ def summarize(
     clean: bool = True,
     stop_strings: Iterable[str] = DEFAULT_STOP_STRINGS,
     judge_workers: int = 1,
+    length_control: bool = False,
     ci_level: float = 0.95,
     n_boot: int = DEFAULT_BOOTSTRAP,
     ci_seed: int = 0,
@@ -119,6 +121,16 @@ def summarize(
       of +1 (win) / 0 (tie) / -1 (loss), i.e. win rate minus loss rate. A difference is significant at
       ``ci_level`` when its interval excludes 0. A win-tie interval excluding 0.5 is *not* evidence of a
       better method when ties are common (two identical decoders tie 100%): ``net_win`` excluding 0 is.
+      For a soft judge (the reward model's sigmoid(r - r')) ``net_win`` is the mean of 2 p - 1.
+    * the judge's protocol, per baseline in ``paired`` (``None`` where it does not apply):
+      ``"win_rate": [mean, lo, hi]``, the mean preference (ties count half); ``"flip_rate": [rate, lo, hi]``,
+      with a judge showing each pair in both orders, the share of pairs (read both ways) whose verdict
+      changed with the order; with ``length_control``, ``"lc_win_rate": [rate, lo, hi]``, the
+      length-controlled win rate (:mod:`.length_control`: a logistic regression of the verdict on the
+      answers' normalised length difference, read at zero difference) and ``"lc_slope"``, its length slope.
+      Unreadable verdicts stay out of all of them (counted as ``unparseable`` in ``win_tie_counts``).
+
+    The summary's ``"judge"`` says which judge and protocol made the verdicts (``None`` without a judge).
     """
     rows = _validate(rows)
     if isinstance(baselines, str):
@@ -195,8 +207,8 @@ def summarize(
                 ]
                 diff = paired_diff_ci([a for a, _ in both], [c for _, c in both], **boot) if both else None
                 paired[key.replace("_reward", "_diff")] = _as_list(diff)
-            paired["win_tie"] = None
-            paired["net_win"] = None
+            for key in ("win_tie", "net_win", "win_rate", "flip_rate", "lc_win_rate", "lc_slope"):
+                paired[key] = None
             entry["paired"][b] = paired
             if judge is None:
                 entry["win_tie"][b] = None
@@ -211,13 +223,38 @@ def summarize(
             )
             entry["win_tie"][b] = result.rate
             entry["win_tie_counts"][b] = result.to_dict()
-            outcomes = [float(j.outcome) for j in result.judgements if j.outcome is not None]
-            paired["win_tie"] = _as_list(rate_ci([o >= 0 for o in outcomes], **boot)) if outcomes else None
-            paired["net_win"] = (
-                _as_list(paired_diff_ci(outcomes, [0.0] * len(outcomes), **boot)) if outcomes else None
+            read = [(j, r, rb) for j, (r, rb) in zip(result.judgements, pairs) if j.parsed]
+            if not read:
+                continue
+            outcomes = [float(j.outcome) for j, _, _ in read]
+            prefs = [j.preference for j, _, _ in read]
+            paired["win_tie"] = _as_list(rate_ci([o >= 0 for o in outcomes], **boot))
+            paired["net_win"] = _as_list(
+                paired_diff_ci([2.0 * p - 1.0 for p in prefs], [0.0] * len(prefs), **boot)
             )
+            paired["win_rate"] = _as_list(paired_diff_ci(prefs, [0.0] * len(prefs), **boot))
+            flips = [j.flipped for j in result.judgements if j.flipped is not None]
+            if result.flipped is not None and flips:
+                paired["flip_rate"] = _as_list(rate_ci(flips, **boot))
+            if length_control:
+                lc = length_controlled(
+                    prefs, [len(text(r)) for _, r, _ in read], [len(text(rb)) for _, _, rb in read], **boot
+                )
+                paired["lc_win_rate"] = lc.to_list()
+                paired["lc_slope"] = lc.slope
         methods[name] = entry
-    return {"methods": methods}
+    return {"methods": methods, "judge": judge_info(judge, length_control=length_control)}
+
+
+def judge_info(judge: Judge | None, *, length_control: bool = False) -> dict[str, Any] | None:
+    """What summary.json records of the judge: its kind and protocol (never a key or a secret)."""
+    if judge is None:
+        return None
+    return {
+        "name": getattr(judge, "name", type(judge).__name__),
+        "orders": getattr(judge, "orders", "one"),
+        "length_control": bool(length_control),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -248,10 +285,19 @@ def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None
     win-tie rate and the net win rate (wins − losses) with their intervals. The ``sig`` columns say ``+``
     (the interval lies above 0: the method is significantly better), ``-`` (significantly worse) or ``=``
     (not significant). Significance of the judge's verdicts is read from the net win rate, not from win-tie:
-    with many ties, win-tie exceeds 50% for a method no better than its baseline.
+    with many ties, win-tie exceeds 50% for a method no better than its baseline. Where the summary has them:
+    the position-flip rate (a judge shown both orders) and the length-controlled win rate with its ``sig``
+    against 50%.
     """
     methods: Mapping[str, Mapping[str, Any]] = summary.get("methods", {})
     rows = []
+    compared = [p or {} for m in methods.values() for p in (m.get("paired") or {}).values()]
+    with_flip = any(p.get("flip_rate") is not None for p in compared)
+    with_lc = any(p.get("lc_win_rate") is not None for p in compared)
+
+    def pct(v: Sequence[float] | None, spec: str) -> str:
+        return _fmt(None if v is None else tuple(100.0 * x for x in v), spec)
+
     use_gold = any(
         (p or {}).get("gold_diff") is not None
         for m in methods.values()
@@ -262,24 +308,31 @@ def format_paired(summary: Mapping[str, Any], *, baselines: Sequence[str] | None
         for b, p in (m.get("paired") or {}).items():
             if baselines is not None and b not in baselines:
                 continue
-            d, wt, nw = p.get(key), p.get("win_tie"), p.get("net_win")
-            rows.append(
-                [
-                    name,
-                    b,
-                    str(p.get("n", "")),
-                    _fmt(None if d is None else tuple(d), "+.3f"),
-                    significance(d, 0.0),
-                    _fmt(None if wt is None else tuple(100.0 * v for v in wt), ".1f"),
-                    _fmt(None if nw is None else tuple(100.0 * v for v in nw), "+.1f"),
-                    significance(nw, 0.0),
-                ]
-            )
+            d, nw = p.get(key), p.get("net_win")
+            row = [
+                name,
+                b,
+                str(p.get("n", "")),
+                _fmt(None if d is None else tuple(d), "+.3f"),
+                significance(d, 0.0),
+                pct(p.get("win_tie"), ".1f"),
+                pct(nw, "+.1f"),
+                significance(nw, 0.0),
+            ]
+            if with_flip:
+                row.append(pct(p.get("flip_rate"), ".1f"))
+            if with_lc:
+                row += [pct(p.get("lc_win_rate"), ".1f"), significance(p.get("lc_win_rate"), 0.5)]
+            rows.append(row)
     if not rows:
         return "(no paired comparisons)"
     header = [
         "method", "vs", "pairs", f"{label} [95% CI]", "sig", "win-tie % [95% CI]", "win-loss % [95% CI]", "sig",
     ]  # fmt: skip
+    if with_flip:
+        header.append("order flips % [95% CI]")
+    if with_lc:
+        header += ["length-controlled win % [95% CI]", "sig"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

@@ -33,6 +33,23 @@ def _check_local(problems: list[str], key: str, value: str | None, *, want_dir: 
         problems.append(f"{key}: no such {'directory' if want_dir else 'file'} {value!r}")
 
 
+def _no_chat_template(judge_model: str | None) -> str | None:
+    """Why a local judge directory cannot be the hf judge (its tokenizer has no chat template), or None.
+
+    Only a directory already on disk is read (its tokenizer, not the model); a hub name is checked when it loads."""
+    if judge_model is None or not Path(judge_model).expanduser().is_dir():
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(Path(judge_model).expanduser()))
+    except (OSError, ValueError) as e:
+        return f"cannot read the tokenizer in {judge_model!r} ({type(e).__name__}: {e})"
+    if not getattr(tok, "chat_template", None):
+        return f"{judge_model!r} has no chat template; the hf judge needs a chat (instruct) model"
+    return None
+
+
 def judge_reachable(base_url: str, timeout: float = 3.0) -> str | None:
     """None when a TCP connection to the judge's host opens within `timeout` s, else the reason."""
     u = urlparse(base_url)
@@ -134,6 +151,11 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
             why = judge_reachable(base)
             if why is not None:
                 problems.append(f"evaluation.judge_base_url: cannot reach the judge at {base} ({why})")
+    if ev.judge == "hf":
+        _check_local(problems, "evaluation.judge_model", ev.judge_model, want_dir=True)
+        why = _no_chat_template(ev.judge_model)
+        if why:
+            problems.append(f"evaluation.judge_model: {why}")
     _check_method_data(problems, recipe)
     if recipe.backend.kind == "ray" and importlib.util.find_spec("ray") is None:
         problems.append(

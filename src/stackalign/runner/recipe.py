@@ -131,10 +131,17 @@ class EvaluationConfig:
         "minilm (the offline MiniLM encoder, extra `coherence`), an HF encoder name/path, or null = off",
         "minilm",
     )
-    judge: Literal["gold", "llm"] | None = _help(
-        "win-tie judge: gold (the world's), llm (an OpenAI-compatible API), or null = none", "gold"
+    judge: Literal["gold", "llm", "reward_model", "hf"] | None = _help(
+        "win-tie judge: gold (the world's), llm (an OpenAI-compatible API), reward_model (the soft preference "
+        "sigmoid(r - r') of the recipe's reward model, from the rows' proxy reward), hf (a local chat model, "
+        "judge_model), or null = none",
+        "gold",
     )
-    judge_model: str | None = _help("model name of the LLM judge (judge: llm)", None)
+    judge_model: str | None = _help(
+        "judge: llm, the API's model name; judge: hf, a local chat model's name (smollm2-135m-instruct) or "
+        "HF directory",
+        None,
+    )
     judge_base_url: str | None = _help(
         "base URL of the OpenAI-compatible API (judge: llm); null = api.openai.com", None
     )
@@ -143,6 +150,27 @@ class EvaluationConfig:
         "OPENAI_API_KEY",
     )
     baselines: list[str] = _help("method names the others are compared with (win-tie)", factory=list)
+    judge_orders: Literal["one", "both"] = _help(
+        "llm/hf judge: one = each pair shown once, in a seeded random order; both = shown in both orders, a "
+        "verdict counts only if the two agree (else a tie), and the position-flip rate is reported",
+        "one",
+    )
+    length_control: bool = _help(
+        "also report a length-controlled win rate: a logistic regression of the verdict on the answers' "
+        "normalised length difference, read at zero difference (AlpacaEval 2)",
+        False,
+    )
+    judge_max_new_tokens: int | None = _help(
+        "reply length of the llm/hf judge (the scores are on its first line); null = 2048 (llm), 32 (hf)",
+        None,
+    )
+    judge_batch_size: int = _help("hf judge: conversations generated together", 8)
+
+    def __post_init__(self) -> None:
+        if self.judge_max_new_tokens is not None and self.judge_max_new_tokens < 1:
+            raise ValueError(f"judge_max_new_tokens: must be >= 1 or null, got {self.judge_max_new_tokens}")
+        if self.judge_batch_size < 1:
+            raise ValueError(f"judge_batch_size: must be >= 1, got {self.judge_batch_size}")
 
 
 @dataclass
@@ -227,6 +255,7 @@ def _validate(recipe: Recipe) -> Recipe:
         raise RecipeError("evaluation.judge_model: required when evaluation.judge is llm")
     if ev.judge == "gold" and recipe.gold is None:
         raise RecipeError("evaluation.judge: 'gold' needs a gold judge (gold: world)")
+    _validate_judge(ev)
     for b in ev.baselines:
         if b not in seen:
             raise RecipeError(f"evaluation.baselines: {b!r} is not a method name ({sorted(seen)})")
@@ -243,6 +272,34 @@ def _validate(recipe: Recipe) -> Recipe:
         if recipe.world is None:
             raise RecipeError(f"prompts.source: {recipe.prompts.source!r} needs a world")
     return recipe
+
+
+def _validate_judge(ev: EvaluationConfig) -> None:
+    """The judge fields that only one kind of judge reads must not be set for another."""
+    chat = ev.judge in ("llm", "hf")
+    if ev.judge == "hf" and not ev.judge_model:
+        raise RecipeError("evaluation.judge_model: required when evaluation.judge is hf (a local chat model)")
+    if ev.judge_model is not None and not chat:
+        raise RecipeError(
+            f"evaluation.judge_model: only read by judge: llm or hf (evaluation.judge is {ev.judge or 'null'})"
+        )
+    if ev.judge_base_url is not None and ev.judge != "llm":
+        raise RecipeError(
+            f"evaluation.judge_base_url: only read by judge: llm (judge is {ev.judge or 'null'})"
+        )
+    if ev.judge_orders == "both" and not chat:
+        raise RecipeError(
+            f"evaluation.judge_orders: 'both' needs a judge that reads the answers in an order (llm or hf); "
+            f"judge {ev.judge or 'null'} has none"
+        )
+    if ev.judge_max_new_tokens is not None and not chat:
+        raise RecipeError(
+            f"evaluation.judge_max_new_tokens: only read by judge: llm or hf (judge is {ev.judge or 'null'})"
+        )
+    if ev.length_control and ev.judge is None:
+        raise RecipeError("evaluation.length_control: needs a judge (evaluation.judge is null)")
+    if ev.length_control and not ev.baselines:
+        raise RecipeError("evaluation.length_control: needs evaluation.baselines to compare against")
 
 
 def _parse_value(text: str) -> Any:

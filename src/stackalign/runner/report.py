@@ -46,6 +46,51 @@ def plot_methods(summary: dict, path: Path) -> Path:
     return path
 
 
+def judge_notes(summary: dict) -> list[str]:
+    """What the report says about the judge: who judged, in which protocol, and what it could not read."""
+    info = summary.get("judge")
+    if not info:
+        return []
+    name = info.get("name")
+    if name == "reward_model":
+        who = (
+            "the guiding reward model: each pair's verdict is the soft preference sigmoid(r - r') of the answers' "
+            "proxy rewards (win rate = its mean, net win = mean of 2 p - 1). It is the proxy the reward-guided "
+            "decoders optimise: read it as agreement with the reward model, not as an independent judgement."
+        )
+    elif name in ("llm", "hf"):
+        kind = "an API chat model" if name == "llm" else "a local chat model run in-process"
+        if info.get("orders") == "both":
+            how = (
+                "each pair shown in both orders; a verdict counts only when the two agree, otherwise the pair is "
+                "a tie; 'order flips' is the share of pairs whose verdict changed with the order"
+            )
+        else:
+            how = "each pair shown once, in a seeded random order"
+        who = f"{kind} ({how})."
+    else:
+        who = f"{name}."
+    counts = [
+        c
+        for m in summary.get("methods", {}).values()
+        for c in (m.get("win_tie_counts") or {}).values()
+        if c is not None
+    ]
+    bad, total = sum(c.get("unparseable", 0) for c in counts), sum(c.get("n", 0) for c in counts)
+    lines = [f"Judge: {who}"]
+    if name in ("llm", "hf"):
+        lines.append(
+            f"Unreadable judge replies: {bad} of {total} pairs, left out of every rate (not counted as ties)."
+        )
+    if info.get("length_control"):
+        lines.append(
+            "Length-controlled win rate: a logistic regression of each verdict (win 1, tie 1/2, loss 0) on "
+            "tanh(length difference / its standard deviation), in characters, read at zero difference "
+            "(AlpacaEval 2's length control); 'sig' against 50%."
+        )
+    return [" ".join(lines), ""]
+
+
 def write_report(out: Path, recipe, summary: dict, table: str, rows: list[dict[str, Any]]) -> Path:
     from stackalign.evaluation.summary import format_paired
 
@@ -66,6 +111,7 @@ def write_report(out: Path, recipe, summary: dict, table: str, rows: list[dict[s
         "",
         format_paired(summary),
         "",
+        *judge_notes(summary),
         "Columns: proxy = the guiding reward model's score; gold = the gold utility (sandbox only); "
         "diversity = ARGS definition; coherence = prompt/response cosine similarity of sentence embeddings; "
         "win-tie = (wins + ties) / judged pairs against each baseline; cost = seconds, LM tokens and "

@@ -298,7 +298,34 @@ def evaluate(
     ev = recipe.evaluation
     if coherence is None:
         coherence = coherence_scorer(recipe)
-    judge = None
+    stops = eval_stop_strings(recipe)
+    judge = make_judge(recipe, store.rows, stops, ctx=ctx, world=world)
+    rows = store.rows
+    order = {m.name: i for i, m in enumerate(recipe.methods)}
+    rows = sorted(rows, key=lambda r: (order.get(r["method"], 1e9), r["prompt_id"]))
+    summary = summarize(
+        rows,
+        coherence=coherence,
+        judge=judge,
+        baselines=ev.baselines,
+        stop_strings=stops,
+        length_control=ev.length_control,
+    )
+    summary.update(extra or {})
+    write_json_atomic(out / "summary.json", summary)
+    table = format_table(summary, baselines=ev.baselines)
+    write_report(out, recipe, summary, table, rows)
+    return summary
+
+
+def make_judge(recipe: Recipe, rows: list[dict], stops: tuple[str, ...], *, ctx=None, world=None):
+    """The recipe's win-tie judge (`evaluation.judge`), or None.
+
+    `reward_model` judges by the rows' own `proxy_reward` (the guiding reward model's score of each answer, as
+    the run computed it): a pair's answers are looked up by (prompt, answer as the judge reads it)."""
+    ev = recipe.evaluation
+    if ev.judge is None:
+        return None
     if ev.judge == "gold":
         from stackalign.evaluation.judges import GoldJudge
 
@@ -306,27 +333,46 @@ def evaluate(
             gold_judge = ctx.gold_judge
         else:
             gold_judge = (world if world is not None else _world_for(recipe)).gold_judge
-        judge = GoldJudge(gold_judge)
-    elif ev.judge == "llm":
+        return GoldJudge(gold_judge)
+    if ev.judge == "reward_model":
+        from stackalign.evaluation.judges import RewardModelJudge
+        from stackalign.evaluation.metrics import clean_response
+
+        rewards: dict[tuple[str, str], list[float]] = {}
+        for r in rows:
+            if r.get("proxy_reward") is None:
+                raise RecipeError(
+                    f"evaluation.judge: reward_model needs each row's proxy_reward; method {r['method']!r}, "
+                    f"prompt {r['prompt_id']!r} has none"
+                )
+            key = (r["prompt"], clean_response(r["response"], stops))
+            rewards.setdefault(key, []).append(float(r["proxy_reward"]))
+        # one reward per distinct answer text (the mean, should two rows of the same text differ in the last bits)
+        table = {k: sum(v) / len(v) for k, v in rewards.items()}
+        return RewardModelJudge(lambda prompt, response: table[(prompt, response)])
+    max_new = ev.judge_max_new_tokens
+    if ev.judge == "llm":
         from stackalign.evaluation.judges import LLMJudge
 
-        judge = LLMJudge(ev.judge_model, base_url=ev.judge_base_url, api_key_env=ev.judge_api_key_env)
-    rows = store.rows
-    order = {m.name: i for i, m in enumerate(recipe.methods)}
-    rows = sorted(rows, key=lambda r: (order.get(r["method"], 1e9), r["prompt_id"]))
-    stops = eval_stop_strings(recipe)
-    summary = summarize(
-        rows,
-        coherence=coherence,
-        judge=judge,
-        baselines=ev.baselines,
-        stop_strings=stops,
+        return LLMJudge(
+            ev.judge_model,
+            base_url=ev.judge_base_url,
+            api_key_env=ev.judge_api_key_env,
+            orders=ev.judge_orders,
+            seed=recipe.seed,
+            **({} if max_new is None else {"max_tokens": max_new}),
+        )
+    from stackalign.evaluation.hf_judge import HFJudge
+
+    return HFJudge.load(
+        ev.judge_model,
+        device=recipe.device,
+        dtype=recipe.dtype,
+        orders=ev.judge_orders,
+        seed=recipe.seed,
+        batch_size=ev.judge_batch_size,
+        **({} if max_new is None else {"max_new_tokens": max_new}),
     )
-    summary.update(extra or {})
-    write_json_atomic(out / "summary.json", summary)
-    table = format_table(summary, baselines=ev.baselines)
-    write_report(out, recipe, summary, table, rows)
-    return summary
 
 
 def _world_for(recipe: Recipe):
