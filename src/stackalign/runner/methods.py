@@ -237,13 +237,12 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
         raise RecipeError(f"{where}.shaping: decoder {m.decoder!r} takes no reward, so no shaping or preset")
     if m.preset is not None and m.shaping not in ("srs", "hard"):
         raise RecipeError(f"{where}.preset: presets configure srs or hard shaping, not {m.shaping!r}")
-    if m.preset is None:
-        unused = sorted(set(shp) - set(PARAMS_USED[m.shaping]))
-        if unused:
-            raise RecipeError(
-                f"{where}.params.{unused[0]}: not used by shaping {m.shaping!r} "
-                f"(it reads: {', '.join(PARAMS_USED[m.shaping]) or 'nothing'})"
-            )
+    unused = sorted(set(shp) - set(PARAMS_USED[m.shaping]))  # with or without a preset
+    if unused:
+        raise RecipeError(
+            f"{where}.params.{unused[0]}: not used by shaping {m.shaping!r} "
+            f"(it reads: {', '.join(PARAMS_USED[m.shaping]) or 'nothing'})"
+        )
     plan = MethodPlan(m.name, m.decoder, m.shaping, m.preset, {**dec, **shp}, dec, shp)
     if m.decoder == "refine":
         try:

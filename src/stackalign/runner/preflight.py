@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from stackalign.config import clip
 from stackalign.models.loading import looks_like_local_path
 from stackalign.runner.recipe import Recipe, RecipeError
 
@@ -42,6 +43,26 @@ def judge_reachable(base_url: str, timeout: float = 3.0) -> str | None:
             return None
     except OSError as e:
         return f"{type(e).__name__}: {e}"
+
+
+def ray_address_problem(address: str | None, timeout: float = 5.0) -> str | None:
+    """Why the Ray cluster at `address` (``ray://host:port`` or ``host:port``) cannot be reached, or None.
+
+    A TCP connection is tried first, with a timeout: `ray.init` on an address where nothing listens waits for
+    minutes, and names another address in its warnings."""
+    if address is None or address in ("auto", "local"):
+        return None
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"expected ray://HOST:PORT or HOST:PORT, got {clip(address)}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        return (
+            f"nothing answers at {host}:{port} ({e.strerror or type(e).__name__}); is the Ray head running?"
+        )
 
 
 def preflight(recipe: Recipe, *, network: bool = True) -> None:
@@ -96,5 +117,11 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
             f"backend.kind: ray needs the optional package `ray` (the `ray` extra); install it with "
             f"{INSTALL_RAY}, or run with the serial backend (backend.kind: serial)"
         )
+    if recipe.backend.kind == "ray" and network:
+        address = recipe.backend.address or os.environ.get("RAY_ADDRESS") or None
+        why = ray_address_problem(address)
+        if why is not None:
+            key = "backend.address" if recipe.backend.address else "$RAY_ADDRESS"
+            problems.append(f"{key}: {why}")
     if problems:
         raise RecipeError("the recipe cannot run on this machine:\n  " + "\n  ".join(problems))

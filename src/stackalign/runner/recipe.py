@@ -29,12 +29,14 @@ from typing import Any, Literal
 
 import yaml
 
-from stackalign.config import ConfigError, build
+from stackalign.config import ConfigError, build, clip
 
 DECODER_NAMES = ("base", "greedy", "bon", "soft_bon", "args", "cd_tokenwise", "cd_blockwise", "refine")
 SHAPING_NAMES = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")
 PRESET_NAMES = ("paper", "official-args", "official-cd")
 DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+# a method's name becomes a folder name in the run directory (cd_heads/NAME, threshold_predictors/NAME)
+METHOD_NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-@=,() ]{1,100}$")
 
 
 class RecipeError(ConfigError):
@@ -202,6 +204,7 @@ def _validate(recipe: Recipe) -> Recipe:
     for i, m in enumerate(recipe.methods):
         if not m.name:
             m.name = m.decoder if m.shaping == "vanilla" else f"{m.shaping}-{m.decoder}"
+        check_method_name(m.name, f"methods[{i}].name")
         if m.name in seen:
             raise RecipeError(f"methods[{i}].name: duplicate method name {m.name!r}")
         seen.add(m.name)
@@ -229,9 +232,19 @@ def _validate(recipe: Recipe) -> Recipe:
     return recipe
 
 
+def check_method_name(name: str, where: str) -> None:
+    """A method name is a safe folder name: ASCII letters and digits, `-_.+@=,()` and inner spaces, at most 100
+    characters, not only dots (no `/`, no `..`: nothing is written outside the run directory)."""
+    if not METHOD_NAME_RE.match(name) or set(name) == {"."} or name != name.strip():
+        raise RecipeError(
+            f"{where}: {clip(name)} is not a valid method name (letters, digits, '-_.+@=,()' and inner "
+            "spaces, at most 100 characters, not only dots)"
+        )
+
+
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return safe_yaml(text) if text != "" else ""
     except yaml.YAMLError:
         return text
 
@@ -278,15 +291,91 @@ def recipe_from_dict(data: dict | None, overrides: list[str] | None = None) -> R
     return _validate(recipe)
 
 
-def read_yaml(path: str | Path) -> Any:
-    """A recipe file's YAML data; a missing file or bad YAML is an error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe: no such file {str(path)!r}")
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of settings; anything larger is not one
+MAX_YAML_NODES = 100_000  # YAML nodes after aliases are expanded (a few aliases can stand for billions)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader with two refusals: a mapping with the same key twice (YAML's "last one wins"
+    would silently drop the first, e.g. a whole `methods:` list), and aliases that expand to more than
+    MAX_YAML_NODES nodes (an "alias bomb": a few hundred bytes that stand for gigabytes)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise RecipeError(
+                        f"{clip(key_node.value)}: duplicate key (lines {first[key]} and {line}); "
+                        "YAML would keep only the last one"
+                    )
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, memo: dict, limit: int) -> int:
+    """How many nodes `node` stands for with every alias expanded (stops counting past `limit`)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, memo, limit)
+        if total > limit:
+            break
+    memo[id(node)] = total
+    return total
+
+
+def safe_yaml(text: str, where: str = "recipe") -> Any:
+    """`yaml.safe_load` that refuses duplicate keys and alias bombs (RecipeError naming `where`)."""
+    loader = _StrictLoader(text)
     try:
-        return yaml.safe_load(path.read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise RecipeError(
+                f"{where}: its YAML aliases expand to more than {MAX_YAML_NODES} values; write the values out"
+            )
+        return loader.construct_document(node)
+    except RecipeError as e:
+        msg = str(e)
+        raise RecipeError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A recipe file's YAML data; a missing, oversized or non-UTF-8 file, bad YAML, a duplicate key or an alias
+    bomb is an error naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size if path.is_file() else None
+    except OSError as e:  # a name too long, a directory without permission
+        raise RecipeError(f"recipe {clip(str(path))}: {e.strerror}") from None
+    if size is None:
+        raise FileNotFoundError(f"recipe: no such file {clip(str(path))}")
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe {path}: {size} bytes; a recipe is at most {MAX_RECIPE_BYTES} bytes")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {path}: not UTF-8 text (byte {e.start} cannot be decoded)") from None
+    try:
+        return safe_yaml(text, where=f"recipe {path}")
     except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path}: not valid YAML ({e})") from None
+        raise RecipeError(f"recipe {path}: not valid YAML ({clip(str(e), 600)})") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

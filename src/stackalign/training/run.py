@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from stackalign.decoding.common import GenerationConfig
+from stackalign.rundir import LOCK_NAME, DirLock
 from stackalign.runner.recipe import RecipeError
 from stackalign.store import write_json_atomic
 from stackalign.training.loop import LoopSettings, save_model_dir
@@ -156,13 +157,27 @@ def _load_world(cfg) -> Any:
     return default_world() if cfg.world == "default" else load_world(cfg.world)
 
 
+def _holds_work(out: Path) -> bool:
+    """Whether a train directory holds anything but its configuration (metrics, checkpoints, a model...): a
+    directory whose set-up failed holds none, and takes the corrected recipe."""
+    skip = {"config.json", LOCK_NAME}
+    return any(p.is_file() and p.name not in skip and ".tmp" not in p.name for p in out.rglob("*"))
+
+
 def prepare_run_dir(recipe: ResolvedRecipe, out_dir: str | Path) -> Path:
     """Create ``out_dir`` and write ``config.json``, or check it against the one already there."""
     out = Path(out_dir)
     resolved = json.loads(json.dumps(recipe.to_dict()))
     path = out / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
+    if path.exists() and _holds_work(out):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RecipeError(
+                f"{path}: not a readable training configuration ({type(e).__name__}: {e})"
+            ) from None
+        if not isinstance(old, dict):
+            raise RecipeError(f"{path}: not a training configuration (expected a JSON object)")
         diff = config_diff(old, resolved)
         if diff:
             raise RecipeError(
@@ -176,6 +191,11 @@ def prepare_run_dir(recipe: ResolvedRecipe, out_dir: str | Path) -> Path:
 
 def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = None) -> dict:
     """Run a validated recipe into ``out_dir``; returns the summary (also written to summary.json)."""
+    with DirLock(out_dir, "train directory"):  # one writer per train directory
+        return _run_locked(recipe, out_dir, world)
+
+
+def _run_locked(recipe: ResolvedRecipe, out_dir: str | Path, world: Any) -> dict:
     out = prepare_run_dir(recipe, out_dir)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.common.seed)

@@ -63,6 +63,13 @@ def connect(backend) -> bool:
         # a local instance: room for every worker even on a small machine (they then share its cores)
         need = backend.workers * backend.cpus_per_worker
         kwargs["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
+    else:
+        from stackalign.runner.preflight import ray_address_problem
+        from stackalign.runner.recipe import RecipeError
+
+        why = ray_address_problem(address)  # ray.init would wait for minutes
+        if why is not None:
+            raise RecipeError(f"backend.address: {why}")
     ray.init(address=address, **kwargs)
     return True
 

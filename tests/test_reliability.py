@@ -1,0 +1,383 @@
+"""Reliability: bad inputs and faults give a clear error naming the field or file (before any model loads),
+nothing is written outside a run directory, one process writes a directory at a time, and no error message
+repeats a huge value."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from stackalign.cli import main as cli_main
+from stackalign.rundir import LOCK_NAME, DirBusy, DirLock
+from stackalign.runner.recipe import RecipeError, read_yaml, recipe_from_dict
+
+# A recipe that passes validation and the machine checks without loading anything: the run stops at the
+# first step that needs the world or a model, after the run directory is locked.
+OK = {"methods": [{"name": "M", "decoder": "base"}], "evaluation": {"coherence": None, "judge": None}}
+
+
+def _recipe(**top):
+    return {**json.loads(json.dumps(OK)), **top}
+
+
+def _method(**m):
+    return _recipe(methods=[{"name": "M", "decoder": "args", **m}])
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stackalign", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+# --------------------------------------------------------------------- 1. method names are safe identifiers
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "a\\b", "..", ".", "x" * 101, " lead", "tab\tname"])
+def test_unsafe_method_name_is_refused_at_load(name):
+    with pytest.raises(RecipeError, match=r"methods\[0\]\.name: .* is not a valid method name") as e:
+        recipe_from_dict(_recipe(methods=[{"name": name, "decoder": "base"}]))
+    assert len(str(e.value)) < 400
+
+
+@pytest.mark.parametrize("name", ["SRS-ARGS", "Soft-BoN@w=0.25", "ARGS (k=10, w=1.5)", "a.b+c_d", "x" * 100])
+def test_safe_method_names_load(name):
+    assert recipe_from_dict(_recipe(methods=[{"name": name, "decoder": "base"}])).methods[0].name == name
+
+
+# --------------------------------------------------------- 5. echoed values are capped; bombs refused up front
+
+
+def test_huge_value_is_not_echoed_whole():
+    with pytest.raises(RecipeError, match=r"prompts\.template") as e:
+        recipe_from_dict(_recipe(prompts={"template": "x" * 5_000_000}))
+    assert len(str(e.value)) < 1000
+    with pytest.raises(RecipeError, match=r"seed: input should be a valid integer") as e:
+        recipe_from_dict(_recipe(seed="y" * 5_000_000))
+    assert len(str(e.value)) < 1000 and "5000000 characters" in str(e.value)
+
+
+def test_alias_bomb_and_oversized_recipe_are_refused(tmp_path):
+    levels = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, 9):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    bomb = _write(tmp_path / "bomb.yaml", "\n".join(levels) + "\n")
+    assert bomb.stat().st_size < 1000
+    t0 = time.perf_counter()
+    with pytest.raises(RecipeError, match=r"bomb\.yaml: its YAML aliases expand to more than"):
+        read_yaml(bomb)
+    assert time.perf_counter() - t0 < 5
+    big = tmp_path / "big.yaml"
+    big.write_text("seed: 0\n# " + "x" * 1_100_000 + "\n")
+    with pytest.raises(RecipeError, match=r"big\.yaml: 1100011 bytes; a recipe is at most 1000000 bytes"):
+        read_yaml(big)
+    ok = _write(tmp_path / "ok.yaml", "a: &x {k: 1}\nb: *x\n")  # ordinary aliases still work
+    assert read_yaml(ok) == {"a": {"k": 1}, "b": {"k": 1}}
+
+
+def test_alias_bomb_on_the_command_line_prints_little(tmp_path):
+    levels = ["a0: &a0 ['xxxxxxxxxxxxxxxxxxxxxxxx', 'xxxxxxxxxxxxxxxxxxxxxxxx']"]
+    for i in range(1, 25):
+        levels.append(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]")
+    bomb = _write(tmp_path / "bomb.yaml", "\n".join(levels) + "\n")
+    proc = _cli("recipe", "check", str(bomb), "--no-env", timeout=60)
+    assert proc.returncode == 2
+    assert "bomb.yaml" in proc.stderr and "aliases" in proc.stderr
+    assert len(proc.stderr) < 2000 and "Traceback" not in proc.stderr
+
+
+def test_cli_caps_any_long_message(tmp_path):
+    proc = _cli("recipe", "check", str(tmp_path / ("n" * 5000 + ".yaml")), timeout=60)
+    assert proc.returncode == 2 and "recipe" in proc.stderr and "name too long" in proc.stderr
+    assert len(proc.stderr) < 1000 and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- 13. duplicate YAML keys
+
+
+def test_duplicate_key_names_the_key_and_both_lines(tmp_path):
+    path = _write(
+        tmp_path / "dup.yaml",
+        """\
+        world: default
+        methods:
+          - {name: A, decoder: base}
+        seed: 1
+        methods:
+          - {name: B, decoder: base}
+        """,
+    )
+    with pytest.raises(RecipeError, match=r"dup\.yaml: 'methods': duplicate key \(lines 2 and 5\)"):
+        read_yaml(path)
+    nested = _write(tmp_path / "nested.yaml", "generation:\n  top_k: 1\n  top_k: 2\n")
+    with pytest.raises(RecipeError, match=r"'top_k': duplicate key \(lines 2 and 3\)"):
+        read_yaml(nested)
+
+
+def test_non_utf8_recipe_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("seed: 0 # café\n".encode("latin-1"))
+    with pytest.raises(RecipeError, match=r"latin1\.yaml: not UTF-8 text \(byte 13"):
+        read_yaml(path)
+
+
+# ------------------------------------------------------------------------- 9. empty strings are errors
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (_recipe(policy=""), r"^policy: an empty string is not a value"),
+        (_recipe(reward_model=""), r"^reward_model: an empty string"),
+        (_recipe(world=""), r"^world: an empty string"),
+        (_recipe(evaluation={"coherence": ""}), r"^evaluation\.coherence: an empty string"),
+        (_recipe(evaluation={"judge_model": ""}), r"^evaluation\.judge_model: an empty string"),
+        (_recipe(backend={"address": ""}), r"^backend\.address: an empty string"),
+        (
+            _method(shaping="srs", params={"threshold": "predicted", "predictor": ""}),
+            r"params\.predictor: an empty",
+        ),
+    ],
+)
+def test_empty_string_is_an_error(data, needle):
+    with pytest.raises(RecipeError, match=needle):
+        recipe_from_dict(data)
+
+
+def test_empty_string_in_a_train_recipe_is_an_error():
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    for key in ("policy", "reward_model", "world"):
+        with pytest.raises(RecipeError, match=rf"^{key}: an empty string"):
+            train_recipe_from_dict({"algorithm": "rl", key: ""})
+
+
+# ------------------------------------------------------------- 7. unused shaping params, with a preset too
+
+
+@pytest.mark.parametrize(
+    "method,needle",
+    [
+        (
+            {"shaping": "srs", "preset": "official-args", "params": {"cap": 1.0}},
+            r"params\.cap: not used by shaping 'srs'",
+        ),
+        (
+            {"shaping": "hard", "preset": "paper", "params": {"alpha": 2.0}},
+            r"params\.alpha: not used by shaping 'hard'",
+        ),
+    ],
+)
+def test_unused_shaping_param_with_a_preset(method, needle):
+    with pytest.raises(RecipeError, match=needle):
+        recipe_from_dict(_method(**method))
+
+
+def test_train_shaping_params_are_checked_against_the_shaping():
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    with pytest.raises(RecipeError, match=r"shaping_params\.cap: not used by shaping 'srs'"):
+        train_recipe_from_dict({"algorithm": "rl", "shaping": "srs", "shaping_params": {"cap": 1.0}})
+    cfg = train_recipe_from_dict({"algorithm": "rl", "shaping": "srs", "shaping_params": {"alpha": 2.0}})
+    assert cfg.algo.shaping_params == {"alpha": 2.0}
+
+
+# ------------------------------------------------------------------- 4. one writer per run / train directory
+
+HOLDER = textwrap.dedent(
+    """\
+    import sys, time
+    from stackalign.rundir import DirLock
+    DirLock(sys.argv[1]).acquire()
+    print("locked", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _hold(directory: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _kill9(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path):
+    d = tmp_path / "run"
+    holder = _hold(d)
+    try:
+        assert (d / LOCK_NAME).read_text().strip() == str(holder.pid)
+        with pytest.raises(DirBusy, match=rf"{d}: another stackalign process \(pid {holder.pid}\)"):
+            DirLock(d, "run directory").acquire()
+    finally:
+        _kill9(holder)
+    assert (d / LOCK_NAME).exists()  # kill -9 left it behind: stale
+    with DirLock(d, "run directory"):
+        assert (d / LOCK_NAME).read_text().strip() == str(os.getpid())
+        with DirLock(d):  # the holder may lock again (nested)
+            pass
+        assert (d / LOCK_NAME).exists()
+    assert not (d / LOCK_NAME).exists()  # released on exit
+
+
+def test_run_and_train_refuse_a_locked_directory_then_take_over(tmp_path):
+    """`stackalign run`, `eval` and `train` on a directory another live process writes: a clear error naming
+    the directory and the pid; after kill -9 of the holder the same command gets past the lock."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        json.dumps(_recipe(world=str(tmp_path / "no-world"), gold=None, policy="p", reward_model="r"))
+    )
+    train = tmp_path / "t.yaml"
+    train.write_text(json.dumps({"algorithm": "rl", "world": str(tmp_path / "no-world")}))
+    run_dir, train_dir = tmp_path / "run", tmp_path / "train"
+    (tmp_path / "no-world").mkdir()  # passes the world check; loading it (after the lock) fails
+    (tmp_path / "no-world" / "manifest.json").write_text("{}")
+    (run_dir).mkdir()
+    (run_dir / "config.json").write_text(json.dumps(_recipe(world=str(tmp_path / "no-world"), gold=None)))
+    holders = [_hold(run_dir), _hold(train_dir)]
+    try:
+        for args, d, h in (
+            (["run", str(recipe), "--out", str(run_dir)], run_dir, holders[0]),
+            (["eval", str(run_dir)], run_dir, holders[0]),
+            (["train", str(train), "--out", str(train_dir)], train_dir, holders[1]),
+        ):
+            proc = _cli(*args)
+            assert proc.returncode == 2, proc.stderr
+            assert f"{d}: another stackalign process (pid {h.pid})" in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr
+    finally:
+        for h in holders:
+            _kill9(h)
+    proc = _cli("eval", str(run_dir))  # past the lock now: the directory has no rows
+    assert proc.returncode == 2 and "has no rows to evaluate" in proc.stderr, proc.stderr
+    assert not (run_dir / LOCK_NAME).exists()
+    proc = _cli("train", str(train), "--out", str(train_dir))  # past the lock: the world is not a world
+    assert proc.returncode == 2 and "another stackalign process" not in proc.stderr, proc.stderr
+    assert not (train_dir / LOCK_NAME).exists()
+
+
+def test_out_is_a_file_or_read_only(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match=r"--out: .*file.* is a file, not a directory"):
+        DirLock(f).acquire()
+    if os.geteuid() == 0:
+        pytest.skip("root writes to read-only directories")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match=r"ro: cannot write to this run directory"):
+            DirLock(ro, "run directory").acquire()
+    finally:
+        ro.chmod(0o700)
+
+
+# ------------------------------------------------------- 3. a run directory holds the rows of one world
+
+
+class _World:
+    def __init__(self, manifest):
+        self.manifest = manifest
+
+
+def test_changed_world_is_refused_like_a_changed_recipe(tmp_path):
+    from stackalign.runner.run import reconcile_run_dir, resolve_config
+    from stackalign.store import JsonlStore
+
+    recipe = recipe_from_dict(_recipe(world="w", gold=None))
+    a = resolve_config(recipe, ["p"], _World({"params": {"bias": 0.1}, "build": {"seconds": 1.0}}))
+    rebuilt = resolve_config(recipe, ["p"], _World({"params": {"bias": 0.1}, "build": {"seconds": 9.0}}))
+    b = resolve_config(recipe, ["p"], _World({"params": {"bias": 0.3}, "build": {"seconds": 1.0}}))
+    assert a["world_id"] == rebuilt["world_id"] != b["world_id"]
+    (tmp_path / "config.json").write_text(json.dumps(a))
+    JsonlStore(tmp_path / "generations.jsonl").append([{"method": "M", "prompt_id": 0}])
+    reconcile_run_dir(tmp_path, rebuilt)  # the same world: resumes
+    with pytest.raises(RecipeError, match=r"world_id: "):
+        reconcile_run_dir(tmp_path, b)
+    old = {k: v for k, v in a.items() if k != "world_id"}  # written before worlds had an identity
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    reconcile_run_dir(tmp_path, b)
+
+
+def test_world_build_refuses_a_non_empty_directory(tmp_path, capsys):
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    assert cli_main(["world", "build", "--out", str(out), "--preset", "micro"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: '{out}' already holds a world; add --force" in err
+    (out / "manifest.json").unlink()
+    (out / "notes.txt").write_text("mine")
+    assert cli_main(["world", "build", "--out", str(out), "--preset", "micro"]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------ 6. a train directory whose set-up failed is reusable
+
+
+def test_train_dir_without_work_takes_the_corrected_recipe(tmp_path):
+    from stackalign.training.recipe import train_recipe_from_dict
+    from stackalign.training.run import prepare_run_dir
+
+    bad = train_recipe_from_dict({"algorithm": "rl", "world": str(tmp_path / "missing")})
+    good = train_recipe_from_dict({"algorithm": "rl", "world": "default"})
+    prepare_run_dir(bad, tmp_path / "t")  # the set-up then failed: only config.json was written
+    prepare_run_dir(good, tmp_path / "t")
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["world"] == "default"
+    (tmp_path / "t" / "metrics.jsonl").write_text('{"step": 1}\n')  # now it holds work
+    with pytest.raises(RecipeError, match=r"holds a training run with a different configuration \(world: "):
+        prepare_run_dir(bad, tmp_path / "t")
+    (tmp_path / "t" / "config.json").write_text("{garbled")
+    with pytest.raises(RecipeError, match=r"config\.json: not a readable training configuration"):
+        prepare_run_dir(good, tmp_path / "t")
+
+
+# -------------------------------------------------------------- 2. an unreachable Ray cluster fails fast
+
+
+def test_unreachable_ray_address_is_a_clear_error_fast():
+    from stackalign.runner.preflight import preflight
+
+    recipe = recipe_from_dict(_recipe(backend={"kind": "ray", "address": "127.0.0.1:1"}))
+    t0 = time.perf_counter()
+    with pytest.raises(RecipeError, match=r"backend\.address: nothing answers at 127\.0\.0\.1:1"):
+        preflight(recipe)
+    assert time.perf_counter() - t0 < 15
+    recipe = recipe_from_dict(_recipe(backend={"kind": "ray", "address": "ray://nohost"}))
+    with pytest.raises(RecipeError, match=r"backend\.address: expected ray://HOST:PORT or HOST:PORT"):
+        preflight(recipe, network=True)
+
+
+# ------------------------------------------------------------------------------- 11. a full disk
+
+
+def test_full_disk_names_the_directory(tmp_path, monkeypatch, capsys):
+    import stackalign.runner.run as run_mod
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "generations.jsonl"))
+
+    monkeypatch.setattr(run_mod, "execute", full)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps(OK))
+    assert cli_main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"no space left on {tmp_path / 'out'}" in err and "resumes" in err
