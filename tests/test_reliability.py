@@ -381,3 +381,89 @@ def test_full_disk_names_the_directory(tmp_path, monkeypatch, capsys):
     assert cli_main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"no space left on {tmp_path / 'out'}" in err and "resumes" in err
+
+
+# ------------------------------------------------------- 8. checks that used to come after the models loaded
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({"weight_decay": -1.0}, r"^weight_decay: must be a finite number >= 0, got -1"),
+        ({"max_grad_norm": 0.0}, r"^max_grad_norm: must be > 0 or null, got 0"),
+        ({"device": "tpu"}, r"^device: expected cpu, cuda, cuda:N, mps, xpu or auto, got 'tpu'"),
+    ],
+)
+def test_train_values_checked_at_load(data, needle):
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    with pytest.raises(RecipeError, match=needle):
+        train_recipe_from_dict({"algorithm": "rl", **data})
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({"algorithm": "dpo", "seeds_file": "no-seeds.jsonl"}, r"seeds_file: no such file 'no-seeds.jsonl'"),
+        ({"algorithm": "ssapo", "prompts_file": "no.jsonl"}, r"prompts_file: no such file 'no.jsonl'"),
+    ],
+)
+def test_train_input_files_checked_before_loading(data, needle, tmp_path):
+    from stackalign.runner.preflight import preflight_train
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    with pytest.raises(RecipeError, match=needle):
+        preflight_train(train_recipe_from_dict(data))
+    recipe = tmp_path / "t.yaml"
+    recipe.write_text(json.dumps(data))
+    t0 = time.perf_counter()
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    assert time.perf_counter() - t0 < 10 and not (tmp_path / "out").exists()
+
+
+def _absent(kind: str) -> bool:
+    from stackalign.runner.preflight import device_problem
+
+    return device_problem(kind) is not None
+
+
+@pytest.mark.parametrize("device", [d for d in ("xpu", "mps", "cuda:99") if _absent(d)])
+def test_unavailable_device_is_a_preflight_error(device, tmp_path):
+    from stackalign.runner.preflight import preflight, preflight_train
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    with pytest.raises(RecipeError, match=rf"device: '{device}': this machine has"):
+        preflight(recipe_from_dict(_recipe(device=device)), network=False)
+    train = train_recipe_from_dict({"algorithm": "rl", "device": device})
+    with pytest.raises(RecipeError, match=rf"device: '{device}': this machine has"):
+        preflight_train(train)
+    recipe = tmp_path / "t.yaml"
+    recipe.write_text(json.dumps({"algorithm": "rl", "device": device}))
+    t0 = time.perf_counter()
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    assert time.perf_counter() - t0 < 10 and not (tmp_path / "out").exists()
+
+
+def test_method_paths_and_coherence_name_checked_before_the_run(tmp_path):
+    from stackalign.runner.preflight import preflight
+
+    recipe = recipe_from_dict(
+        _recipe(
+            methods=[
+                {
+                    "name": "P",
+                    "decoder": "args",
+                    "shaping": "srs",
+                    "params": {"threshold": "predicted", "predictor": str(tmp_path)},
+                },
+                {"name": "R", "decoder": "refine", "params": {"follower": str(tmp_path / "no-follower")}},
+            ],
+            evaluation={"coherence": "no-such-org/no-such-encoder-xyz", "judge": None},
+        )
+    )
+    with pytest.raises(RecipeError) as e:
+        preflight(recipe, network=False)
+    msg = str(e.value)
+    assert "methods[0].params.predictor: " in msg and "is not a threshold predictor directory" in msg
+    assert "methods[1].params.follower: no such directory" in msg
+    assert "evaluation.coherence: encoder 'no-such-org/no-such-encoder-xyz' is not in the local" in msg

@@ -24,6 +24,8 @@ lazily (a missing module gives a clear "not available" error). The train functio
 from __future__ import annotations
 
 import importlib
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ __all__ = [
     "train_recipe_from_dict",
     "config_diff",
 ]
+
+
+TRAIN_DEVICE_RE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
 
 @dataclass
@@ -131,6 +136,14 @@ class TrainConfig:
             raise ValueError("policy: required when world is null")
         if self.train_prompts not in ("world:train", "world:val"):
             raise ValueError(f"train_prompts: expected world:train or world:val, got {self.train_prompts!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay: must be a finite number >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not (
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
+        ):
+            raise ValueError(f"max_grad_norm: must be > 0 or null, got {self.max_grad_norm}")
+        if not TRAIN_DEVICE_RE.match(self.device):
+            raise ValueError(f"device: expected cpu, cuda, cuda:N, mps, xpu or auto, got {self.device!r}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every / keep_checkpoints: must be >= 1")
 

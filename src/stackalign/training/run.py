@@ -191,6 +191,9 @@ def prepare_run_dir(recipe: ResolvedRecipe, out_dir: str | Path) -> Path:
 
 def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = None) -> dict:
     """Run a validated recipe into ``out_dir``; returns the summary (also written to summary.json)."""
+    from stackalign.runner.preflight import preflight_train
+
+    preflight_train(recipe)  # the device, the world and model paths, before anything loads
     with DirLock(out_dir, "train directory"):  # one writer per train directory
         return _run_locked(recipe, out_dir, world)
 
