@@ -467,3 +467,78 @@ def test_method_paths_and_coherence_name_checked_before_the_run(tmp_path):
     assert "methods[0].params.predictor: " in msg and "is not a threshold predictor directory" in msg
     assert "methods[1].params.follower: no such directory" in msg
     assert "evaluation.coherence: encoder 'no-such-org/no-such-encoder-xyz' is not in the local" in msg
+
+
+# ----------------------------------------------------------------------- 15. small values, clear messages
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (_method(shaping="srs", preset="paper", params={"w": 0}), r"methods\[0\]\.params\.w: must be > 0"),
+        (_recipe(seed=2**70), r"^seed: 1180591620717411303424 is out of range"),
+        (
+            _method(params={"predictor_train_prompts": 0}),
+            r"params\.predictor_train_prompts: must be an integer",
+        ),
+        (
+            _recipe(methods=[{"name": "M", "decoder": "cd_tokenwise", "params": {"lam": -1.0}}]),
+            r"methods\[0\]\.params\.lam: must be a finite number >= 0",
+        ),
+    ],
+)
+def test_small_values_give_messages_naming_the_field(data, needle):
+    with pytest.raises(RecipeError, match=needle):
+        recipe_from_dict(data)
+
+
+def test_train_seed_out_of_range():
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    with pytest.raises(RecipeError, match=r"^eval\.seed: 18446744073709551616 is out of range"):
+        train_recipe_from_dict({"algorithm": "rl", "eval": {"seed": 2**64}})
+
+
+def test_txt_prompts_file_is_named_as_the_wrong_kind(tmp_path):
+    from stackalign.runner.preflight import preflight
+    from stackalign.runner.prompts import load_prompts
+
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("hello\n")
+    recipe = recipe_from_dict(
+        _recipe(world=None, gold=None, policy="p", reward_model="r", prompts={"source": str(txt)})
+    )
+    with pytest.raises(
+        RecipeError, match=r"prompts\.source: .*prompts\.txt' is a \.txt file; prompts files are"
+    ):
+        preflight(recipe, network=False)
+    with pytest.raises(RecipeError, match=r"is a \.txt file"):
+        load_prompts(recipe.prompts)
+
+
+def test_top_k_above_the_vocabulary_stops_before_generation(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import stackalign.models as models
+    from stackalign.runner.run import build_context
+
+    def fake_policy(*a, **k):
+        return SimpleNamespace(config=SimpleNamespace(vocab_size=50)), None
+
+    def no_rm(*a, **k):
+        raise AssertionError("the reward model must not load")
+
+    monkeypatch.setattr(models, "load_policy", fake_policy)
+    monkeypatch.setattr(models, "load_reward_model", no_rm)
+    recipe = recipe_from_dict(
+        _recipe(
+            world=None,
+            gold=None,
+            policy="p",
+            reward_model="r",
+            generation={"top_k": 51},
+            prompts={"source": "x.jsonl"},
+        )
+    )
+    with pytest.raises(RecipeError, match=r"generation\.top_k: 51 is above the policy's vocabulary size 50"):
+        build_context(recipe, tmp_path, prompts=["p"], stops=[])

@@ -207,19 +207,19 @@ def validate_with(model: type[pydantic.BaseModel], data: Any, path: str) -> dict
         values = model.model_validate(data).model_dump()
     except pydantic.ValidationError as e:
         raise ConfigError(format_errors(e, path, model)) from None
-    empty = _empty_strings(model, data, path)
-    if empty:
-        raise ConfigError(
-            "\n".join(
-                f"{p}: an empty string is not a value (leave the key out for its default)" for p in empty
-            )
-        )
+    problems = _value_problems(model, data, path)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return values
 
 
-def _empty_strings(model: type[pydantic.BaseModel], data: Any, path: str) -> list[str]:
-    """Paths in `data` that hold "" where the field's default is not "" (an empty string silently meaning
-    "the default", or turning a metric off, is a mistake more often than a choice). Nested configs too."""
+INT_LIMIT = 2**63  # integers travel through torch and NumPy as int64
+
+
+def _value_problems(model: type[pydantic.BaseModel], data: Any, path: str) -> list[str]:
+    """Values the types let through that no field means: "" where the field's default is not "" (an empty
+    string silently meaning "the default", or turning a metric off, is a mistake more often than a choice),
+    and integers outside int64 (`seed: 2**70`). Nested configs too; one `path: problem` line each."""
     if not isinstance(data, dict):
         return []
     out = []
@@ -229,15 +229,17 @@ def _empty_strings(model: type[pydantic.BaseModel], data: Any, path: str) -> lis
             continue
         where = _join(path, [key])
         if value == "" and info.default != "":
-            out.append(where)
+            out.append(f"{where}: an empty string is not a value (leave the key out for its default)")
+        elif isinstance(value, int) and not isinstance(value, bool) and not -INT_LIMIT <= value < INT_LIMIT:
+            out.append(f"{where}: {clip(value, 40)} is out of range (integers are at most 2**63 - 1)")
         nested = _first_model(info.annotation)
         if nested is None:
             continue
         if isinstance(value, dict):
-            out += _empty_strings(nested, value, where)
+            out += _value_problems(nested, value, where)
         elif isinstance(value, list):
             for i, item in enumerate(value):
-                out += _empty_strings(nested, item, f"{where}[{i}]")
+                out += _value_problems(nested, item, f"{where}[{i}]")
     return out
 
 

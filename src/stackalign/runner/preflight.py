@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from stackalign.config import clip
 from stackalign.models.loading import looks_like_local_path
+from stackalign.runner.prompts import PROMPT_FILE_SUFFIXES
 from stackalign.runner.recipe import Recipe, RecipeError
 
 INSTALL_COHERENCE = "pip install 'stackalign[coherence]'"
@@ -178,6 +179,11 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
     ):
         if not Path(src).expanduser().is_file():
             problems.append(f"prompts.source: no such file {src!r}")
+    if Path(src).suffix and Path(src).suffix not in PROMPT_FILE_SUFFIXES and Path(src).expanduser().is_file():
+        problems.append(
+            f"prompts.source: {clip(src)} is a {Path(src).suffix} file; prompts files are "
+            f"{', '.join(PROMPT_FILE_SUFFIXES)}"
+        )
     ev = recipe.evaluation
     if ev.coherence == "minilm":
         missing = [

@@ -134,6 +134,11 @@ def build_context(
         policy, tok = load_policy(policy_path, dtype=dtype, device=recipe.device)
     except (ValueError, OSError) as e:
         raise RecipeError(f"policy: {e}") from None
+    vocab = getattr(getattr(policy, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and recipe.generation.top_k > vocab:  # before any generation work
+        raise RecipeError(
+            f"generation.top_k: {recipe.generation.top_k} is above the policy's vocabulary size {vocab}"
+        )
     try:
         reward = load_reward_model(
             rm_path, dtype=dtype, device=recipe.device, chat_template=recipe.reward_chat_template
