@@ -542,3 +542,53 @@ def test_top_k_above_the_vocabulary_stops_before_generation(tmp_path, monkeypatc
     )
     with pytest.raises(RecipeError, match=r"generation\.top_k: 51 is above the policy's vocabulary size 50"):
         build_context(recipe, tmp_path, prompts=["p"], stops=[])
+
+
+# ------------------------------------------------------------ 14. settings that would be silently ignored
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "ssapo"])
+@pytest.mark.parametrize("key,value", [("steps", 10), ("prompts_per_step", 8)])
+def test_dpo_and_ssapo_refuse_steps_they_do_not_read(algorithm, key, value):
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    with pytest.raises(RecipeError, match=rf"^{key}: not used by algorithm '{algorithm}'"):
+        train_recipe_from_dict({"algorithm": algorithm, key: value})
+
+
+def test_judge_settings_without_the_llm_judge_are_errors():
+    for key in ("judge_model", "judge_base_url"):
+        for judge in ("gold", None):
+            with pytest.raises(RecipeError, match=rf"evaluation\.{key}: set, but evaluation\.judge is"):
+                recipe_from_dict(_recipe(evaluation={"judge": judge, key: "x", "coherence": None}))
+
+
+def test_ignored_settings_are_warned_by_name(caplog):
+    data = _recipe(
+        backend={"kind": "serial", "workers": 4, "address": "h:1"},
+        prompts={"source": "world:test", "split": "train", "field": "q"},
+    )
+    with caplog.at_level("WARNING", logger="stackalign"):
+        recipe_from_dict(data)
+    text = caplog.text
+    for key in ("backend.workers", "backend.address", "prompts.split", "prompts.field"):
+        assert f"{key}: ignored" in text, text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stackalign"):
+        recipe_from_dict(_recipe(backend={"kind": "ray", "workers": 4}))
+    assert "ignored" not in caplog.text
+
+
+def test_prompts_per_step_above_the_training_set_stops_before_models(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import stackalign.training.run as run_mod
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    world = SimpleNamespace(train_prompts=["a", "b", "c"], val_prompts=[], test_prompts=[])
+    recipe = train_recipe_from_dict({"algorithm": "rl", "prompts_per_step": 4})
+    monkeypatch.setattr(recipe, "train_fn", lambda ctx: pytest.fail("training must not start"))
+    with pytest.raises(
+        RecipeError, match=r"prompts_per_step: 4 is more than the 3 training prompts \(world:train\)"
+    ):
+        run_mod.run_training(recipe, tmp_path / "t", world=world)

@@ -22,6 +22,7 @@ command line use dotted paths (`generation.max_new_tokens=64`, `methods.1.params
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ PRESET_NAMES = ("paper", "official-args", "official-cd")
 DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 # a method's name becomes a folder name in the run directory (cd_heads/NAME, threshold_predictors/NAME)
 METHOD_NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-@=,() ]{1,100}$")
+
+
+log = logging.getLogger("stackalign")
 
 
 class RecipeError(ConfigError):
@@ -221,6 +225,14 @@ def _validate(recipe: Recipe) -> Recipe:
         raise RecipeError("gold: 'world' needs a world (world: default or a directory), or gold: null")
     if recipe.world is None and (recipe.policy is None or recipe.reward_model is None):
         raise RecipeError("policy/reward_model: required when world is null")
+    for key in ("judge_model", "judge_base_url"):
+        if getattr(ev, key) is not None and ev.judge != "llm":
+            raise RecipeError(
+                f"evaluation.{key}: set, but evaluation.judge is {ev.judge!r}, which does not read it "
+                "(judge: llm uses it)"
+            )
+    for note in ignored_settings(recipe):
+        log.warning("stackalign: warning: %s", note)
     if recipe.prompts.source.startswith("world:"):
         split = recipe.prompts.source.split(":", 1)[1]
         if split not in ("train", "val", "test"):
@@ -230,6 +242,22 @@ def _validate(recipe: Recipe) -> Recipe:
         if recipe.world is None:
             raise RecipeError(f"prompts.source: {recipe.prompts.source!r} needs a world")
     return recipe
+
+
+def ignored_settings(recipe: Recipe) -> list[str]:
+    """Settings the recipe gives that this recipe's other choices never read (each named; the run warns)."""
+    notes = []
+    b, default = recipe.backend, BackendConfig()
+    if b.kind == "serial":
+        for key in ("workers", "address", "cpus_per_worker", "gpus_per_worker", "max_restarts"):
+            if getattr(b, key) != getattr(default, key):
+                notes.append(f"backend.{key}: ignored by the serial backend (backend.kind: ray uses it)")
+    p, pdefault = recipe.prompts, PromptsConfig()
+    if p.source.startswith("world:"):
+        for key in ("split", "field"):
+            if getattr(p, key) != getattr(pdefault, key):
+                notes.append(f"prompts.{key}: ignored for a world prompt source ({p.source})")
+    return notes
 
 
 def check_method_name(name: str, where: str) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from stackalign.config import build as _build
-from stackalign.config import did_you_mean
+from stackalign.config import clip, did_you_mean
 from stackalign.runner.recipe import RecipeError, apply_overrides, read_yaml
 
 __all__ = [
@@ -214,10 +214,10 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
     """Validate a train recipe mapping (after ``key=value`` overrides); nothing is loaded."""
     data = apply_overrides(data or {}, overrides or [])
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe: expected a mapping, got {data!r}")
+        raise RecipeError(f"recipe: expected a mapping, got {clip(data)}")
     name = data.get("algorithm", TrainConfig.algorithm)
     if not isinstance(name, str):
-        raise RecipeError(f"algorithm: expected a string, got {name!r}")
+        raise RecipeError(f"algorithm: expected a string, got {clip(name)}")
     algo_cls, train_fn = resolve_algorithm(name)
     common_names, algo_names = set(_names(TrainConfig)), set(_names(algo_cls))
     clash = common_names & algo_names
@@ -231,6 +231,11 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
             close = did_you_mean(k, allowed)
             hints.append(f"{k}" + (f" (did you mean {close!r}?)" if close else ""))
         raise RecipeError(f"unknown key(s) {', '.join(hints)} for algorithm {name!r}; allowed: {allowed}")
+    ignored = [k for k in getattr(algo_cls, "UNUSED_COMMON", ()) if k in data]
+    if ignored:
+        raise RecipeError(
+            f"{ignored[0]}: not used by algorithm {name!r} (its steps follow from its own fields); remove it"
+        )
     try:  # stackalign.config: strict types, range checks of __post_init__, the path in every message
         common = _build(TrainConfig, {k: v for k, v in data.items() if k in common_names})
         algo = _build(algo_cls, {k: v for k, v in data.items() if k in algo_names})

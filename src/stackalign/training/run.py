@@ -203,6 +203,13 @@ def _run_locked(recipe: ResolvedRecipe, out_dir: str | Path, world: Any) -> dict
     t0 = time.perf_counter()
     torch.manual_seed(recipe.common.seed)
     ctx = TrainContext(recipe, out, world if world is not None else _load_world(recipe.common))
+    if "prompts_per_step" not in getattr(type(recipe.algo), "UNUSED_COMMON", ()) and ctx.world is not None:
+        n = len(ctx.train_prompts())  # before any model loads
+        if recipe.common.prompts_per_step > n:
+            raise RecipeError(
+                f"prompts_per_step: {recipe.common.prompts_per_step} is more than the {n} training prompts "
+                f"({recipe.common.train_prompts})"
+            )
     result = recipe.train_fn(ctx) or {}
     summary = {
         "algorithm": recipe.algorithm,
