@@ -592,3 +592,43 @@ def test_prompts_per_step_above_the_training_set_stops_before_models(tmp_path, m
         RecipeError, match=r"prompts_per_step: 4 is more than the 3 training prompts \(world:train\)"
     ):
         run_mod.run_training(recipe, tmp_path / "t", world=world)
+
+
+# ------------------------------------------------------------------- 16. the API key is never echoed
+
+
+def test_api_key_echoed_by_the_server_is_redacted(monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from stackalign.evaluation.judges import JudgeError, LLMJudge
+
+    key = "sk-test-0123456789abcdefghijklmnop"
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            got = self.headers["Authorization"].removeprefix("Bearer ")
+            body = json.dumps(
+                {"error": {"message": f"Incorrect API key {got}; prefix {got[:20]}..."}}
+            ).encode()
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MY_JUDGE_KEY", key)
+        judge = LLMJudge("m", base_url=f"http://127.0.0.1:{httpd.server_port}/v1", api_key_env="MY_JUDGE_KEY")
+        with pytest.raises(JudgeError) as e:
+            judge.complete("hi")
+    finally:
+        httpd.shutdown()
+    msg = str(e.value)
+    assert "HTTP 401" in msg and "[redacted]" in msg
+    assert key[:12] not in msg

@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # errors at the boundary: a message, not a traceback
+    except Exception as e:  # errors at the boundary: a message, not a traceback
+        if not isinstance(e, ValueError | OSError) and type(e).__name__ != "JudgeError":
+            raise
         from stackalign.config import clip_message
 
         print(f"stackalign: error: {clip_message(_describe(e, args))}", file=sys.stderr)

@@ -255,7 +255,15 @@ class LLMJudge:
         return headers
 
     def complete(self, user_message: str) -> str:
-        """Send one chat request (system prompt + ``user_message``) and return the reply text."""
+        """Send one chat request (system prompt + ``user_message``) and return the reply text. An error's
+        message never holds the API key, even when the server echoes it."""
+        try:
+            return self._complete(user_message)
+        except JudgeError as e:
+            key = os.environ.get(self.api_key_env) if self.api_key_env else None
+            raise JudgeError(redact(str(e), key)) from None
+
+    def _complete(self, user_message: str) -> str:
         body = {
             "model": self.model,
             "messages": [
@@ -307,6 +315,17 @@ class LLMJudge:
         s_a, s_b = (scores[1], scores[0]) if swapped else scores
         outcome = (s_a > s_b) - (s_a < s_b)
         return Judgement(outcome=outcome, scores=(s_a, s_b), swapped=swapped, reply=reply)
+
+
+def redact(text: str, secret: str | None, keep: int = 12) -> str:
+    """`text` with `secret` (and any start of it at least `keep` characters long, as servers echo a key cut
+    short) replaced by ``[redacted]``."""
+    if not secret or len(secret) < 4:
+        return text
+    for n in range(len(secret), min(keep, len(secret)) - 1, -1):
+        if secret[:n] in text:
+            text = text.replace(secret[:n], "[redacted]")
+    return text
 
 
 def _reply_text(payload: Any) -> str:
