@@ -632,3 +632,76 @@ def test_api_key_echoed_by_the_server_is_redacted(monkeypatch):
     msg = str(e.value)
     assert "HTTP 401" in msg and "[redacted]" in msg
     assert key[:12] not in msg
+
+
+# ------------------------------------------------ 12. damaged directories name the file; checkpoints fall back
+
+
+def _tiny_loop(out: Path, steps: int):
+    import torch
+
+    from stackalign.models.tiny import bpe_tokenizer, tiny_pair
+    from stackalign.training.loop import LoopSettings, StepOutput, train_loop
+
+    tok = bpe_tokenizer(["hello world", "a tiny corpus"], vocab_size=60)
+    policy, _ = tiny_pair("llama", tok, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    ids = torch.tensor([[1, 2, 3, 4]])
+
+    def step(i):
+        return StepOutput(loss=policy(input_ids=ids, labels=ids).loss)
+
+    settings = LoopSettings(steps=steps, lr=1e-2, checkpoint_every=1, keep_checkpoints=2, progress=False)
+    return policy, train_loop(policy, tok, step, settings, out)
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    _tiny_loop(tmp_path, 2)
+    ckpts = tmp_path / "checkpoints"
+    weights = ckpts / "step-000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # cut short, as a full disk or a crash would
+    with caplog.at_level("WARNING", logger="stackalign"):
+        policy, result = _tiny_loop(tmp_path, 3)
+    assert result.resumed_from == 1
+    assert "checkpoint" in caplog.text and "step-000002 is damaged" in caplog.text
+    assert [r["step"] for r in result.metrics] == [1, 2, 3]  # step 2 trained again, never twice in the log
+    assert load_file(str(ckpts / "step-000003" / "model.safetensors"))  # whole again
+    for d in ckpts.iterdir():
+        (d / "trainer_state.pt").write_bytes(b"garbage")
+    with pytest.raises(
+        ValueError, match=r"checkpoints: every checkpoint is damaged \(step-000003, step-000002\)"
+    ):
+        _tiny_loop(tmp_path, 4)
+
+
+def test_damaged_metrics_and_rows_name_the_file(tmp_path):
+    from stackalign.store import JsonlStore
+    from stackalign.training.loop import MetricsLog
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a metrics row"):
+        MetricsLog(tmp_path / "metrics.jsonl").rows()
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a metrics row \(no integer 'step'\)"):
+        MetricsLog(tmp_path / "metrics.jsonl").rows()
+    (tmp_path / "generations.jsonl").write_text('{"method": "M", "prompt_id": 0}\n[1]\n')
+    with pytest.raises(ValueError, match=r"generations\.jsonl:2: "):
+        JsonlStore(tmp_path / "generations.jsonl")
+
+
+def test_full_disk_while_checkpointing_is_named(tmp_path, monkeypatch):
+    import torch
+
+    from stackalign.training import loop
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 497152 vs 497044")
+
+    _tiny_loop(tmp_path, 1)
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as e:
+        _tiny_loop(tmp_path, 2)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "checkpoints")
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert loop.latest_checkpoint(tmp_path).name == "step-000001"  # still resumable

@@ -166,8 +166,8 @@ def _describe(e: Exception, args: argparse.Namespace) -> str:
 
         from stackalign.rundir import no_space_message
 
-        where = (
-            Path(e.filename).parent if e.filename else getattr(args, "out", None) or "the output directory"
+        where = getattr(args, "out", None) or (
+            Path(e.filename).parent if e.filename else "the output directory"
         )
         full = no_space_message(e, where)
         if full:

@@ -15,7 +15,7 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "DirBusy", "DirError", "DirLock", "no_space_message"]
+__all__ = ["LOCK_NAME", "DirBusy", "DirError", "DirLock", "is_disk_full", "no_space_message"]
 
 LOCK_NAME = ".stackalign.lock"
 
@@ -125,3 +125,11 @@ def no_space_message(e: OSError, directory: str | Path) -> str | None:
             "the directory keeps what was finished and resumes"
         )
     return None
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether `e` means the disk is full: ENOSPC/EDQUOT, or torch.save's own words for a short write."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
