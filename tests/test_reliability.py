@@ -705,3 +705,39 @@ def test_full_disk_while_checkpointing_is_named(tmp_path, monkeypatch):
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "checkpoints")
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
     assert loop.latest_checkpoint(tmp_path).name == "step-000001"  # still resumable
+
+
+# --------------------------------------------------- 10. cached Monte Carlo work is charged as when it was made
+
+
+def test_cached_mc_samples_are_charged_their_tokens(tmp_path, monkeypatch):
+    from test_decoding_common import PROMPTS, make_models
+
+    import stackalign.decoding.mc as mc
+    from stackalign.decoding.common import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=6, eos_token_ids=(9999,), seed=5)
+    policy, rm, tok = make_models("llama")
+    first = mc.mc_threshold(policy, tok, rm, PROMPTS, 4, gen, B=2.0, beta=1.0, cache_dir=tmp_path)
+    assert first.cost.lm_tokens > 0 and first.cost.rm_tokens > 0
+
+    def boom(*a, **k):
+        raise AssertionError("resampled although cached")
+
+    monkeypatch.setattr(mc, "sample", boom)
+    spent = mc.mc_threshold(policy, tok, rm, PROMPTS, 4, gen, B=2.0, beta=1.0, cache_dir=tmp_path)
+    assert spent.cost.lm_tokens == 0  # what this call spent
+    charged = mc.mc_threshold(
+        policy, tok, rm, PROMPTS, 4, gen, B=2.0, beta=1.0, cache_dir=tmp_path, charge_cached=True
+    )
+    for key in ("lm_tokens", "rm_tokens", "lm_calls", "rm_calls"):  # exactly what the first run paid
+        assert getattr(charged.cost, key) == getattr(first.cost, key), key
+    monkeypatch.undo()
+    # a resume that finds one prompt cached and samples the others pays the same in total
+    for f in sorted(tmp_path.rglob("*.json"))[1:]:
+        f.unlink()
+    mixed = mc.mc_threshold(
+        policy, tok, rm, PROMPTS, 4, gen, B=2.0, beta=1.0, cache_dir=tmp_path, charge_cached=True
+    )
+    assert sum(mixed.from_cache) == 1
+    assert mixed.cost.rm_tokens > 0 and mixed.cost.lm_tokens > 0
