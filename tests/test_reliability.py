@@ -741,3 +741,24 @@ def test_cached_mc_samples_are_charged_their_tokens(tmp_path, monkeypatch):
     )
     assert sum(mixed.from_cache) == 1
     assert mixed.cost.rm_tokens > 0 and mixed.cost.lm_tokens > 0
+
+
+def test_train_dir_refuses_a_changed_world(tmp_path):
+    from stackalign.training.run import check_world_identity
+
+    out = tmp_path / "t"
+    out.mkdir()
+    a, b = _World({"params": {"bias": 0.1}}), _World({"params": {"bias": 0.3}})
+    check_world_identity(out, a)
+    check_world_identity(out, b)  # no training work yet: the new world is taken
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    check_world_identity(out, b)  # the same world: resumes
+    with pytest.raises(RecipeError, match=r"holds training on another world \(world_id: .*world\.json"):
+        check_world_identity(out, a)
+
+
+def test_dpo_config_json_round_trips():
+    from stackalign.training.recipe import train_recipe_from_dict
+
+    cfg = train_recipe_from_dict({"algorithm": "dpo"}).to_dict()
+    assert train_recipe_from_dict(cfg).to_dict() == cfg  # unused fields at their defaults are accepted

@@ -231,7 +231,10 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
             close = did_you_mean(k, allowed)
             hints.append(f"{k}" + (f" (did you mean {close!r}?)" if close else ""))
         raise RecipeError(f"unknown key(s) {', '.join(hints)} for algorithm {name!r}; allowed: {allowed}")
-    ignored = [k for k in getattr(algo_cls, "UNUSED_COMMON", ()) if k in data]
+    defaults = TrainConfig()  # config.json holds every common field, at its default when unused
+    ignored = [
+        k for k in getattr(algo_cls, "UNUSED_COMMON", ()) if k in data and data[k] != getattr(defaults, k)
+    ]
     if ignored:
         raise RecipeError(
             f"{ignored[0]}: not used by algorithm {name!r} (its steps follow from its own fields); remove it"
