@@ -203,7 +203,7 @@ def _validate(recipe: Recipe) -> Recipe:
     if not recipe.methods:
         raise RecipeError("methods: at least one method is required")
     if not DEVICE_RE.match(recipe.device):
-        raise RecipeError(f"device: expected cpu, cuda, cuda:N or mps, got {recipe.device!r}")
+        raise RecipeError(f"device: expected cpu, cuda, cuda:N or mps, got {clip(recipe.device)}")
     seen: set[str] = set()
     for i, m in enumerate(recipe.methods):
         if not m.name:

@@ -82,9 +82,7 @@ class EvalSettings:
         if self.every < 0:
             raise ValueError(f"every: must be >= 0, got {self.every}")
         if self.prompts not in ("world:test", "world:val", "world:train"):
-            raise ValueError(
-                f"eval.prompts: expected world:test, world:val or world:train, got {self.prompts!r}"
-            )
+            raise ValueError(f"prompts: expected world:test, world:val or world:train, got {self.prompts!r}")
 
 
 @dataclass
