@@ -185,8 +185,9 @@ def test_recipe_validation_names_the_problem(tmp_path):
             train_recipe_from_dict({"algorithm": "ghost"})
     finally:
         del ALGORITHMS["ghost"]
-    # resuming a directory with another resolved config is refused, naming what differs
+    # resuming a directory that holds training with another resolved config is refused, naming what differs
     prepare_run_dir(train_recipe_from_dict({"world": "/w"}), tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')  # a directory with only config.json is reusable
     with pytest.raises(RecipeError, match=r"lr: 2e-05 -> 0.001"):
         prepare_run_dir(train_recipe_from_dict({"world": "/w"}, ["lr=0.001"]), tmp_path)
 

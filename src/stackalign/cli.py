@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--pairs", type=int, default=None, help="number of gold-labelled preference pairs")
     wb.add_argument("--label-noise", type=float, default=None, help="fraction of flipped labels")
     wb.add_argument("--preset", choices=["default", "micro"], default="default")
+    wb.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the world (or files) already in --out; runs that used it refuse to resume",
+    )
     wb.set_defaults(func=_handler("stackalign.worlds.cli:build"))
 
     run = sub.add_parser("run", help="run a recipe")
@@ -172,9 +177,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # errors at the boundary: a message, not a traceback
-        print(f"stackalign: error: {e}", file=sys.stderr)
+    except Exception as e:  # errors at the boundary: a message, not a traceback
+        if not isinstance(e, ValueError | OSError) and type(e).__name__ != "JudgeError":
+            raise
+        from stackalign.config import clip_message
+
+        print(f"stackalign: error: {clip_message(_describe(e, args))}", file=sys.stderr)
         return 2
+
+
+def _describe(e: Exception, args: argparse.Namespace) -> str:
+    """The message of an error that reached the command line; a full disk names the directory."""
+    if isinstance(e, OSError):
+        from pathlib import Path
+
+        from stackalign.rundir import no_space_message
+
+        where = getattr(args, "out", None) or (
+            Path(e.filename).parent if e.filename else "the output directory"
+        )
+        full = no_space_message(e, where)
+        if full:
+            return full
+        if e.filename and str(e.filename) not in str(e):
+            return f"{e.filename}: {e}"
+    return str(e)
 
 
 if __name__ == "__main__":

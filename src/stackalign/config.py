@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import reprlib
 import types
 from collections.abc import Iterable
 from dataclasses import MISSING
@@ -30,6 +31,8 @@ __all__ = [
     "ConfigError",
     "FieldDoc",
     "build",
+    "clip",
+    "clip_message",
     "describe",
     "did_you_mean",
     "field_doc",
@@ -43,7 +46,39 @@ STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the field's path."""
+    """A configuration problem; the message names the field's path. Each line of the message is cut to a few
+    hundred characters: a message never repeats a huge bad value whole."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(clip_message(str(message)), *args)
+
+
+MAX_ECHO = 200  # characters of a bad value that an error message repeats
+_ECHO = reprlib.Repr()
+_ECHO.maxstring = _ECHO.maxother = MAX_ECHO
+_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxdict = 8
+_ECHO.maxlevel = 3
+
+
+def clip(value: Any, limit: int = MAX_ECHO) -> str:
+    """A bad value as an error message repeats it: its repr, at most about `limit` characters (a 50 MB string or
+    a deep structure is shown by its start and its size, never whole)."""
+    text = _ECHO.repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if isinstance(value, str) and len(value) > limit:
+        text += f" ({len(value)} characters)"
+    return text
+
+
+def clip_message(message: str, line_limit: int = 600, max_lines: int = 40) -> str:
+    """An error message as it is printed: each line at most `line_limit` characters, at most `max_lines` lines
+    (the last resort against a message that repeats a huge value)."""
+    lines = message.splitlines() or [""]
+    out = [line if len(line) <= line_limit else line[:line_limit] + "... (cut)" for line in lines[:max_lines]]
+    if len(lines) > max_lines:
+        out.append(f"... ({len(lines) - max_lines} more lines)")
+    return "\n".join(out)
 
 
 def help_of(cls: type, name: str) -> str:
@@ -132,8 +167,7 @@ def format_errors(exc: pydantic.ValidationError, path: str, model: type[pydantic
         elif err["type"] == "missing":
             lines.append(f"{where}: required")
         else:
-            got = err.get("input")
-            lines.append(f"{where}: {err['msg'].lower()}, got {got!r}")
+            lines.append(f"{where}: {err['msg'].lower()[:MAX_ECHO]}, got {clip(err.get('input'))}")
     return "\n".join(lines)
 
 
@@ -168,11 +202,45 @@ def validate_with(model: type[pydantic.BaseModel], data: Any, path: str) -> dict
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {clip(data)}")
     try:
-        return model.model_validate(data).model_dump()
+        values = model.model_validate(data).model_dump()
     except pydantic.ValidationError as e:
         raise ConfigError(format_errors(e, path, model)) from None
+    problems = _value_problems(model, data, path)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return values
+
+
+INT_LIMIT = 2**63  # integers travel through torch and NumPy as int64
+
+
+def _value_problems(model: type[pydantic.BaseModel], data: Any, path: str) -> list[str]:
+    """Values the types let through that no field means: "" where the field's default is not "" (an empty
+    string silently meaning "the default", or turning a metric off, is a mistake more often than a choice),
+    and integers outside int64 (`seed: 2**70`). Nested configs too; one `path: problem` line each."""
+    if not isinstance(data, dict):
+        return []
+    out = []
+    for key, value in data.items():
+        info = model.model_fields.get(str(key))
+        if info is None:
+            continue
+        where = _join(path, [key])
+        if value == "" and info.default != "":
+            out.append(f"{where}: an empty string is not a value (leave the key out for its default)")
+        elif isinstance(value, int) and not isinstance(value, bool) and not -INT_LIMIT <= value < INT_LIMIT:
+            out.append(f"{where}: {clip(value, 40)} is out of range (integers are at most 2**63 - 1)")
+        nested = _first_model(info.annotation)
+        if nested is None:
+            continue
+        if isinstance(value, dict):
+            out += _value_problems(nested, value, where)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                out += _value_problems(nested, item, f"{where}[{i}]")
+    return out
 
 
 def _instantiate(cls: type, values: dict, path: str):

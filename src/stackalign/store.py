@@ -39,6 +39,10 @@ class JsonlStore:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{self.path}:{lineno}: corrupt row ({e})") from None
+            if not isinstance(row, dict) or any(k not in row for k in self.key):
+                raise ValueError(
+                    f"{self.path}:{lineno}: corrupt row (expected a JSON object with {', '.join(self.key)})"
+                )
             k = self._key(row)
             if k in self._done:  # tolerate duplicates from foreign edits; keep the first
                 continue

@@ -434,6 +434,7 @@ def _prompt_thresholds(
             mc_generation(generation),
             shaper=shaper,
             cache_dir=mc_cache_dir,
+            charge_cached=True,  # rows pay for their thresholds' samples, cached or not
         )
         cost.merge(mc.cost)
         return mc.thresholds

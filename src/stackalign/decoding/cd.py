@@ -107,8 +107,10 @@ class CDConfig:
         t = self.score_temperature
         if not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
             raise ValueError(f"score_temperature: must be a finite number > 0, got {t!r}")
-        if not (isinstance(self.lam, int | float) and math.isfinite(self.lam)):
-            raise ValueError(f"lam: must be a finite number, got {self.lam!r}")
+        if not (isinstance(self.lam, int | float) and math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(
+                f"lam: must be a finite number >= 0 (the value's weight 1/beta), got {self.lam!r}"
+            )
 
 
 # --------------------------------------------------------------------------------------------- LM plumbing

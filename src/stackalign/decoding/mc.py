@@ -117,17 +117,35 @@ def mc_record_path(
     return Path(root) / key[:2] / f"{key}.json"
 
 
-def read_mc_record(path: Path, prompt: str, n: int) -> tuple[list[str], list[float]] | None:
-    """(texts, rewards) of a cached record, or None when it is missing, damaged or not this prompt's."""
+def read_mc_record(path: Path, prompt: str, n: int) -> tuple[list[str], list[float], Cost] | None:
+    """(texts, rewards, cost) of a cached record, or None when it is missing, damaged or not this prompt's.
+    `cost`: the record's share of what sampling and scoring it cost the run that made it (zero for a record
+    written before records kept their cost)."""
     if not path.is_file():
         return None
     try:
         rec = json.loads(path.read_text())
         if rec.get("prompt") == prompt and len(rec["rewards"]) == n:
-            return rec["texts"], rec["rewards"]
-    except (OSError, ValueError, KeyError):
+            share = rec.get("cost") or {}
+            cost = Cost(**{k: int(share.get(k, 0)) for k in SHARED_COST})
+            return rec["texts"], rec["rewards"], cost
+    except (OSError, ValueError, KeyError, TypeError):
         pass  # a damaged entry is simply recomputed
     return None
+
+
+# the Cost fields a cached record keeps its share of (wall-clock seconds are not charged again)
+SHARED_COST = ("lm_tokens", "rm_tokens", "lm_calls", "rm_calls")
+
+
+def _cost_shares(cost: Cost, k: int) -> list[dict[str, int]]:
+    """`cost` split over `k` records in whole numbers that add up exactly (the first ones take the remainder)."""
+    shares = [{} for _ in range(k)]
+    for name in SHARED_COST:
+        q, r = divmod(int(getattr(cost, name)), k)
+        for j in range(k):
+            shares[j][name] = q + (1 if j < r else 0)
+    return shares
 
 
 def write_mc_record(path: Path, record: dict) -> None:
@@ -171,6 +189,7 @@ def compute_mc_records(
             len(prompts), n
         )
     cost.rm_tokens += getattr(rm, "n_tokens_scored", 0) - before
+    shares = _cost_shares(cost, len(prompts))
     records = [
         {
             "version": CACHE_VERSION,
@@ -181,6 +200,7 @@ def compute_mc_records(
             "prompt": p,
             "texts": res.texts[j],
             "rewards": scores[j].tolist(),
+            "cost": shares[j],
         }
         for j, p in enumerate(prompts)
     ]
@@ -202,11 +222,13 @@ def mc_samples(
     batch_size: int | None = None,
     rm_batch_size: int = 16,
     chunk_size: int | None = None,
+    charge_cached: bool = False,
 ) -> tuple[list[list[str]], Tensor, Cost, list[bool]]:
     """N base samples per prompt and their rewards ``[P, N]`` (float32), through the disk cache.
 
     The uncached prompts are sampled and scored ``chunk_size`` prompts per call (:func:`mc_chunks`; None:
-    all in one call)."""
+    all in one call). The returned cost is what this call spent; with ``charge_cached`` it also holds each
+    cached record's share of what it cost the run that sampled it (a resumed run reports the same tokens)."""
     config = config or GenerationConfig()
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, not a single string")
@@ -224,11 +246,14 @@ def mc_samples(
         if root is None:
             continue
         paths[i] = mc_record_path(root, pid, rid, p, n, config)
-        hit = read_mc_record(paths[i], p, n)
-        if hit is not None:
-            texts[i], rewards[i] = hit
-    from_cache = [r is not None for r in rewards]
     cost = Cost()
+    for i, p in enumerate(prompts):
+        hit = read_mc_record(paths[i], p, n) if paths[i] is not None else None
+        if hit is not None:
+            texts[i], rewards[i], share = hit
+            if charge_cached:
+                cost.merge(share)
+    from_cache = [r is not None for r in rewards]
     for chunk in mc_chunks([i for i, c in enumerate(from_cache) if not c], chunk_size):
         records, c = compute_mc_records(
             policy,
@@ -269,13 +294,14 @@ def mc_threshold(
     batch_size: int | None = None,
     rm_batch_size: int = 16,
     chunk_size: int | None = None,
+    charge_cached: bool = False,
 ) -> MCThreshold:
     """Monte Carlo estimate of the per-prompt Stackelberg threshold m*(x) from ``n`` base samples.
 
     Give either ``shaper`` (a Shaper or a preset/shaper name; its ``threshold`` rule is used) or ``B`` and
     ``beta`` (the plain :func:`stackalign.shaping.stackelberg_threshold`, with optional ``gamma_cap``).
     Sampling uses ``config`` (temperature, top-p, stop strings, seed); see :func:`mc_samples` for caching
-    and ``chunk_size``.
+    and ``chunk_size`` (and ``charge_cached``).
     """
     from stackalign.shaping import stackelberg_threshold
 
@@ -300,6 +326,7 @@ def mc_threshold(
         batch_size=batch_size,
         rm_batch_size=rm_batch_size,
         chunk_size=chunk_size,
+        charge_cached=charge_cached,
     )
     if shaper is not None:
         m = shaper.threshold(rewards)

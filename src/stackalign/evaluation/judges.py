@@ -414,7 +414,15 @@ class LLMJudge(ChatPairJudge):
             return list(pool.map(self.chat, conversations))
 
     def chat(self, messages: list[dict[str, str]]) -> str:
-        """Send one chat request and return the reply text (retrying as configured)."""
+        """Send one chat request and return the reply text (retrying as configured). An error's message never
+        holds the API key, even when the server echoes it."""
+        try:
+            return self._chat(messages)
+        except JudgeError as e:
+            key = os.environ.get(self.api_key_env) if self.api_key_env else None
+            raise JudgeError(redact(str(e), key)) from None
+
+    def _chat(self, messages: list[dict[str, str]]) -> str:
         body = {
             "model": self.model,
             "messages": messages,
@@ -450,6 +458,17 @@ class LLMJudge(ChatPairJudge):
                     delay = min(self.max_backoff, max(delay, wait))
                 time.sleep(delay)
         raise JudgeError(f"LLM judge request failed after {self.max_retries + 1} attempts: {last}")
+
+
+def redact(text: str, secret: str | None, keep: int = 12) -> str:
+    """`text` with `secret` (and any start of it at least `keep` characters long, as servers echo a key cut
+    short) replaced by ``[redacted]``."""
+    if not secret or len(secret) < 4:
+        return text
+    for n in range(len(secret), min(keep, len(secret)) - 1, -1):
+        if secret[:n] in text:
+            text = text.replace(secret[:n], "[redacted]")
+    return text
 
 
 def _reply_text(payload: Any) -> str:

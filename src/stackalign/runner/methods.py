@@ -251,13 +251,12 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
         raise RecipeError(f"{where}.shaping: decoder {m.decoder!r} takes no reward, so no shaping or preset")
     if m.preset is not None and m.shaping not in ("srs", "hard"):
         raise RecipeError(f"{where}.preset: presets configure srs or hard shaping, not {m.shaping!r}")
-    if m.preset is None:
-        unused = sorted(set(shp) - set(PARAMS_USED[m.shaping]))
-        if unused:
-            raise RecipeError(
-                f"{where}.params.{unused[0]}: not used by shaping {m.shaping!r} "
-                f"(it reads: {', '.join(PARAMS_USED[m.shaping]) or 'nothing'})"
-            )
+    unused = sorted(set(shp) - set(PARAMS_USED[m.shaping]))  # with or without a preset
+    if unused:
+        raise RecipeError(
+            f"{where}.params.{unused[0]}: not used by shaping {m.shaping!r} "
+            f"(it reads: {', '.join(PARAMS_USED[m.shaping]) or 'nothing'})"
+        )
     plan = MethodPlan(m.name, m.decoder, m.shaping, m.preset, {**dec, **shp}, dec, shp)
     if m.decoder == "refine":
         try:
@@ -303,13 +302,35 @@ def first_method(plan: MethodPlan, index: int = 0) -> MethodPlan:
 def make_shaper(m: MethodConfig, shaper_params: dict, *, w: float | None = None) -> Shaper | None:
     """The method's shaper. For ARGS the follower's beta is 1/w, so the threshold's gamma uses the same beta."""
     params = dict(shaper_params)
-    if w is not None and "beta" not in params and (m.preset is not None or "beta" in PARAMS_USED[m.shaping]):
+    if (
+        w is not None
+        and w > 0
+        and "beta" not in params
+        and (m.preset is not None or "beta" in PARAMS_USED[m.shaping])
+    ):
         params["beta"] = 1.0 / w
     if m.preset is not None:
         return get_preset(m.preset, kind=m.shaping, **params)
     if m.shaping == "vanilla":
         return None
     return get_shaper(m.shaping, **params)
+
+
+def _predictor_config(d: dict, seed: int) -> PredictorConfig:
+    """The threshold predictor's config; its errors name the recipe's keys (`predictor_*`)."""
+    try:
+        return PredictorConfig(
+            n_samples=d["predictor_samples"], train_prompts=d["predictor_train_prompts"], seed=seed
+        )
+    except ValueError as e:
+        msg = str(e)
+        for field_name, key in (
+            ("n_samples", "predictor_samples"),
+            ("train_prompts", "predictor_train_prompts"),
+        ):
+            if msg.startswith(field_name + ":"):
+                msg = key + msg[len(field_name) :]
+        raise ValueError(msg) from None
 
 
 def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
@@ -330,9 +351,7 @@ def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: in
                 threshold=d["threshold"],
                 mc_samples=d["mc_samples"],
             ),
-            "predictor": PredictorConfig(
-                n_samples=d["predictor_samples"], train_prompts=d["predictor_train_prompts"], seed=seed
-            ),
+            "predictor": _predictor_config(d, seed),
         }
     if plan.decoder == "refine":
         return {"refine": RefineConfig(steps=d["steps"])}
@@ -344,9 +363,7 @@ def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: in
                 threshold=d["threshold"],
                 mc_samples=d["mc_samples"],
             ),
-            "predictor": PredictorConfig(
-                n_samples=d["predictor_samples"], train_prompts=d["predictor_train_prompts"], seed=seed
-            ),
+            "predictor": _predictor_config(d, seed),
         }
     if plan.decoder.startswith("cd_"):
         tokenwise = plan.decoder == "cd_tokenwise"

@@ -8,13 +8,16 @@ API-key variable is unset or whose server cannot be reached.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from stackalign.config import clip
 from stackalign.models.loading import looks_like_local_path
+from stackalign.runner.prompts import PROMPT_FILE_SUFFIXES
 from stackalign.runner.recipe import Recipe, RecipeError
 
 INSTALL_COHERENCE = "pip install 'stackalign[coherence]'"
@@ -104,17 +107,130 @@ def _check_method_data(problems: list[str], recipe: Recipe) -> None:
             problems.append("prompts.chat_template: the policy's tokenizer has no chat template")
 
 
+def device_problem(device: str) -> str | None:
+    """Why `device` (cpu, cuda, cuda:N, mps, xpu, xpu:N, auto) cannot be used on this machine, or None."""
+    kind, _, index = device.partition(":")
+    if kind in ("cpu", "auto"):
+        return None
+    import torch
+
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    elif kind == "mps":
+        count = int(bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()))
+    elif kind == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        count = xpu.device_count() if xpu is not None and xpu.is_available() else 0
+    else:
+        return f"unknown device {clip(device)}"
+    if count == 0:
+        return f"{device!r}: this machine has no {kind} device (torch {torch.__version__}); use cpu"
+    if index and int(index) >= count:
+        return f"{device!r}: this machine has {count} {kind} device(s), numbered from 0"
+    return None
+
+
+def _check_hub_encoder(problems: list[str], key: str, name: str, network: bool) -> None:
+    """A sentence-transformers encoder named by its Hub id: in the local cache, or (network) on the Hub."""
+    if looks_like_local_path(name) or Path(name).expanduser().exists():
+        return
+    candidates = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
+    try:
+        from huggingface_hub import HfApi, try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return
+    for repo in candidates:
+        try:
+            if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+                return
+        except Exception:  # an id the cache cannot even hold
+            continue
+    why = "not in the local Hugging Face cache"
+    if network and not os.environ.get("HF_HUB_OFFLINE"):
+        for repo in candidates:
+            try:
+                HfApi().model_info(repo, timeout=5)
+                return
+            except Exception as e:  # not found, or the Hub cannot be reached
+                why = f"{why}, and not found on the Hub ({type(e).__name__})"
+    problems.append(f"{key}: encoder {clip(name)} is {why}; use minilm, a local directory, or null")
+
+
+def _check_methods(problems: list[str], recipe: Recipe) -> None:
+    """Paths in method params: a threshold predictor directory, a refine follower model."""
+    for i, m in enumerate(recipe.methods):
+        predictor = m.params.get("predictor")
+        if isinstance(predictor, str):
+            from stackalign.decoding.threshold_predictor import CONFIG_NAME, WEIGHTS_NAME
+
+            p = Path(predictor).expanduser()
+            if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
+                problems.append(
+                    f"methods[{i}].params.predictor: {clip(predictor)} is not a threshold predictor directory "
+                    f"(no {CONFIG_NAME} / {WEIGHTS_NAME})"
+                )
+        follower = m.params.get("follower")
+        if isinstance(follower, str):
+            _check_local(problems, f"methods[{i}].params.follower", follower, want_dir=True)
+
+
+def preflight_train(recipe) -> None:
+    """The machine checks of a train recipe (a ResolvedRecipe): the device, the world directory, local model
+    paths and the algorithm's input files (every `*_file` field). Raises RecipeError listing every problem."""
+    problems: list[str] = []
+    common = recipe.common
+    for f in dataclasses.fields(recipe.algo):
+        value = getattr(recipe.algo, f.name)
+        if f.name.endswith("_file") and isinstance(value, str) and not Path(value).expanduser().is_file():
+            problems.append(f"{f.name}: no such file {clip(value)}")
+    why = device_problem(common.device)
+    if why:
+        problems.append(f"device: {why}")
+    _check_world(problems, common.world)
+    _check_local(problems, "policy", common.policy, want_dir=True)
+    _check_local(problems, "reward_model", common.reward_model, want_dir=True)
+    if problems:
+        raise RecipeError("the train recipe cannot run on this machine:\n  " + "\n  ".join(problems))
+
+
+def _check_world(problems: list[str], world: str | None) -> None:
+    if world in (None, "default"):
+        return
+    path = Path(world).expanduser()
+    if not path.is_dir():
+        problems.append(f"world: no world directory at {clip(world)} (build one: stackalign world build)")
+    elif not (path / "manifest.json").is_file():
+        problems.append(f"world: {clip(world)} is not a stackalign world (no manifest.json)")
+
+
+def ray_address_problem(address: str | None, timeout: float = 5.0) -> str | None:
+    """Why the Ray cluster at `address` (``ray://host:port`` or ``host:port``) cannot be reached, or None.
+
+    A TCP connection is tried first, with a timeout: `ray.init` on an address where nothing listens waits for
+    minutes, and names another address in its warnings."""
+    if address is None or address in ("auto", "local"):
+        return None
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"expected ray://HOST:PORT or HOST:PORT, got {clip(address)}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        return (
+            f"nothing answers at {host}:{port} ({e.strerror or type(e).__name__}); is the Ray head running?"
+        )
+
+
 def preflight(recipe: Recipe, *, network: bool = True) -> None:
     """Raise RecipeError listing every problem found (each line names the recipe field)."""
     problems: list[str] = []
-    if recipe.world not in (None, "default"):
-        path = Path(recipe.world).expanduser()
-        if not path.is_dir():
-            problems.append(
-                f"world: no world directory at {recipe.world!r} (build one: stackalign world build)"
-            )
-        elif not (path / "manifest.json").is_file():
-            problems.append(f"world: {recipe.world!r} is not a stackalign world (no manifest.json)")
+    _check_world(problems, recipe.world)
+    why = device_problem(recipe.device)
+    if why:
+        problems.append(f"device: {why}")
+    _check_methods(problems, recipe)
     _check_local(problems, "policy", recipe.policy, want_dir=True)
     _check_local(problems, "reward_model", recipe.reward_model, want_dir=True)
     src = recipe.prompts.source
@@ -123,6 +239,11 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
     ):
         if not Path(src).expanduser().is_file():
             problems.append(f"prompts.source: no such file {src!r}")
+    if Path(src).suffix and Path(src).suffix not in PROMPT_FILE_SUFFIXES and Path(src).expanduser().is_file():
+        problems.append(
+            f"prompts.source: {clip(src)} is a {Path(src).suffix} file; prompts files are "
+            f"{', '.join(PROMPT_FILE_SUFFIXES)}"
+        )
     ev = recipe.evaluation
     if ev.coherence == "minilm":
         missing = [
@@ -136,6 +257,7 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
             )
     elif ev.coherence is not None:
         _check_local(problems, "evaluation.coherence", ev.coherence, want_dir=True)
+        _check_hub_encoder(problems, "evaluation.coherence", ev.coherence, network)
         if importlib.util.find_spec("sentence_transformers") is None:
             problems.append(f"evaluation.coherence: needs sentence-transformers; {INSTALL_COHERENCE}")
     if ev.judge == "llm":
@@ -162,5 +284,11 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
             f"backend.kind: ray needs the optional package `ray` (the `ray` extra); install it with "
             f"{INSTALL_RAY}, or run with the serial backend (backend.kind: serial)"
         )
+    if recipe.backend.kind == "ray" and network:
+        address = recipe.backend.address or os.environ.get("RAY_ADDRESS") or None
+        why = ray_address_problem(address)
+        if why is not None:
+            key = "backend.address" if recipe.backend.address else "$RAY_ADDRESS"
+            problems.append(f"{key}: {why}")
     if problems:
         raise RecipeError("the recipe cannot run on this machine:\n  " + "\n  ".join(problems))

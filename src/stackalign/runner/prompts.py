@@ -6,7 +6,10 @@ import functools
 import json
 from pathlib import Path
 
+from stackalign.config import clip
 from stackalign.runner.recipe import PromptsConfig, RecipeError
+
+PROMPT_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def load_prompts(cfg: PromptsConfig, world=None, tokenizer=None) -> list[str]:
@@ -101,6 +104,11 @@ def _load_dataset_prompts(cfg: PromptsConfig) -> list[str]:
     import datasets
 
     path = Path(cfg.source)
+    if path.suffix and path.suffix not in PROMPT_FILE_SUFFIXES and path.is_file():
+        raise RecipeError(
+            f"prompts.source: {clip(cfg.source)} is a {path.suffix} file; prompts files are "
+            f"{', '.join(PROMPT_FILE_SUFFIXES)} (one object with a {cfg.field!r} field per prompt)"
+        )
     if path.suffix == ".jsonl":
         return _read_jsonl_prompts(path, cfg.field)
     try:

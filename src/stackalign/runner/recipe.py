@@ -22,6 +22,7 @@ command line use dotted paths (`generation.max_new_tokens=64`, `methods.1.params
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,12 +30,17 @@ from typing import Any, Literal
 
 import yaml
 
-from stackalign.config import ConfigError, build
+from stackalign.config import ConfigError, build, clip
 
 DECODER_NAMES = ("base", "greedy", "bon", "soft_bon", "args", "cd_tokenwise", "cd_blockwise", "refine")
 SHAPING_NAMES = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")
 PRESET_NAMES = ("paper", "official-args", "official-cd")
 DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+# a method's name becomes a folder name in the run directory (cd_heads/NAME, threshold_predictors/NAME)
+METHOD_NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-@=,() ]{1,100}$")
+
+
+log = logging.getLogger("stackalign")
 
 
 class RecipeError(ConfigError):
@@ -239,13 +245,14 @@ def _validate(recipe: Recipe) -> Recipe:
     if not recipe.methods:
         raise RecipeError("methods: at least one method is required")
     if not DEVICE_RE.match(recipe.device):
-        raise RecipeError(f"device: expected cpu, cuda, cuda:N or mps, got {recipe.device!r}")
+        raise RecipeError(f"device: expected cpu, cuda, cuda:N or mps, got {clip(recipe.device)}")
     if recipe.threads is not None and (isinstance(recipe.threads, bool) or recipe.threads < 1):
         raise RecipeError(f"threads: must be an integer >= 1 or null, got {recipe.threads!r}")
     seen: set[str] = set()
     for i, m in enumerate(recipe.methods):
         if not m.name:
             m.name = m.decoder if m.shaping == "vanilla" else f"{m.shaping}-{m.decoder}"
+        check_method_name(m.name, f"methods[{i}].name")
         if m.name in seen:
             raise RecipeError(f"methods[{i}].name: duplicate method name {m.name!r}")
         seen.add(m.name)
@@ -263,6 +270,14 @@ def _validate(recipe: Recipe) -> Recipe:
         raise RecipeError("gold: 'world' needs a world (world: default or a directory), or gold: null")
     if recipe.world is None and (recipe.policy is None or recipe.reward_model is None):
         raise RecipeError("policy/reward_model: required when world is null")
+    for key in ("judge_model", "judge_base_url"):
+        if getattr(ev, key) is not None and ev.judge != "llm":
+            raise RecipeError(
+                f"evaluation.{key}: set, but evaluation.judge is {ev.judge!r}, which does not read it "
+                "(judge: llm uses it)"
+            )
+    for note in ignored_settings(recipe):
+        log.warning("stackalign: warning: %s", note)
     if recipe.prompts.source.startswith("world:"):
         split = recipe.prompts.source.split(":", 1)[1]
         if split not in ("train", "val", "test"):
@@ -302,9 +317,35 @@ def _validate_judge(ev: EvaluationConfig) -> None:
         raise RecipeError("evaluation.length_control: needs evaluation.baselines to compare against")
 
 
+def ignored_settings(recipe: Recipe) -> list[str]:
+    """Settings the recipe gives that this recipe's other choices never read (each named; the run warns)."""
+    notes = []
+    b, default = recipe.backend, BackendConfig()
+    if b.kind == "serial":
+        for key in ("workers", "address", "cpus_per_worker", "gpus_per_worker", "max_restarts"):
+            if getattr(b, key) != getattr(default, key):
+                notes.append(f"backend.{key}: ignored by the serial backend (backend.kind: ray uses it)")
+    p, pdefault = recipe.prompts, PromptsConfig()
+    if p.source.startswith("world:"):
+        for key in ("split", "field"):
+            if getattr(p, key) != getattr(pdefault, key):
+                notes.append(f"prompts.{key}: ignored for a world prompt source ({p.source})")
+    return notes
+
+
+def check_method_name(name: str, where: str) -> None:
+    """A method name is a safe folder name: ASCII letters and digits, `-_.+@=,()` and inner spaces, at most 100
+    characters, not only dots (no `/`, no `..`: nothing is written outside the run directory)."""
+    if not METHOD_NAME_RE.match(name) or set(name) == {"."} or name != name.strip():
+        raise RecipeError(
+            f"{where}: {clip(name)} is not a valid method name (letters, digits, '-_.+@=,()' and inner "
+            "spaces, at most 100 characters, not only dots)"
+        )
+
+
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return safe_yaml(text) if text != "" else ""
     except yaml.YAMLError:
         return text
 
@@ -351,15 +392,91 @@ def recipe_from_dict(data: dict | None, overrides: list[str] | None = None) -> R
     return _validate(recipe)
 
 
-def read_yaml(path: str | Path) -> Any:
-    """A recipe file's YAML data; a missing file or bad YAML is an error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe: no such file {str(path)!r}")
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of settings; anything larger is not one
+MAX_YAML_NODES = 100_000  # YAML nodes after aliases are expanded (a few aliases can stand for billions)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader with two refusals: a mapping with the same key twice (YAML's "last one wins"
+    would silently drop the first, e.g. a whole `methods:` list), and aliases that expand to more than
+    MAX_YAML_NODES nodes (an "alias bomb": a few hundred bytes that stand for gigabytes)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise RecipeError(
+                        f"{clip(key_node.value)}: duplicate key (lines {first[key]} and {line}); "
+                        "YAML would keep only the last one"
+                    )
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, memo: dict, limit: int) -> int:
+    """How many nodes `node` stands for with every alias expanded (stops counting past `limit`)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, memo, limit)
+        if total > limit:
+            break
+    memo[id(node)] = total
+    return total
+
+
+def safe_yaml(text: str, where: str = "recipe") -> Any:
+    """`yaml.safe_load` that refuses duplicate keys and alias bombs (RecipeError naming `where`)."""
+    loader = _StrictLoader(text)
     try:
-        return yaml.safe_load(path.read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise RecipeError(
+                f"{where}: its YAML aliases expand to more than {MAX_YAML_NODES} values; write the values out"
+            )
+        return loader.construct_document(node)
+    except RecipeError as e:
+        msg = str(e)
+        raise RecipeError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A recipe file's YAML data; a missing, oversized or non-UTF-8 file, bad YAML, a duplicate key or an alias
+    bomb is an error naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size if path.is_file() else None
+    except OSError as e:  # a name too long, a directory without permission
+        raise RecipeError(f"recipe {clip(str(path))}: {e.strerror}") from None
+    if size is None:
+        raise FileNotFoundError(f"recipe: no such file {clip(str(path))}")
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe {path}: {size} bytes; a recipe is at most {MAX_RECIPE_BYTES} bytes")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {path}: not UTF-8 text (byte {e.start} cannot be decoded)") from None
+    try:
+        return safe_yaml(text, where=f"recipe {path}")
     except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path}: not valid YAML ({e})") from None
+        raise RecipeError(f"recipe {path}: not valid YAML ({clip(str(e), 600)})") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stackalign import __version__
+from stackalign.rundir import DirLock
 from stackalign.runner.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
 from stackalign.shaping import PRESETS
 from stackalign.store import JsonlStore, write_json_atomic
@@ -46,14 +47,23 @@ class Context:
     out_dir: Path
 
 
-def resolve_config(recipe: Recipe, prompts: list[str] | None = None) -> dict:
+def resolve_config(recipe: Recipe, prompts: list[str] | None = None, world: Any = None) -> dict:
     cfg = recipe.to_dict()
     cfg["stackalign_version"] = __version__
     cfg["presets"] = {m.preset: PRESETS[m.preset].to_config() for m in recipe.methods if m.preset}
     if prompts is not None:
         digest = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()
         cfg["prompt_set"] = {"n": len(prompts), "sha256": digest}
+    if world is not None and isinstance(getattr(world, "manifest", None), dict):
+        cfg["world_id"] = world_identity(world.manifest)
     return cfg
+
+
+def world_identity(manifest: dict) -> str:
+    """A world's identity: the sha256 of its manifest (its parameters and every file's sha256) without the
+    build's timing, so a world rebuilt in place with other settings is a different world."""
+    content = {k: v for k, v in manifest.items() if k != "build"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # keys of config.json whose change changes every row; the evaluation section and the version do not
@@ -65,6 +75,7 @@ ROW_KEYS = (
     "gold",
     "prompts",
     "prompt_set",
+    "world_id",
     "generation",
     "seed",
     "device",
@@ -124,6 +135,11 @@ def build_context(
         policy, tok = load_policy(policy_path, dtype=dtype, device=recipe.device)
     except (ValueError, OSError) as e:
         raise RecipeError(f"policy: {e}") from None
+    vocab = getattr(getattr(policy, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and recipe.generation.top_k > vocab:  # before any generation work
+        raise RecipeError(
+            f"generation.top_k: {recipe.generation.top_k} is above the policy's vocabulary size {vocab}"
+        )
     try:
         reward = load_reward_model(
             rm_path, dtype=dtype, device=recipe.device, chat_template=recipe.reward_chat_template
@@ -151,6 +167,8 @@ def diff_run(old: dict, new: dict, row_methods: set[str]) -> tuple[list[str], se
     notes: list[str] = []
     changed: set[str] = set()
     for k in ROW_KEYS:
+        if k == "world_id" and k not in old:  # a directory written before worlds were identified
+            continue
         if old.get(k) != new.get(k):
             notes.append(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}")
             changed |= row_methods
@@ -243,17 +261,18 @@ def execute(
         preflight(recipe)
     threads = set_threads(recipe.threads) if recipe.backend.kind == "serial" else None
     out = prepare_out_dir(out_dir)
-    world, prompts, stops = load_world_and_prompts(recipe, world)
-    cfg = resolve_config(recipe, prompts)
-    reconcile_run_dir(out, cfg, restart_changed=restart_changed)
-    write_json_atomic(out / "config.json", cfg)
-    from stackalign.runner.backends import Job, run_backend
+    with DirLock(out, "run directory"):  # one writer per run directory
+        world, prompts, stops = load_world_and_prompts(recipe, world)
+        cfg = resolve_config(recipe, prompts, world)
+        reconcile_run_dir(out, cfg, restart_changed=restart_changed)
+        write_json_atomic(out / "config.json", cfg)
+        from stackalign.runner.backends import Job, run_backend
 
-    store = JsonlStore(out / "generations.jsonl")
-    job = Job(recipe, out, world, prompts, stops, plans, store, progress, workers=workers)
-    done = run_backend(job)  # the serial backend's loaded models, or Ray's coherence scores
-    extra = {"threads": threads} if threads is not None else {}
-    return evaluate(out, recipe=recipe, ctx=done.ctx, world=world, coherence=done.coherence, extra=extra)
+        store = JsonlStore(out / "generations.jsonl")
+        job = Job(recipe, out, world, prompts, stops, plans, store, progress, workers=workers)
+        done = run_backend(job)  # the serial backend's loaded models, or Ray's coherence scores
+        extra = {"threads": threads} if threads is not None else {}
+        return evaluate(out, recipe=recipe, ctx=done.ctx, world=world, coherence=done.coherence, extra=extra)
 
 
 def set_threads(threads: int | None) -> int:
@@ -410,12 +429,13 @@ def eval_main(args: argparse.Namespace) -> int:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run_dir: {out} has no config.json (is it a stackalign run directory?)")
     cfg = read_config(cfg_path)
-    for k in ("stackalign_version", "presets", "prompt_set"):
+    for k in ("stackalign_version", "presets", "prompt_set", "world_id"):
         cfg.pop(k, None)
     try:
         recipe = recipe_from_dict(cfg)
     except RecipeError as e:
         raise RecipeError(f"{cfg_path}: {e}") from None
-    summary = evaluate(out, recipe=recipe)
+    with DirLock(out, "run directory"):
+        summary = evaluate(out, recipe=recipe)
     print(format_table(summary, baselines=recipe.evaluation.baselines))
     return 0

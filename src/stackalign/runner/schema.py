@@ -135,6 +135,10 @@ def check_main(args: argparse.Namespace) -> int:
         from stackalign.training.recipe import load_train_recipe
 
         resolved = load_train_recipe(args.recipe, args.overrides)
+        if not args.no_env:
+            from stackalign.runner.preflight import preflight_train
+
+            preflight_train(resolved)
         print(yaml.safe_dump(resolved.to_dict(), sort_keys=False, allow_unicode=True), end="")
         print(f"# ok: {args.recipe} is a valid train recipe (algorithm: {resolved.algorithm})")
         return 0

@@ -29,8 +29,10 @@ GRPO/RLOO do), which also makes the sampled and the trained distribution the sam
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -43,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stackalign.rundir import is_disk_full
+
 __all__ = [
     "StepOutput",
     "LoopSettings",
@@ -51,6 +55,7 @@ __all__ = [
     "step_seed",
     "batch_indices",
     "MetricsLog",
+    "complete_checkpoints",
     "latest_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
@@ -142,6 +147,9 @@ def batch_indices(n_items: int, per_step: int, step: int, seed: int) -> list[int
     return out
 
 
+_log = logging.getLogger("stackalign")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------------------
@@ -159,7 +167,18 @@ class MetricsLog:
             return []
         data = self.path.read_bytes()
         data = data[: data.rfind(b"\n") + 1]  # a line without its newline is a torn write
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
+        rows = []
+        for lineno, line in enumerate(data.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{self.path}:{lineno}: not a metrics row ({e})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError(f"{self.path}:{lineno}: not a metrics row (no integer 'step')")
+            rows.append(row)
+        return rows
 
     def truncate_after(self, step: int) -> list[dict]:
         keep = [r for r in self.rows() if int(r.get("step", 0)) <= step]
@@ -252,15 +271,25 @@ def _load_weights_in_place(model: torch.nn.Module, model_dir: Path) -> None:
         )
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``out_dir/checkpoints`` (None if there is none)."""
+def complete_checkpoints(out_dir: str | Path) -> list[Path]:
+    """The complete checkpoints under ``out_dir/checkpoints``, newest first."""
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
-        return None
+        return []
     done = [
-        p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX) and (p / "trainer_state.json").is_file()
+        p
+        for p in root.iterdir()
+        if p.name.startswith(CKPT_PREFIX)
+        and p.name[len(CKPT_PREFIX) :].isdigit()
+        and (p / "trainer_state.json").is_file()
     ]
-    return max(done, key=lambda p: int(p.name[len(CKPT_PREFIX) :]), default=None)
+    return sorted(done, key=lambda p: int(p.name[len(CKPT_PREFIX) :]), reverse=True)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``out_dir/checkpoints`` (None if there is none)."""
+    done = complete_checkpoints(out_dir)
+    return done[0] if done else None
 
 
 def save_checkpoint(
@@ -275,23 +304,19 @@ def save_checkpoint(
     extra_models: dict[str, Any] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write ``out_dir/checkpoints/step-{step:06d}`` atomically; prune to the newest ``keep``."""
+    """Write ``out_dir/checkpoints/step-{step:06d}`` atomically; prune to the newest ``keep``. A full disk is
+    an OSError(ENOSPC) naming the directory; the checkpoints already written stay as they were."""
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CKPT_PREFIX}{step:06d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    for name, m in (extra_models or {}).items():
-        m.save_pretrained(tmp / "extra" / name, safe_serialization=True)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "rng": _rng_state(generators or {})}, tmp / "trainer_state.pt"
-    )
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "algo_state": algo_state}, indent=2))
-    _fsync_tree(tmp)
+    try:
+        _write_checkpoint(tmp, step, model, tokenizer, optimizer, algo_state, generators, extra_models)
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise OSError(errno.ENOSPC, "No space left on device", str(root)) from None
+        raise
     if final.exists():  # a re-run of a step already checkpointed: same contents, replace
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -306,6 +331,21 @@ def save_checkpoint(
     return final
 
 
+def _write_checkpoint(tmp, step, model, tokenizer, optimizer, algo_state, generators, extra_models) -> None:
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for name, m in (extra_models or {}).items():
+        m.save_pretrained(tmp / "extra" / name, safe_serialization=True)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "rng": _rng_state(generators or {})}, tmp / "trainer_state.pt"
+    )
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "algo_state": algo_state}, indent=2))
+    _fsync_tree(tmp)
+
+
 def load_checkpoint(
     ckpt: Path,
     model: Any,
@@ -314,14 +354,15 @@ def load_checkpoint(
     generators: dict[str, torch.Generator] | None = None,
     extra_models: dict[str, Any] | None = None,
 ) -> tuple[int, dict]:
-    """Restore a checkpoint in place; returns ``(step, algo_state)``."""
+    """Restore a checkpoint in place; returns ``(step, algo_state)``. The trainer state is read first, so a
+    checkpoint whose state is damaged fails before any weight changes."""
+    meta = json.loads((ckpt / "trainer_state.json").read_text())
+    blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
     _load_weights_in_place(model, ckpt)
     for name, m in (extra_models or {}).items():
         _load_weights_in_place(m, ckpt / "extra" / name)
-    blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     _set_rng_state(blob["rng"], generators or {})
-    meta = json.loads((ckpt / "trainer_state.json").read_text())
     return int(meta["step"]), meta.get("algo_state", {})
 
 
@@ -368,13 +409,30 @@ def train_loop(
     )
     log = MetricsLog(out_dir / "metrics.jsonl")
     start = 0
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is not None:
-        start, restored = load_checkpoint(
-            ckpt, model, optimizer, generators=generators, extra_models=extra_models
-        )
+    damaged: list[str] = []
+    for ckpt in complete_checkpoints(out_dir):  # newest first; a damaged one falls back to the one before
+        try:
+            start, restored = load_checkpoint(
+                ckpt, model, optimizer, generators=generators, extra_models=extra_models
+            )
+        except Exception as e:  # safetensors, torch.load and JSON each raise their own types
+            damaged.append(ckpt.name)
+            _log.warning(
+                "stackalign: warning: checkpoint %s is damaged (%s: %s); trying the one before it",
+                ckpt,
+                type(e).__name__,
+                str(e)[:200],
+            )
+            continue
         algo_state.clear()
         algo_state.update(restored)
+        break
+    else:
+        if damaged:
+            raise ValueError(
+                f"{out_dir / 'checkpoints'}: every checkpoint is damaged ({', '.join(damaged)}); delete that "
+                "folder and metrics.jsonl to train from the start"
+            )
     if start > settings.steps:
         raise ValueError(
             f"steps: the run directory has a checkpoint at step {start} > steps={settings.steps}"

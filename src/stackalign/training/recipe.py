@@ -24,12 +24,14 @@ lazily (a missing module gives a clear "not available" error). The train functio
 from __future__ import annotations
 
 import importlib
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from stackalign.config import build as _build
-from stackalign.config import did_you_mean
+from stackalign.config import clip, did_you_mean
 from stackalign.runner.recipe import RecipeError, apply_overrides, read_yaml
 
 __all__ = [
@@ -43,6 +45,9 @@ __all__ = [
     "train_recipe_from_dict",
     "config_diff",
 ]
+
+
+TRAIN_DEVICE_RE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
 
 @dataclass
@@ -145,7 +150,14 @@ class TrainConfig:
         _check_prompt_source(self.train_prompts, ("world:train", "world:val"), "train_prompts")
         if self.system is not None and (not self.chat_template or not self.system.strip()):
             raise ValueError("system: a non-empty system turn that needs chat_template: true")
-
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay: must be a finite number >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not (
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
+        ):
+            raise ValueError(f"max_grad_norm: must be > 0 or null, got {self.max_grad_norm}")
+        if not TRAIN_DEVICE_RE.match(self.device):
+            raise ValueError(f"device: expected cpu, cuda, cuda:N, mps, xpu or auto, got {self.device!r}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every / keep_checkpoints: must be >= 1")
 
@@ -226,10 +238,10 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
     """Validate a train recipe mapping (after ``key=value`` overrides); nothing is loaded."""
     data = apply_overrides(data or {}, overrides or [])
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe: expected a mapping, got {data!r}")
+        raise RecipeError(f"recipe: expected a mapping, got {clip(data)}")
     name = data.get("algorithm", TrainConfig.algorithm)
     if not isinstance(name, str):
-        raise RecipeError(f"algorithm: expected a string, got {name!r}")
+        raise RecipeError(f"algorithm: expected a string, got {clip(name)}")
     algo_cls, train_fn = resolve_algorithm(name)
     common_names, algo_names = set(_names(TrainConfig)), set(_names(algo_cls))
     clash = common_names & algo_names
@@ -243,6 +255,14 @@ def train_recipe_from_dict(data: dict | None, overrides: list[str] | None = None
             close = did_you_mean(k, allowed)
             hints.append(f"{k}" + (f" (did you mean {close!r}?)" if close else ""))
         raise RecipeError(f"unknown key(s) {', '.join(hints)} for algorithm {name!r}; allowed: {allowed}")
+    defaults = TrainConfig()  # config.json holds every common field, at its default when unused
+    ignored = [
+        k for k in getattr(algo_cls, "UNUSED_COMMON", ()) if k in data and data[k] != getattr(defaults, k)
+    ]
+    if ignored:
+        raise RecipeError(
+            f"{ignored[0]}: not used by algorithm {name!r} (its steps follow from its own fields); remove it"
+        )
     try:  # stackalign.config: strict types, range checks of __post_init__, the path in every message
         common = _build(TrainConfig, {k: v for k, v in data.items() if k in common_names})
         algo = _build(algo_cls, {k: v for k, v in data.items() if k in algo_names})

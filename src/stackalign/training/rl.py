@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from stackalign.shaping import PRESETS, SHAPERS, Shaper, get_preset, get_shaper
+from stackalign.shaping import PARAMS_USED, PRESETS, SHAPERS, Shaper, get_preset, get_shaper
 from stackalign.store import write_json_atomic
 from stackalign.training.evaluate import evaluate_policy, gold_win_rate
 from stackalign.training.loop import StepOutput, batch_indices, train_loop
@@ -119,6 +119,12 @@ class RLConfig:
 
 def make_shaper(cfg: RLConfig) -> Shaper:
     """The configured :class:`stackalign.shaping.Shaper` (a preset for srs/hard when ``preset`` is set)."""
+    unused = sorted(set(cfg.shaping_params) - set(PARAMS_USED.get(cfg.shaping, ())))
+    if unused:
+        raise ValueError(
+            f"shaping_params.{unused[0]}: not used by shaping {cfg.shaping!r} "
+            f"(it reads: {', '.join(PARAMS_USED.get(cfg.shaping, ())) or 'nothing'})"
+        )
     try:
         if cfg.shaping in ("srs", "hard") and cfg.preset is not None:
             return get_preset(cfg.preset, kind=cfg.shaping, **cfg.shaping_params)

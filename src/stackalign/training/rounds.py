@@ -69,6 +69,9 @@ class DPOConfig:
     (``data: seeds``, one round) or, as the full-label ceiling, gold pairs for every round's prompts
     (``data: all``: the same rounds and prompts as SSAPO, labelled by the world's gold judge)."""
 
+    # common fields this algorithm does not read (its schedule comes from the rounds); setting one is an error
+    UNUSED_COMMON = ("steps", "prompts_per_step")
+
     beta: float = field(default=0.1, metadata={"help": "DPO beta (KL strength of the implicit reward)."})
     seed_pairs: int = field(default=64, metadata={"help": "gold-labelled seed pairs (round 0's data)"})
     label_noise: float = field(

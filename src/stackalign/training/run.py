@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from stackalign.decoding.common import GenerationConfig
+from stackalign.rundir import LOCK_NAME, DirLock
 from stackalign.runner.recipe import RecipeError
 from stackalign.store import write_json_atomic
 from stackalign.training.loop import LoopSettings, save_model_dir
@@ -176,13 +177,27 @@ def _load_world(cfg) -> Any:
     return default_world() if cfg.world == "default" else load_world(cfg.world)
 
 
+def _holds_work(out: Path) -> bool:
+    """Whether a train directory holds anything but its configuration (metrics, checkpoints, a model...): a
+    directory whose set-up failed holds none, and takes the corrected recipe."""
+    names = {"config.json", "world.json", LOCK_NAME}
+    return any(p.is_file() and p.name not in names and ".tmp" not in p.name for p in out.rglob("*"))
+
+
 def prepare_run_dir(recipe: ResolvedRecipe, out_dir: str | Path) -> Path:
     """Create ``out_dir`` and write ``config.json``, or check it against the one already there."""
     out = Path(out_dir)
     resolved = json.loads(json.dumps(recipe.to_dict()))
     path = out / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
+    if path.exists() and _holds_work(out):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RecipeError(
+                f"{path}: not a readable training configuration ({type(e).__name__}: {e})"
+            ) from None
+        if not isinstance(old, dict):
+            raise RecipeError(f"{path}: not a training configuration (expected a JSON object)")
         diff = config_diff(old, resolved)
         if diff:
             raise RecipeError(
@@ -194,12 +209,52 @@ def prepare_run_dir(recipe: ResolvedRecipe, out_dir: str | Path) -> Path:
     return out
 
 
+def check_world_identity(out: Path, world: Any) -> None:
+    """Keep ``DIR/world.json`` (the world's identity, see ``runner.run.world_identity``); a directory holding
+    training work refuses a world that changed since (a world rebuilt in place with other settings)."""
+    manifest = getattr(world, "manifest", None)
+    if not isinstance(manifest, dict):
+        return
+    from stackalign.runner.run import world_identity
+
+    path = out / "world.json"
+    new = world_identity(manifest)
+    if path.is_file() and _holds_work(out):
+        try:
+            old = json.loads(path.read_text()).get("world_id")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise RecipeError(f"{path}: not a readable world identity ({type(e).__name__})") from None
+        if old != new:
+            raise RecipeError(
+                f"{out} holds training on another world (world_id: {str(old)[:12]}... -> {new[:12]}..., "
+                f"{path}): the world at {getattr(world, 'root', '?')} changed; use another --out"
+            )
+    write_json_atomic(path, {"world_id": new, "root": str(getattr(world, "root", ""))})
+
+
 def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = None) -> dict:
     """Run a validated recipe into ``out_dir``; returns the summary (also written to summary.json)."""
+    from stackalign.runner.preflight import preflight_train
+
+    preflight_train(recipe)  # the device, the world and model paths, before anything loads
+    with DirLock(out_dir, "train directory"):  # one writer per train directory
+        return _run_locked(recipe, out_dir, world)
+
+
+def _run_locked(recipe: ResolvedRecipe, out_dir: str | Path, world: Any) -> dict:
+    world = world if world is not None else _load_world(recipe.common)
     out = prepare_run_dir(recipe, out_dir)
+    check_world_identity(out, world)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.common.seed)
-    ctx = TrainContext(recipe, out, world if world is not None else _load_world(recipe.common))
+    ctx = TrainContext(recipe, out, world)
+    if "prompts_per_step" not in getattr(type(recipe.algo), "UNUSED_COMMON", ()) and ctx.world is not None:
+        n = len(ctx.train_prompts())  # before any model loads
+        if recipe.common.prompts_per_step > n:
+            raise RecipeError(
+                f"prompts_per_step: {recipe.common.prompts_per_step} is more than the {n} training prompts "
+                f"({recipe.common.train_prompts})"
+            )
     result = recipe.train_fn(ctx) or {}
     summary = {
         "algorithm": recipe.algorithm,

@@ -22,6 +22,12 @@ def build(args: argparse.Namespace) -> int:
     blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise ValueError(f"--out: {str(blocker)!r} is a file, so {str(out)!r} cannot be a world directory")
+    if out.is_dir() and any(out.iterdir()) and not getattr(args, "force", False):
+        what = "a world" if (out / "manifest.json").is_file() else "files"
+        raise ValueError(
+            f"--out: {str(out)!r} already holds {what}; add --force to replace it (run directories that used "
+            "the old world then refuse to resume), or choose another --out"
+        )
 
     world = build_world(
         args.out,

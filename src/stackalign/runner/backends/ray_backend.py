@@ -63,6 +63,13 @@ def connect(backend) -> bool:
         # a local instance: room for every worker even on a small machine (they then share its cores)
         need = backend.workers * backend.cpus_per_worker
         kwargs["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
+    else:
+        from stackalign.runner.preflight import ray_address_problem
+        from stackalign.runner.recipe import RecipeError
+
+        why = ray_address_problem(address)  # ray.init would wait for minutes
+        if why is not None:
+            raise RecipeError(f"backend.address: {why}")
     ray.init(address=address, **kwargs)
     return True
 
@@ -261,6 +268,21 @@ def _mc_rewards(
     return out
 
 
+def _cached_share(paths: list[Path], prompts: list[str], n: int, sampled: set[Path]):
+    """What a unit's serial decode charges for the records it finds cached (not sampled for it in this run):
+    each record's share of the cost of the run that sampled it (`mc_samples(charge_cached=True)`)."""
+    from stackalign.decoding.common import Cost
+    from stackalign.decoding.mc import read_mc_record
+
+    cost = Cost()
+    for path, p in zip(paths, prompts):
+        if path not in sampled:
+            hit = read_mc_record(path, p, n)
+            if hit is not None:
+                cost.merge(hit[2])
+    return cost
+
+
 def run_ray(job: Job) -> Done:
     """Run every unfinished unit of `job` on `backend.workers` Ray actors (see the module docstring)."""
     import ray
@@ -343,6 +365,7 @@ def run_ray(job: Job) -> Done:
         # 3. SRS Monte Carlo samples: the records go into mc_cache/ (the files mc_samples writes)
         got: dict[Path, list[float]] = {}  # cache file -> rewards sampled in this run
         unit_cost: dict[int, object] = {}
+        sampled_for: dict[int, set[Path]] = {}  # unit -> the records sampled for it in this run
         from stackalign.decoding.mc import write_mc_record
 
         for k, ch in enumerate(th.chunks):
@@ -355,6 +378,7 @@ def run_ray(job: Job) -> Done:
                 got[path] = rec["rewards"]
             if ch.unit is not None:
                 unit_cost[ch.unit] = cost
+                sampled_for[ch.unit] = set(ch.paths)
             bar.update(1)
         # 4. threshold predictors: one fit per `predicted` method lacking one
         from stackalign.decoding.mc import mc_record_path
@@ -377,7 +401,10 @@ def run_ray(job: Job) -> Done:
             if u in th.unit_paths:
                 prompts = [job.prompts[i] for i in ids]
                 rewards = _mc_rewards(th.unit_paths[u], prompts, th.srs[pi].n, got)
-                mc = {"rewards": rewards, "cost": unit_cost.get(u)}
+                cost = _cached_share(th.unit_paths[u], prompts, th.srs[pi].n, sampled_for.get(u, set()))
+                if unit_cost.get(u) is not None:
+                    cost.merge(unit_cost[u])
+                mc = {"rewards": rewards, "cost": cost}
             pool.submit(call("decode"), (pi, ids, head_refs.get(pi), pred_refs.get(pi), mc))
         while pool.has_next():
             rows = pool.get_next_unordered()
