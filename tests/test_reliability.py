@@ -559,7 +559,7 @@ def test_dpo_and_ssapo_refuse_steps_they_do_not_read(algorithm, key, value):
 def test_judge_settings_without_the_llm_judge_are_errors():
     for key in ("judge_model", "judge_base_url"):
         for judge in ("gold", None):
-            with pytest.raises(RecipeError, match=rf"evaluation\.{key}: set, but evaluation\.judge is"):
+            with pytest.raises(RecipeError, match=rf"evaluation\.{key}: only read by judge: llm"):
                 recipe_from_dict(_recipe(evaluation={"judge": judge, key: "x", "coherence": None}))
 
 

@@ -270,12 +270,6 @@ def _validate(recipe: Recipe) -> Recipe:
         raise RecipeError("gold: 'world' needs a world (world: default or a directory), or gold: null")
     if recipe.world is None and (recipe.policy is None or recipe.reward_model is None):
         raise RecipeError("policy/reward_model: required when world is null")
-    for key in ("judge_model", "judge_base_url"):
-        if getattr(ev, key) is not None and ev.judge != "llm":
-            raise RecipeError(
-                f"evaluation.{key}: set, but evaluation.judge is {ev.judge!r}, which does not read it "
-                "(judge: llm uses it)"
-            )
     for note in ignored_settings(recipe):
         log.warning("stackalign: warning: %s", note)
     if recipe.prompts.source.startswith("world:"):
