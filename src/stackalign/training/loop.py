@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stackalign.training.memory import autocast_context
+
 __all__ = [
     "StepOutput",
     "LoopSettings",
@@ -55,6 +57,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "save_model_dir",
+    "load_weights_in_place",
     "train_loop",
 ]
 
@@ -86,6 +89,7 @@ class LoopSettings:
     keep_checkpoints: int = 2
     seed: int = 0
     progress: bool = True
+    bf16: bool = False  # bfloat16 autocast around each step (stackalign.training.memory.autocast_context)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -186,16 +190,22 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def save_model_dir(model: Any, tokenizer: Any, path: str | Path) -> Path:
+def save_model_dir(model: Any, tokenizer: Any, path: str | Path, *, merge: bool = False) -> Path:
     """``save_pretrained`` of model (safetensors) and tokenizer into ``path`` atomically (temp dir + rename);
-    the result loads with ``stackalign.models.load_policy`` / as a run recipe's ``policy:``."""
+    the result loads with ``stackalign.models.load_policy`` / as a run recipe's ``policy:``. A LoRA model
+    (``peft``) writes its adapters, and with ``merge`` also ``path/merged/`` (``stackalign.training.lora``)."""
+    from stackalign.training.lora import is_peft_model, save_adapter_dir
+
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    if is_peft_model(model):
+        save_adapter_dir(model, tokenizer, tmp, merge=merge)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     _fsync_tree(tmp)
     if path.exists():
         shutil.rmtree(path)
@@ -227,10 +237,17 @@ def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
         g.set_state(state["generators"][k])
 
 
-def _load_weights_in_place(model: torch.nn.Module, model_dir: Path) -> None:
-    """Load a ``save_pretrained`` safetensors directory into ``model`` (exact copy, tied weights kept)."""
+def load_weights_in_place(model: torch.nn.Module, model_dir: str | Path) -> None:
+    """Load a ``save_pretrained`` safetensors directory into ``model`` (exact copy, tied weights kept); a
+    LoRA model loads its adapters (``stackalign.training.lora.load_adapter_weights``)."""
     from safetensors.torch import load_file
 
+    from stackalign.training.lora import is_peft_model, load_adapter_weights
+
+    model_dir = Path(model_dir)
+    if is_peft_model(model):
+        load_adapter_weights(model, model_dir)
+        return
     index = model_dir / "model.safetensors.index.json"
     files = (
         sorted({model_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
@@ -315,9 +332,9 @@ def load_checkpoint(
     extra_models: dict[str, Any] | None = None,
 ) -> tuple[int, dict]:
     """Restore a checkpoint in place; returns ``(step, algo_state)``."""
-    _load_weights_in_place(model, ckpt)
+    load_weights_in_place(model, ckpt)
     for name, m in (extra_models or {}).items():
-        _load_weights_in_place(m, ckpt / "extra" / name)
+        load_weights_in_place(m, ckpt / "extra" / name)
     blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     _set_rng_state(blob["rng"], generators or {})
@@ -388,7 +405,8 @@ def train_loop(
         bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     for step in range(start + 1, settings.steps + 1):
         t0 = time.perf_counter()
-        out = step_fn(step)
+        with autocast_context(params[0].device, settings.bf16):
+            out = step_fn(step)
         if out.loss is not None:
             if not torch.isfinite(out.loss):
                 raise ValueError(f"step {step}: the loss is {out.loss.item()} (not finite)")

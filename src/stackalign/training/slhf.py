@@ -111,6 +111,7 @@ def train(ctx) -> dict:
         )
     policy, tok = ctx.load_policy()
     reference = ctx.load_reference()
+    leader, follower = ctx.load_players(policy)  # the policy twice, or two LoRA adapters on one base
     judge = make_judge(ctx, cfg)
     prompts = ctx.train_prompts()
     gen = ctx.generation_config()
@@ -121,12 +122,12 @@ def train(ctx) -> dict:
 
     def step_fn(step: int) -> StepOutput:
         xs = [prompts[i] for i in batch_indices(len(prompts), c.prompts_per_step, step, c.seed)]
-        ys, y_ids = _flat(sample_group(policy, tok, xs, 1, gen, seed=c.seed, step=step, salt="leader"))
+        ys, y_ids = _flat(sample_group(leader, tok, xs, 1, gen, seed=c.seed, step=step, salt="leader"))
         fx = [world.follower_prompt(x, y) for x, y in zip(xs, ys)]
-        ys2, y2_ids = _flat(sample_group(policy, tok, fx, 1, gen, seed=c.seed, step=step, salt="follower"))
+        ys2, y2_ids = _flat(sample_group(follower, tok, fx, 1, gen, seed=c.seed, step=step, salt="follower"))
         s = check_judge(judge(xs, ys, ys2), len(xs))
-        lp_l, m_l = logps(policy, xs, y_ids)
-        lp_f, m_f = logps(policy, fx, y2_ids)
+        lp_l, m_l = logps(leader, xs, y_ids)
+        lp_f, m_f = logps(follower, fx, y2_ids)
         with torch.no_grad():
             ref_l, _ = logps(reference, xs, y_ids)
             ref_f, _ = logps(reference, fx, y2_ids)
@@ -136,8 +137,8 @@ def train(ctx) -> dict:
     result = train_loop(policy, tok, step_fn, ctx.loop_settings(), ctx.out_dir)
     ctx.save_final(policy, tok)
     policy.eval()
-    ev = evaluate_slhf(world, policy, reference, tok, ctx.eval_prompts(), ctx.eval_generation_config(),
-                       samples=c.eval.samples, chain=cfg.chain)  # fmt: skip
+    ev = evaluate_slhf(world, leader, reference, tok, ctx.eval_prompts(), ctx.eval_generation_config(),
+                       samples=c.eval.samples, chain=cfg.chain, follower=follower)  # fmt: skip
     del result
     return {"eval": ev}
 
@@ -156,9 +157,13 @@ def gold_win(world, xs: list[str], a: list[str], b: list[str]) -> float:
 
 
 @torch.no_grad()
-def evaluate_slhf(world, policy, base, tok, prompts, gen, *, samples: int = 1, chain: int = 3) -> dict:
+def evaluate_slhf(
+    world, policy, base, tok, prompts, gen, *, samples: int = 1, chain: int = 3, follower=None
+) -> dict:
     """Win rates (mean soft gold preference, ties count half) over ``prompts`` × ``samples``: leader vs base,
-    follower (refining its own leader's answer) vs leader and vs base, and the refinement chain vs base."""
+    follower (refining its own leader's answer) vs leader and vs base, and the refinement chain vs base.
+    ``policy`` plays the leader, ``follower`` (default: ``policy``) the follower."""
+    follower = policy if follower is None else follower
     xs = [x for x in prompts for _ in range(samples)]
     leader, basel = (
         eval_answers(policy, tok, xs, gen, "eval-leader"),
@@ -167,7 +172,7 @@ def evaluate_slhf(world, policy, base, tok, prompts, gen, *, samples: int = 1, c
     cur, refine, first = leader, {}, None
     for k in range(1, chain + 1):
         follower_xs = [world.follower_prompt(x, y) for x, y in zip(xs, cur)]
-        cur = eval_answers(policy, tok, follower_xs, gen, f"eval-follower-{k}")
+        cur = eval_answers(follower, tok, follower_xs, gen, f"eval-follower-{k}")
         first = cur if k == 1 else first
         refine[str(k)] = gold_win(world, xs, cur, basel)
     return {
