@@ -131,9 +131,16 @@ def step_seed(seed: int, step: int, salt: str = "") -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def batch_indices(n_items: int, per_step: int, step: int, seed: int) -> list[int]:
+def batch_indices(
+    n_items: int, per_step: int, step: int, seed: int, *, what: str = "prompts_per_step"
+) -> list[int]:
     """Indices of the items used at ``step`` (1-based): epochs over a seeded permutation of ``n_items``,
-    ``per_step`` consecutive items per step, wrapping into the next epoch's permutation. Stateless."""
+    ``per_step`` consecutive items per step, wrapping into the next epoch's permutation. Stateless.
+
+    Under several data-parallel processes (``stackalign.training.distributed``) this process's share of
+    them: items k with k mod W == rank (``per_step``, the recipe field ``what``, must be a multiple of W)."""
+    from stackalign.training.distributed import processes
+
     if n_items < 1 or per_step < 1:
         raise ValueError(f"batch_indices: need n_items >= 1 and per_step >= 1, got {n_items}, {per_step}")
     out = []
@@ -143,7 +150,7 @@ def batch_indices(n_items: int, per_step: int, step: int, seed: int) -> list[int
         perm = list(range(n_items))
         random.Random(step_seed(seed, epoch, "epoch")).shuffle(perm)
         out.append(perm[k])
-    return out
+    return processes().shard(out, what)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,9 +201,21 @@ def save_model_dir(model: Any, tokenizer: Any, path: str | Path, *, merge: bool 
     """``save_pretrained`` of model (safetensors) and tokenizer into ``path`` atomically (temp dir + rename);
     the result loads with ``stackalign.models.load_policy`` / as a run recipe's ``policy:``. A LoRA model
     (``peft``) writes its adapters, and with ``merge`` also ``path/merged/`` (``stackalign.training.lora``)."""
-    from stackalign.training.lora import is_peft_model, save_adapter_dir
+    from stackalign.training.distributed import processes
 
     path = Path(path)
+    procs = processes()
+    if not procs.is_main:  # under several processes the main one writes (the replicas are equal)
+        procs.barrier()
+        return path
+    _write_model_dir(model, tokenizer, path, merge)
+    procs.barrier()
+    return path
+
+
+def _write_model_dir(model: Any, tokenizer: Any, path: Path, merge: bool) -> None:
+    from stackalign.training.lora import is_peft_model, save_adapter_dir
+
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -212,7 +231,6 @@ def save_model_dir(model: Any, tokenizer: Any, path: str | Path, *, merge: bool 
     os.replace(tmp, path)
     for stale in path.parent.glob(f".tmp-{path.name}-*"):  # left by a process killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
-    return path
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -374,6 +392,9 @@ def train_loop(
     Returns:
         :class:`LoopResult`.
     """
+    from stackalign.training.distributed import processes
+
+    procs = processes()  # one process, or this one's place under `accelerate launch`
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     algo_state = algo_state if algo_state is not None else {}
@@ -385,6 +406,7 @@ def train_loop(
     )
     log = MetricsLog(out_dir / "metrics.jsonl")
     start = 0
+    procs.barrier()  # every process resumes from the same checkpoint
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None:
         start, restored = load_checkpoint(
@@ -396,10 +418,11 @@ def train_loop(
         raise ValueError(
             f"steps: the run directory has a checkpoint at step {start} > steps={settings.steps}"
         )
-    rows = log.truncate_after(start)
+    rows = log.truncate_after(start) if procs.is_main else [r for r in log.rows() if r["step"] <= start]
+    procs.barrier()
     t_start = time.perf_counter()
     bar = None
-    if settings.progress:
+    if settings.progress and procs.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
@@ -411,37 +434,44 @@ def train_loop(
             if not torch.isfinite(out.loss):
                 raise ValueError(f"step {step}: the loss is {out.loss.item()} (not finite)")
             out.loss.backward()
+        procs.mean_grads(params)  # data parallel: the gradient of the global batch
         if settings.max_grad_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
         else:
             grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        row = {
-            "step": step,
-            "loss": float(out.loss.detach()) if out.loss is not None else None,
-            "grad_norm": grad_norm,
-            "lr": settings.lr,
-            **{
-                k: (float(v) if isinstance(v, int | float | torch.Tensor) else v)
-                for k, v in out.metrics.items()
-            },
-            "seconds": time.perf_counter() - t0,
-        }
-        log.append(row)
+        row = procs.mean_metrics(
+            {
+                "step": step,
+                "loss": float(out.loss.detach()) if out.loss is not None else None,
+                "grad_norm": grad_norm,
+                "lr": settings.lr,
+                **{
+                    k: (float(v) if isinstance(v, int | float | torch.Tensor) else v)
+                    for k, v in out.metrics.items()
+                },
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        row["step"] = step
+        if procs.is_main:
+            log.append(row)
         rows.append(row)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
-            save_checkpoint(
-                out_dir,
-                step,
-                model,
-                tokenizer,
-                optimizer,
-                algo_state=algo_state,
-                generators=generators,
-                extra_models=extra_models,
-                keep=settings.keep_checkpoints,
-            )
+            if procs.is_main:
+                save_checkpoint(
+                    out_dir,
+                    step,
+                    model,
+                    tokenizer,
+                    optimizer,
+                    algo_state=algo_state,
+                    generators=generators,
+                    extra_models=extra_models,
+                    keep=settings.keep_checkpoints,
+                )
+            procs.barrier()
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "reward", "kl")})

@@ -368,7 +368,7 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
         rseed = step_seed(common.seed, t, "round")
 
         def step_fn(step: int, t=t, cur=cur, rseed=rseed) -> StepOutput:
-            idx = batch_indices(cur["n"], algo.batch_size, step, rseed)
+            idx = batch_indices(cur["n"], algo.batch_size, step, rseed, what="batch_size")
             pc, pr = _pair_logps(policy, cur["data"], idx, pad, device)
             kw = {}
             if cur["wc"] is not None:

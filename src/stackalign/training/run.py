@@ -223,6 +223,10 @@ def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = No
         "seconds": round(time.perf_counter() - t0, 3),
         **result,
     }
+    from stackalign.training.distributed import processes
+
+    if not processes().is_main:  # under several processes the main one writes the summary and report
+        return summary
     write_json_atomic(out / "summary.json", summary)
     from stackalign.training.plots import plot_training_curves, write_report
 

@@ -109,6 +109,12 @@ def train(ctx) -> dict:
             f"world: SLHF needs a world with the follower format (world {where} has none; rebuild it with "
             "`stackalign world build`)"
         )
+    from stackalign.training.distributed import processes
+
+    if cfg.baseline == "loo" and processes().distributed:
+        raise ValueError(
+            "baseline: 'loo' averages over the whole batch; under several processes use constant"
+        )
     policy, tok = ctx.load_policy()
     reference = ctx.load_reference()
     leader, follower = ctx.load_players(policy)  # the policy twice, or two LoRA adapters on one base
