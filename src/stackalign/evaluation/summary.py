@@ -12,6 +12,7 @@ A *row* is one prompt × method, as written to ``generations.jsonl``::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ _REQUIRED = ("prompt_id", "prompt", "method", "response")
 _NUMERIC = ("proxy_reward", "gold_reward", "seconds", "lm_tokens", "rm_tokens")
 
 CoherenceScorer = Any  # an object with .score(prompts, responses) -> list[float], or such a callable
+
+
+# a method whose share of empty answers exceeds this gets a warning (and every method its count)
+EMPTY_WARN_SHARE = 0.10
 
 
 def _validate(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -151,7 +156,14 @@ def summarize(
             "lm_tokens_per_prompt": _mean(r.get("lm_tokens") for r in mrows),
             "rm_tokens_per_prompt": _mean(r.get("rm_tokens") for r in mrows),
             "n": len(mrows),
+            "empty_answers": sum(1 for r in mrows if not text(r).strip()),
         }
+        if entry["empty_answers"] > EMPTY_WARN_SHARE * len(mrows):
+            warnings.warn(
+                f"{name}: {entry['empty_answers']} of {len(mrows)} answers are empty (> "
+                f"{EMPTY_WARN_SHARE:.0%}); does the policy need its chat template (prompts.chat_template: true)?",
+                stacklevel=2,
+            )
         boot = dict(level=ci_level, n_boot=n_boot, seed=ci_seed)
         per_prompt = {
             "proxy_reward": [r.get("proxy_reward") for r in mrows],

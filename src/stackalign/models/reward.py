@@ -17,9 +17,17 @@ import torch
 def format_rm_input(prompt: str, response: str, *, tokenizer: Any = None, chat_template: bool = False) -> str:
     """The reward model's input text for one (prompt, response) pair. See the package docstring.
 
-    ``chat_template=False``: ``prompt + response`` exactly (no separator is inserted: the prompt is the
-    text the policy saw, the response its literal continuation). ``chat_template=True``: the tokenizer's
-    chat template over ``[user: prompt, assistant: response]`` as text; ``tokenizer`` is then required.
+    The rule, in one place (the input is built once from (prompt messages, answer)):
+
+    * ``chat_template=False``: ``prompt + response`` exactly (no separator is inserted: the prompt is the
+      text the policy saw — rendered with the policy's chat template when the recipe asks for one — and the
+      response its literal continuation). A reward model sharing the policy's tokenizer therefore reads the
+      policy's own token ids, which is what lets ARGS score candidates incrementally.
+    * ``chat_template=True``: the reward tokenizer's own chat template over the *conversation* plus
+      ``[assistant: response]``. The conversation is the prompt's messages when the prompt is a
+      :class:`stackalign.models.chat.ChatPrompt` (the raw user turn, and the system turn if any — never the
+      policy's rendered text, which would nest one conversation inside another), else one user turn holding
+      the plain prompt. ``tokenizer`` is then required.
     """
     if not isinstance(prompt, str) or not isinstance(response, str):
         raise ValueError(
@@ -29,7 +37,9 @@ def format_rm_input(prompt: str, response: str, *, tokenizer: Any = None, chat_t
         return prompt + response
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("format_rm_input(chat_template=True) needs a tokenizer that has a chat template")
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    from stackalign.models.chat import conversation
+
+    messages = [*conversation(prompt), {"role": "assistant", "content": response}]
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 

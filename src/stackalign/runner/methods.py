@@ -83,7 +83,8 @@ def _cd_params(tokenwise: bool) -> tuple[Param, ...]:
         Param("n_samples", (CDDataConfig, "n_samples")),
         Param("sample_temperature", (CDDataConfig, "temperature")),
         Param("sample_top_p", (CDDataConfig, "top_p")),
-        Param("train_prompts", type=int, default=200, help="world training prompts of the offline data"),
+        Param("train_prompts", type=int, default=200, help="training prompts of the offline data (a count)"),
+        _TRAIN_SOURCE,
         Param("width", (ValueTrainConfig, "width")),
         Param("objective", (ValueTrainConfig, "objective")),
         Param("pairwise_coef", (ValueTrainConfig, "pairwise_coef")),
@@ -97,6 +98,13 @@ def _cd_params(tokenwise: bool) -> tuple[Param, ...]:
     )
 
 
+_TRAIN_SOURCE = Param(
+    "train_source",
+    type=str,
+    default="world:train",
+    help="training prompts: world:train (the world's) or a .jsonl file with a 'prompt' field; formatted like "
+    "the run's prompts (template, chat template)",
+)
 _N = Param("n", (BoNConfig, "n"))
 _PREDICTOR = (
     Param(
@@ -107,6 +115,12 @@ _PREDICTOR = (
         "world's training prompts and cache it in the run directory (threshold_predictors/<method>)",
     ),
     Param("predictor_train_prompts", (PredictorConfig, "train_prompts")),
+    Param(
+        "predictor_train_source",
+        type=str,
+        default="world:train",
+        help="threshold: predicted: training prompts, world:train or a .jsonl file ('prompt' field)",
+    ),
     Param("predictor_samples", (PredictorConfig, "n_samples")),
 )
 DECODERS: dict[str, DecoderSpec] = {
@@ -502,11 +516,14 @@ def make_method(
 def _make_refine(plan: MethodPlan, ctx, gen, *, predictor=None, thresholds=None) -> Generate:
     """First answers from the sub-method, then ``steps`` follower steps (``decoding.refine.refine_chain``)."""
     from stackalign.decoding.common import Cost
-    from stackalign.decoding.refine import refine_chain
+    from stackalign.decoding.refine import follower_prompt_for, refine_chain
 
     d = plan.decoder_params
-    if ctx.world is None or not getattr(ctx.world, "has_follower_format", False):
-        raise RecipeError(f"methods[{plan.name}]: refine needs a world with the follower format (world: ...)")
+    chat = ctx.recipe.prompts.chat_template
+    try:
+        follower_prompt_for(ctx.world, ctx.tokenizer, chat)  # checked before the first answers are decoded
+    except ValueError as e:
+        raise RecipeError(f"methods[{plan.name}]: refine: {e}") from None
     first = make_method(first_method(plan), ctx, predictor=predictor, thresholds=thresholds)
     if d["follower"] is None:
         follower, ftok = ctx.policy, ctx.tokenizer
@@ -515,12 +532,16 @@ def _make_refine(plan: MethodPlan, ctx, gen, *, predictor=None, thresholds=None)
 
         follower, ftok = load_policy(d["follower"])
     cfg = RefineConfig(steps=d["steps"])
+    try:
+        follower_prompt = follower_prompt_for(ctx.world, ftok, chat)  # the follower's own template
+    except ValueError as e:
+        raise RecipeError(f"methods[{plan.name}]: refine.follower: {e}") from None
 
     def run(prompts: list[str]) -> list[dict]:
         rows = first(prompts)
         cost = Cost()
         chains = refine_chain(
-            follower, ftok, prompts, [r["response"] for r in rows], ctx.world.follower_prompt, cfg, gen, cost
+            follower, ftok, prompts, [r["response"] for r in rows], follower_prompt, cfg, gen, cost
         )
         extra = cost.lm_tokens / len(prompts)
         return [
@@ -560,7 +581,6 @@ def srs_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: 
     without per-prompt thresholds. Mirrors what `make_method` does serially, so both find the same files."""
     from stackalign.decoding.args import mc_generation
     from stackalign.decoding.bon import bon_threshold_generation
-    from stackalign.decoding.threshold_predictor import predictor_prompts
 
     source = plan.decoder_params.get("threshold", "step")
     if source == "step" or plan.shaper is None:
@@ -585,8 +605,25 @@ def srs_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: 
         predictor_path=plan.decoder_params.get("predictor") or None,
         predictor_dir=Path(out_dir) / "threshold_predictors" / plan.name,
         predictor=pcfg,
-        train_prompts=None if world is None else predictor_prompts(world.train_prompts, pcfg),
+        train_prompts=_train_prompts(
+            recipe,
+            world,
+            plan.decoder_params["predictor_train_source"],
+            pcfg.train_prompts,
+            f"methods[{plan.name}].params.predictor_train_source",
+            needed=not plan.decoder_params.get("predictor"),
+        ),
     )
+
+
+def _train_prompts(recipe, world, source: str, n: int, what: str, needed: bool = True) -> list[str] | None:
+    """The first ``n`` prompts of a training source (CD's offline data, a threshold predictor), formatted like
+    the run's prompts; None when not ``needed`` and the source cannot be read (a world split without a world)."""
+    from stackalign.runner.prompts import train_source_prompts
+
+    if not needed and source.startswith("world:") and world is None:
+        return None
+    return train_source_prompts(recipe, world, source, n, what=what)
 
 
 def cached_threshold_predictor(sp: SRSPlan):
@@ -665,8 +702,6 @@ class CDPlan:
 def cd_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: Path) -> CDPlan:
     """The CD phases of `plan`: the offline data is shared by every CD method of the run with the same
     sampling settings (keyed by them), the value head is the method's own."""
-    if world is None:
-        raise RecipeError(f"methods[{plan.name}]: CD needs training prompts; it runs on a world (world: ...)")
     g = recipe.generation
     configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=recipe.seed)
     n_train = plan.decoder_params["train_prompts"]
@@ -684,7 +719,13 @@ def cd_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: P
     return CDPlan(
         Path(out_dir) / "cd_offline" / data_key,
         Path(out_dir) / "cd_heads" / plan.name,
-        list(world.train_prompts)[:n_train],
+        _train_prompts(
+            recipe,
+            world,
+            plan.decoder_params["train_source"],
+            n_train,
+            f"methods[{plan.name}].params.train_source",
+        ),
         data_cfg,
         configs["value"],
         configs["cd"],

@@ -44,6 +44,49 @@ def judge_reachable(base_url: str, timeout: float = 3.0) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
+def _check_source(problems: list[str], key: str, source: str, recipe: Recipe) -> None:
+    """A training-prompt source: a world split needs a world, a file must exist."""
+    if source.startswith("world:"):
+        if recipe.world is None:
+            problems.append(f"{key}: {source!r} needs a world; give a .jsonl file with a 'prompt' field")
+    elif not Path(source).expanduser().is_file():
+        problems.append(f"{key}: no such file {source!r}")
+
+
+def _check_method_data(problems: list[str], recipe: Recipe) -> None:
+    """The data each method needs: CD's and the threshold predictor's training prompts, the refinement
+    follower's format (the chat template or a world), and the policy tokenizer's chat template."""
+    for m in recipe.methods:
+        where = f"methods[{m.name}].params"
+        plans = [(m.decoder, m.params, where)]
+        if m.decoder == "refine":
+            if recipe.world is None and not recipe.prompts.chat_template:
+                problems.append(
+                    f"methods[{m.name}]: refine builds the follower's turn through the chat template "
+                    "(prompts.chat_template: true) or a world's follower format (world: ...); this recipe has neither"
+                )
+            first = m.params.get("first", "base")
+            plans.append((first, m.params.get("first_params") or {}, f"{where}.first_params"))
+        for decoder, params, key in plans:
+            if decoder in ("cd_tokenwise", "cd_blockwise"):
+                _check_source(
+                    problems, f"{key}.train_source", params.get("train_source", "world:train"), recipe
+                )
+            if params.get("threshold") == "predicted" and not params.get("predictor"):
+                src = params.get("predictor_train_source", "world:train")
+                _check_source(problems, f"{key}.predictor_train_source", src, recipe)
+    if recipe.prompts.chat_template and recipe.policy is not None:
+        from stackalign.runner.prompts import policy_tokenizer
+
+        try:
+            tok = policy_tokenizer(recipe.policy)
+        except (RecipeError, FileNotFoundError, ValueError, KeyError, ImportError) as e:
+            problems.append(f"prompts.chat_template: cannot read the policy's tokenizer ({e})")
+            return
+        if not getattr(tok, "chat_template", None):
+            problems.append("prompts.chat_template: the policy's tokenizer has no chat template")
+
+
 def preflight(recipe: Recipe, *, network: bool = True) -> None:
     """Raise RecipeError listing every problem found (each line names the recipe field)."""
     problems: list[str] = []
@@ -91,6 +134,7 @@ def preflight(recipe: Recipe, *, network: bool = True) -> None:
             why = judge_reachable(base)
             if why is not None:
                 problems.append(f"evaluation.judge_base_url: cannot reach the judge at {base} ({why})")
+    _check_method_data(problems, recipe)
     if recipe.backend.kind == "ray" and importlib.util.find_spec("ray") is None:
         problems.append(
             f"backend.kind: ray needs the optional package `ray` (the `ray` extra); install it with "

@@ -2,36 +2,99 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 from stackalign.runner.recipe import PromptsConfig, RecipeError
 
 
-def load_prompts(cfg: PromptsConfig, world=None) -> list[str]:
-    """Resolve `cfg` into a list of prompt strings (template applied, limit respected, order deterministic)."""
-    src = cfg.source
-    if src.startswith("world:"):
-        split = src.split(":", 1)[1]
-        if world is None:
-            raise RecipeError(f"prompts.source: {src!r} needs a world (world: default or a directory)")
-        attr = {"train": "train_prompts", "val": "val_prompts", "test": "test_prompts"}.get(split)
-        if attr is None:
-            raise RecipeError(f"prompts.source: unknown world split {split!r} (train, val or test)")
-        raw = list(getattr(world, attr))
-    else:
-        raw = _load_dataset_prompts(cfg)
+def load_prompts(cfg: PromptsConfig, world=None, tokenizer=None) -> list[str]:
+    """Resolve `cfg` into a list of prompt strings (template applied, limit respected, order deterministic).
+
+    With ``cfg.chat_template`` the prompts are :class:`stackalign.models.chat.ChatPrompt` rendered with
+    ``tokenizer``'s chat template (the policy's)."""
+    raw = source_prompts(cfg.source, world, field=cfg.field, split=cfg.split, what="prompts.source")
     if cfg.limit is not None:
         raw = raw[: cfg.limit]
+    return format_prompts(raw, cfg, tokenizer)
+
+
+def format_prompts(raw: list[str], cfg: PromptsConfig, tokenizer=None) -> list[str]:
+    """``cfg.template`` applied to each raw prompt, then the chat template when ``cfg.chat_template``."""
     if not raw:
-        raise RecipeError(f"prompts: the source {src!r} gave no prompts")
+        raise RecipeError(f"prompts: the source {cfg.source!r} gave no prompts")
     if "{prompt}" not in cfg.template:
         raise RecipeError("prompts.template: must contain {prompt}")
     out = [cfg.template.replace("{prompt}", p) for p in raw]
     for i, p in enumerate(out):
         if not p.strip():
             raise RecipeError(f"prompts: prompt #{i} is empty")
+    if cfg.chat_template:
+        from stackalign.models.chat import render_chat_prompts
+
+        if tokenizer is None:
+            raise RecipeError("prompts.chat_template: needs the policy's tokenizer")
+        try:
+            out = render_chat_prompts(tokenizer, out, system=cfg.system)
+        except ValueError as e:
+            raise RecipeError(f"prompts.chat_template: {e} (set chat_template: false)") from None
     return out
+
+
+def source_prompts(
+    source: str, world=None, *, field: str = "prompt", split: str = "test", what: str
+) -> list[str]:
+    """The raw prompts of a source: ``world:train|val|test`` (a world's split) or a JSONL/JSON/parquet file or
+    HF dataset (column ``field``). ``what`` names the recipe field in errors."""
+    if source.startswith("world:"):
+        name = source.split(":", 1)[1]
+        if world is None:
+            raise RecipeError(f"{what}: {source!r} needs a world (world: default or a directory)")
+        attr = {"train": "train_prompts", "val": "val_prompts", "test": "test_prompts"}.get(name)
+        if attr is None:
+            raise RecipeError(f"{what}: unknown world split {name!r} (train, val or test)")
+        return list(getattr(world, attr))
+    cfg = PromptsConfig(source=source, field=field, split=split)
+    try:
+        return _load_dataset_prompts(cfg)
+    except (RecipeError, FileNotFoundError) as e:
+        if what == "prompts.source":
+            raise
+        raise RecipeError(
+            str(e).replace("prompts.source", what, 1).replace("prompts.field", what, 1)
+        ) from None
+
+
+def train_source_prompts(recipe, world, source: str, n: int, *, what: str) -> list[str]:
+    """The first ``n`` prompts of a training source (``world:train`` or a JSONL file with a ``prompt`` field),
+    with the run's prompt template and chat template applied (training prompts look like the test prompts)."""
+    import dataclasses
+
+    raw = source_prompts(source, world, what=what)[:n]
+    if not raw:
+        raise RecipeError(f"{what}: {source!r} gave no prompts")
+    cfg = dataclasses.replace(recipe.prompts, source=source)
+    tok = policy_tokenizer(recipe.policy, world) if cfg.chat_template else None
+    return format_prompts(raw, cfg, tok)
+
+
+def policy_tokenizer(policy: str | None, world=None):
+    """The policy's tokenizer alone (no weights): what a chat template renders with, before models load."""
+    path = policy or (str(world.policy_dir) if world is not None else None)
+    if path is None:
+        raise RecipeError("policy: needed (no world gives one)")
+    return _cached_tokenizer(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tokenizer(path: str):
+    from stackalign.models.loading import _load_tokenizer, resolve_model_path
+
+    try:
+        return _load_tokenizer(resolve_model_path(path), False)
+    except (ValueError, OSError, KeyError) as e:
+        raise RecipeError(f"policy: {e}") from None
 
 
 def _load_dataset_prompts(cfg: PromptsConfig) -> list[str]:

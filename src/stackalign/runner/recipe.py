@@ -60,6 +60,12 @@ class PromptsConfig:
         'applied to each raw prompt; must contain {prompt}, e.g. "\\n\\nHuman: {prompt}\\n\\nAssistant:"',
         "{prompt}",
     )
+    chat_template: bool = _help(
+        "render each prompt with the policy tokenizer's chat template (a user turn holding the templated "
+        "prompt + the assistant's generation prompt); the reward model and refinement read the conversation",
+        False,
+    )
+    system: str | None = _help("with chat_template: a system turn before the user turn (null: none)", None)
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -68,6 +74,10 @@ class PromptsConfig:
             raise ValueError(f"template: must contain {{prompt}}, got {self.template!r}")
         if not self.source:
             raise ValueError("source: must not be empty")
+        if self.system is not None and not self.chat_template:
+            raise ValueError("system: a system turn needs chat_template: true")
+        if self.system is not None and not self.system.strip():
+            raise ValueError("system: must not be empty (null for none)")
 
 
 @dataclass
@@ -185,6 +195,10 @@ class Recipe:
     seed: int = _help("base seed; every prompt's generator is seeded from (seed, prompt)", 0)
     device: str = _help("cpu, cuda, cuda:N or mps", "cpu")
     dtype: Literal["float32", "float16", "bfloat16"] = _help("model weights' dtype", "float32")
+    threads: int | None = _help(
+        "torch CPU threads of a serial run (null: the machine's cores); on a busy machine 1 can be much faster",
+        None,
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +212,8 @@ def _validate(recipe: Recipe) -> Recipe:
         raise RecipeError("methods: at least one method is required")
     if not DEVICE_RE.match(recipe.device):
         raise RecipeError(f"device: expected cpu, cuda, cuda:N or mps, got {recipe.device!r}")
+    if recipe.threads is not None and (isinstance(recipe.threads, bool) or recipe.threads < 1):
+        raise RecipeError(f"threads: must be an integer >= 1 or null, got {recipe.threads!r}")
     seen: set[str] = set()
     for i, m in enumerate(recipe.methods):
         if not m.name:

@@ -74,11 +74,12 @@ ROW_KEYS = (
 
 def load_world_and_prompts(recipe: Recipe, world=None) -> tuple[Any, list[str], list[str]]:
     """The world (or None), the prompts and the stop strings: everything but the models."""
-    from stackalign.runner.prompts import load_prompts
+    from stackalign.runner.prompts import load_prompts, policy_tokenizer
 
     if world is None and recipe.world is not None:
         world = _world_for(recipe)
-    prompts = load_prompts(recipe.prompts, world)
+    tok = policy_tokenizer(recipe.policy, world) if recipe.prompts.chat_template else None
+    prompts = load_prompts(recipe.prompts, world, tok)
     stops = recipe.generation.stop_strings
     if stops is None:
         stops = list(getattr(world, "stop_strings", []) or [])
@@ -240,6 +241,7 @@ def execute(
     plans = [resolve_method(m, i) for i, m in enumerate(recipe.methods)]
     if check_environment:
         preflight(recipe)
+    threads = set_threads(recipe.threads) if recipe.backend.kind == "serial" else None
     out = prepare_out_dir(out_dir)
     world, prompts, stops = load_world_and_prompts(recipe, world)
     cfg = resolve_config(recipe, prompts)
@@ -250,7 +252,19 @@ def execute(
     store = JsonlStore(out / "generations.jsonl")
     job = Job(recipe, out, world, prompts, stops, plans, store, progress, workers=workers)
     done = run_backend(job)  # the serial backend's loaded models, or Ray's coherence scores
-    return evaluate(out, recipe=recipe, ctx=done.ctx, world=world, coherence=done.coherence)
+    extra = {"threads": threads} if threads is not None else {}
+    return evaluate(out, recipe=recipe, ctx=done.ctx, world=world, coherence=done.coherence, extra=extra)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU thread count (null: the machine's cores) and return it."""
+    import os
+
+    import torch
+
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
 
 
 def coherence_scorer(recipe: Recipe):
@@ -268,10 +282,13 @@ def eval_stop_strings(recipe: Recipe) -> tuple[str, ...]:
     return tuple(recipe.generation.stop_strings or ()) or ("\n\nHuman:", "###Human:", "\nUser:")
 
 
-def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None, world=None, coherence=None) -> dict:
+def evaluate(
+    out: Path, *, recipe: Recipe, ctx: Context | None = None, world=None, coherence=None, extra=None
+) -> dict:
     """Recompute summary.json, report.md and the plots from generations.jsonl.
 
-    `coherence`: a scorer to use instead of the recipe's (e.g. one holding scores computed on Ray workers)."""
+    `coherence`: a scorer to use instead of the recipe's (e.g. one holding scores computed on Ray workers);
+    `extra`: top-level entries added to summary.json (e.g. the thread count the run used)."""
     from stackalign.evaluation.summary import format_table, summarize
     from stackalign.runner.report import write_report
 
@@ -305,6 +322,7 @@ def evaluate(out: Path, *, recipe: Recipe, ctx: Context | None = None, world=Non
         baselines=ev.baselines,
         stop_strings=stops,
     )
+    summary.update(extra or {})
     write_json_atomic(out / "summary.json", summary)
     table = format_table(summary, baselines=ev.baselines)
     write_report(out, recipe, summary, table, rows)
