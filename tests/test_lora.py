@@ -229,3 +229,62 @@ def test_bf16_on_a_device_without_it_is_refused_naming_the_field():
         pytest.skip("this machine's GPU supports bf16")
     with pytest.raises(ValueError, match="bf16"):
         autocast_context("cuda", True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the memory estimate of `stackalign recipe check` (from configs only) and the refusal before loading
+# ---------------------------------------------------------------------------------------------------------
+def test_memory_estimate_counts_the_models_exactly_and_lora_saves(micro, tmp_path):
+    from stackalign.models import load_policy
+    from stackalign.training.memory import GIB, estimate_train_memory
+    from stackalign.training.run import TrainContext
+
+    full = estimate_train_memory(_recipe(micro, "slhf", lora=None))
+    model, _ = load_policy(micro.policy_dir)
+    n = sum(p.numel() for p in model.parameters())
+    assert full.parts["weights"] == 4 * n and full.parts["references"] == 4 * n
+    assert full.parts["optimizer (AdamW)"] == 8 * n and full.parts["gradients"] == 4 * n
+    lora = estimate_train_memory(_recipe(micro, "slhf"))
+    policy, _ = TrainContext(_recipe(micro, "slhf"), tmp_path, micro).load_policy()
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)  # both adapters
+    assert lora.parts["adapters"] == 4 * trainable and lora.parts["references"] == 0
+    assert lora.total < full.total
+    ckpt = estimate_train_memory(_recipe(micro, "slhf", gradient_checkpointing=True))
+    assert ckpt.parts["activations"] < lora.parts["activations"]
+    text = "\n".join(full.lines())
+    assert "weights" in text and "activations" in text and f"{full.total / GIB:9.3f}" in text
+
+
+def _huge_model_dir(tmp_path: Path) -> Path:
+    """A 70B-sized Llama config beside a file that is not a real checkpoint (loading it would fail)."""
+    from transformers import LlamaConfig
+
+    d = tmp_path / "huge"
+    LlamaConfig(
+        hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=8, vocab_size=128256,
+    ).save_pretrained(d)  # fmt: skip
+    (d / "model.safetensors").write_bytes(b"not a checkpoint")
+    return d
+
+
+def test_a_recipe_that_cannot_fit_is_refused_before_loading(micro, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    big = _huge_model_dir(tmp_path)
+    recipe = _recipe(micro, "rl", lora=None, policy=str(big))
+    with pytest.raises(ValueError, match=r"memory: this recipe needs about \d+"):
+        run_training(recipe, tmp_path / "out", world=micro)
+    assert not (tmp_path / "out").exists()  # refused before the run directory, before any load
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**recipe.to_dict(), "policy": str(big)}))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    res = subprocess.run(
+        [sys.executable, "-m", "stackalign", "recipe", "check", str(path)],
+        capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": src},
+    )  # fmt: skip
+    assert res.returncode != 0 and "memory: this recipe needs about" in res.stderr + res.stdout
+    assert "weights" in res.stderr + res.stdout  # the breakdown comes with the refusal

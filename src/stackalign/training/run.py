@@ -212,6 +212,10 @@ def prepare_run_dir(recipe: ResolvedRecipe, out_dir: str | Path) -> Path:
 
 def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = None) -> dict:
     """Run a validated recipe into ``out_dir``; returns the summary (also written to summary.json)."""
+    from stackalign.training.distributed import processes
+    from stackalign.training.memory import check_memory
+
+    check_memory(recipe, processes=processes().world)  # before any model loads
     out = prepare_run_dir(recipe, out_dir)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.common.seed)
@@ -223,8 +227,6 @@ def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = No
         "seconds": round(time.perf_counter() - t0, 3),
         **result,
     }
-    from stackalign.training.distributed import processes
-
     if not processes().is_main:  # under several processes the main one writes the summary and report
         return summary
     write_json_atomic(out / "summary.json", summary)
