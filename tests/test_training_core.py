@@ -195,7 +195,7 @@ def test_recipe_validation_names_the_problem(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # kill -9 at a random moment, restart: the same final weights, bit for bit
 # ---------------------------------------------------------------------------------------------------------
-def _micro_recipe(world, path: Path) -> Path:
+def _micro_recipe(world, path: Path, lora: dict | None = None) -> Path:
     cfg = {
         "algorithm": "rl",
         "world": str(world.root),
@@ -209,6 +209,8 @@ def _micro_recipe(world, path: Path) -> Path:
         "group_size": 3,
         "shaping": "srs",
     }
+    if lora is not None:
+        cfg["lora"] = lora
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -217,8 +219,11 @@ def _train_cmd(recipe: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "stackalign", "train", str(recipe), "--out", str(out)]
 
 
-def test_kill9_and_resume_gives_bit_identical_weights(micro_world, tmp_path):
-    recipe = _micro_recipe(micro_world, tmp_path / "r.yaml")
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8.0}], ids=["full", "lora"])
+def test_kill9_and_resume_gives_bit_identical_weights(micro_world, tmp_path, lora):
+    if lora is not None:
+        pytest.importorskip("peft")
+    recipe = _micro_recipe(micro_world, tmp_path / "r.yaml", lora)
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     # the uninterrupted run, in this process (one thread, like the subprocesses)
     from stackalign.training import load_train_recipe, run_training
@@ -244,12 +249,16 @@ def test_kill9_and_resume_gives_bit_identical_weights(micro_world, tmp_path):
     proc.wait()
     assert not (tmp_path / "b" / "final").exists()
     subprocess.run(_train_cmd(recipe, tmp_path / "b"), env=env, check=True, capture_output=True)
-    wa = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
+    weights = "model.safetensors" if lora is None else "adapter_model.safetensors"  # LoRA: the adapter
+    wa = load_file(str(tmp_path / "a" / "final" / weights))
+    wb = load_file(str(tmp_path / "b" / "final" / weights))
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    init = load_file(str(micro_world.policy_dir / "model.safetensors"))
-    assert not all(torch.equal(wa[k], init[k]) for k in wa)  # training did change the weights
+    if lora is None:
+        init = load_file(str(micro_world.policy_dir / "model.safetensors"))
+        assert not all(torch.equal(wa[k], init[k]) for k in wa)  # training did change the weights
+    else:  # B starts at zero: training moved it
+        assert any(float(v.abs().max()) > 0 for k, v in wa.items() if "lora_B" in k)
     rows_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows_b] == list(range(1, 7))  # nothing lost, nothing duplicated

@@ -263,7 +263,11 @@ _SIG_CACHE: dict[Any, frozenset] = {}
 
 
 def forward_params(module: Any) -> frozenset:
-    """Names of ``module.forward``'s parameters (cached per class)."""
+    """Names of ``module.forward``'s parameters (cached per class). A LoRA model (``peft``) or an adapter view
+    passes keyword arguments through to the model it wraps: that model's parameters."""
+    base = getattr(module, "get_base_model", None)
+    if callable(base):
+        module = base()
     key = type(module)
     if key not in _SIG_CACHE:
         try:

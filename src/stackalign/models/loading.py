@@ -129,9 +129,17 @@ def load_policy(
     as ``"bfloat16"``. ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``. The model is in eval
     mode; the tokenizer pads on the left and has a pad token (EOS if it had none), and
     ``model.generation_config.pad_token_id`` is set to it.
+
+    A LoRA adapter directory (``adapter_config.json``, as ``stackalign train`` writes with ``lora:``) loads
+    the base model it names, then the adapter (``peft``); the tokenizer is the adapter directory's if it
+    has one, else the base's.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if (Path(os.fspath(name_or_path)).expanduser() / "adapter_config.json").is_file():
+        return _load_adapter_policy(
+            Path(os.fspath(name_or_path)).expanduser(), dtype, device, trust_remote_code
+        )
     path = resolve_model_path(name_or_path)
     device = _resolve_device(device)
     config = _load_config(AutoConfig, path, trust_remote_code)
@@ -160,6 +168,19 @@ def load_policy(
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _load_adapter_policy(path: Path, dtype: Any, device: str, trust_remote_code: bool):
+    from stackalign.training.lora import adapter_base_name, require_peft
+
+    peft = require_peft()
+    base = adapter_base_name(path)
+    model, tokenizer = load_policy(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if (path / "tokenizer_config.json").is_file():
+        tokenizer = _load_tokenizer(str(path), trust_remote_code)
+    model = peft.PeftModel.from_pretrained(model, str(path))
+    model.eval()
     return model, tokenizer
 
 

@@ -140,6 +140,11 @@ def check_main(args: argparse.Namespace) -> int:
 
             preflight_train(resolved)
         print(yaml.safe_dump(resolved.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        from stackalign.training.memory import check_memory, estimate_train_memory
+
+        # the memory estimate from the models' configs (no weights load); refused when it cannot fit
+        est = estimate_train_memory(resolved) if args.no_env else check_memory(resolved)
+        print("\n".join(f"# {line}" for line in est.lines()))
         print(f"# ok: {args.recipe} is a valid train recipe (algorithm: {resolved.algorithm})")
         return 0
     recipe = load_recipe(args.recipe, args.overrides)

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from stackalign.rundir import is_disk_full
+from stackalign.training.memory import autocast_context
 
 __all__ = [
     "StepOutput",
@@ -60,6 +61,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "save_model_dir",
+    "load_weights_in_place",
     "train_loop",
 ]
 
@@ -91,6 +93,7 @@ class LoopSettings:
     keep_checkpoints: int = 2
     seed: int = 0
     progress: bool = True
+    bf16: bool = False  # bfloat16 autocast around each step (stackalign.training.memory.autocast_context)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -132,9 +135,16 @@ def step_seed(seed: int, step: int, salt: str = "") -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def batch_indices(n_items: int, per_step: int, step: int, seed: int) -> list[int]:
+def batch_indices(
+    n_items: int, per_step: int, step: int, seed: int, *, what: str = "prompts_per_step"
+) -> list[int]:
     """Indices of the items used at ``step`` (1-based): epochs over a seeded permutation of ``n_items``,
-    ``per_step`` consecutive items per step, wrapping into the next epoch's permutation. Stateless."""
+    ``per_step`` consecutive items per step, wrapping into the next epoch's permutation. Stateless.
+
+    Under several data-parallel processes (``stackalign.training.distributed``) this process's share of
+    them: items k with k mod W == rank (``per_step``, the recipe field ``what``, must be a multiple of W)."""
+    from stackalign.training.distributed import processes
+
     if n_items < 1 or per_step < 1:
         raise ValueError(f"batch_indices: need n_items >= 1 and per_step >= 1, got {n_items}, {per_step}")
     out = []
@@ -144,7 +154,7 @@ def batch_indices(n_items: int, per_step: int, step: int, seed: int) -> list[int
         perm = list(range(n_items))
         random.Random(step_seed(seed, epoch, "epoch")).shuffle(perm)
         out.append(perm[k])
-    return out
+    return processes().shard(out, what)
 
 
 _log = logging.getLogger("stackalign")
@@ -205,23 +215,40 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def save_model_dir(model: Any, tokenizer: Any, path: str | Path) -> Path:
+def save_model_dir(model: Any, tokenizer: Any, path: str | Path, *, merge: bool = False) -> Path:
     """``save_pretrained`` of model (safetensors) and tokenizer into ``path`` atomically (temp dir + rename);
-    the result loads with ``stackalign.models.load_policy`` / as a run recipe's ``policy:``."""
+    the result loads with ``stackalign.models.load_policy`` / as a run recipe's ``policy:``. A LoRA model
+    (``peft``) writes its adapters, and with ``merge`` also ``path/merged/`` (``stackalign.training.lora``)."""
+    from stackalign.training.distributed import processes
+
     path = Path(path)
+    procs = processes()
+    if not procs.is_main:  # under several processes the main one writes (the replicas are equal)
+        procs.barrier()
+        return path
+    _write_model_dir(model, tokenizer, path, merge)
+    procs.barrier()
+    return path
+
+
+def _write_model_dir(model: Any, tokenizer: Any, path: Path, merge: bool) -> None:
+    from stackalign.training.lora import is_peft_model, save_adapter_dir
+
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    if is_peft_model(model):
+        save_adapter_dir(model, tokenizer, tmp, merge=merge)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     _fsync_tree(tmp)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
     for stale in path.parent.glob(f".tmp-{path.name}-*"):  # left by a process killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
-    return path
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -246,10 +273,17 @@ def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
         g.set_state(state["generators"][k])
 
 
-def _load_weights_in_place(model: torch.nn.Module, model_dir: Path) -> None:
-    """Load a ``save_pretrained`` safetensors directory into ``model`` (exact copy, tied weights kept)."""
+def load_weights_in_place(model: torch.nn.Module, model_dir: str | Path) -> None:
+    """Load a ``save_pretrained`` safetensors directory into ``model`` (exact copy, tied weights kept); a
+    LoRA model loads its adapters (``stackalign.training.lora.load_adapter_weights``)."""
     from safetensors.torch import load_file
 
+    from stackalign.training.lora import is_peft_model, load_adapter_weights
+
+    model_dir = Path(model_dir)
+    if is_peft_model(model):
+        load_adapter_weights(model, model_dir)
+        return
     index = model_dir / "model.safetensors.index.json"
     files = (
         sorted({model_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
@@ -358,9 +392,9 @@ def load_checkpoint(
     checkpoint whose state is damaged fails before any weight changes."""
     meta = json.loads((ckpt / "trainer_state.json").read_text())
     blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    _load_weights_in_place(model, ckpt)
+    load_weights_in_place(model, ckpt)
     for name, m in (extra_models or {}).items():
-        _load_weights_in_place(m, ckpt / "extra" / name)
+        load_weights_in_place(m, ckpt / "extra" / name)
     optimizer.load_state_dict(blob["optimizer"])
     _set_rng_state(blob["rng"], generators or {})
     return int(meta["step"]), meta.get("algo_state", {})
@@ -398,6 +432,9 @@ def train_loop(
     Returns:
         :class:`LoopResult`.
     """
+    from stackalign.training.distributed import processes
+
+    procs = processes()  # one process, or this one's place under `accelerate launch`
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     algo_state = algo_state if algo_state is not None else {}
@@ -409,6 +446,7 @@ def train_loop(
     )
     log = MetricsLog(out_dir / "metrics.jsonl")
     start = 0
+    procs.barrier()  # every process resumes from the same checkpoint
     damaged: list[str] = []
     for ckpt in complete_checkpoints(out_dir):  # newest first; a damaged one falls back to the one before
         try:
@@ -437,51 +475,60 @@ def train_loop(
         raise ValueError(
             f"steps: the run directory has a checkpoint at step {start} > steps={settings.steps}"
         )
-    rows = log.truncate_after(start)
+    rows = log.truncate_after(start) if procs.is_main else [r for r in log.rows() if r["step"] <= start]
+    procs.barrier()
     t_start = time.perf_counter()
     bar = None
-    if settings.progress:
+    if settings.progress and procs.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     for step in range(start + 1, settings.steps + 1):
         t0 = time.perf_counter()
-        out = step_fn(step)
+        with autocast_context(params[0].device, settings.bf16):
+            out = step_fn(step)
         if out.loss is not None:
             if not torch.isfinite(out.loss):
                 raise ValueError(f"step {step}: the loss is {out.loss.item()} (not finite)")
             out.loss.backward()
+        procs.mean_grads(params)  # data parallel: the gradient of the global batch
         if settings.max_grad_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
         else:
             grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        row = {
-            "step": step,
-            "loss": float(out.loss.detach()) if out.loss is not None else None,
-            "grad_norm": grad_norm,
-            "lr": settings.lr,
-            **{
-                k: (float(v) if isinstance(v, int | float | torch.Tensor) else v)
-                for k, v in out.metrics.items()
-            },
-            "seconds": time.perf_counter() - t0,
-        }
-        log.append(row)
+        row = procs.mean_metrics(
+            {
+                "step": step,
+                "loss": float(out.loss.detach()) if out.loss is not None else None,
+                "grad_norm": grad_norm,
+                "lr": settings.lr,
+                **{
+                    k: (float(v) if isinstance(v, int | float | torch.Tensor) else v)
+                    for k, v in out.metrics.items()
+                },
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        row["step"] = step
+        if procs.is_main:
+            log.append(row)
         rows.append(row)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
-            save_checkpoint(
-                out_dir,
-                step,
-                model,
-                tokenizer,
-                optimizer,
-                algo_state=algo_state,
-                generators=generators,
-                extra_models=extra_models,
-                keep=settings.keep_checkpoints,
-            )
+            if procs.is_main:
+                save_checkpoint(
+                    out_dir,
+                    step,
+                    model,
+                    tokenizer,
+                    optimizer,
+                    algo_state=algo_state,
+                    generators=generators,
+                    extra_models=extra_models,
+                    keep=settings.keep_checkpoints,
+                )
+            procs.barrier()
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "reward", "kl")})

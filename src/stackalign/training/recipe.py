@@ -33,6 +33,7 @@ from typing import Any
 from stackalign.config import build as _build
 from stackalign.config import clip, did_you_mean
 from stackalign.runner.recipe import RecipeError, apply_overrides, read_yaml
+from stackalign.training.lora import LoraSettings
 
 __all__ = [
     "ALGORITHMS",
@@ -131,6 +132,20 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "evaluation settings"})
+    lora: LoraSettings | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA adapters instead of full fine-tuning: {r, alpha, dropout, target_modules, shared, merge}"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute each decoder layer in the backward pass (less activation memory)"},
+    )
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "bfloat16 autocast of the training steps (weights and optimizer stay in dtype)"},
+    )
 
     def __post_init__(self) -> None:
         if self.steps < 1:

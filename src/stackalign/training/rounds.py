@@ -32,7 +32,6 @@ once), and per round ``rounds/round_T/`` with ``pairs.jsonl``, ``stats.json`` (a
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -211,13 +210,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def _frozen_copy(model: Any) -> Any:
-    ref = copy.deepcopy(model)
-    ref.eval()
-    ref.requires_grad_(False)
-    return ref
-
-
 # ------------------------------------------------------------------------------------------ the loop
 def run_rounds(ctx: Any, algorithm: str) -> dict:
     """Train ``algorithm`` ("dpo" or "ssapo") through the shared trainer; returns the summary fields
@@ -245,8 +237,10 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
     device = torch.device(common.device)
     policy, tok = ctx.load_policy()
     policy.eval()  # no dropout: the loss is deterministic given the weights
-    base = ctx.load_reference()  # pi_ref of the implicit reward (the initial policy)
-    ref = _frozen_copy(policy)  # the leader's reference pi_{t-1}, reloaded at the start of each round
+    base = ctx.load_reference()  # pi_ref of the implicit reward (the initial policy; with LoRA: adapters off)
+    # the leader's reference pi_{t-1} is the policy itself at the start of round t: its log-probs on the
+    # round's pairs are computed then (round_data), before any update, so no frozen copy is kept
+    ref = policy
     pad = pad_id_of(tok)
 
     seeds = load_pairs(algo.seeds_file) if algo.seeds_file else None
@@ -382,7 +376,7 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
             wc = (S.float(), D.float())
         return dict(data=data, n=N, ref_c=torch.cat(rc), ref_r=torch.cat(rr), wc=wc)
 
-    from stackalign.training.loop import StepOutput, save_model_dir
+    from stackalign.training.loop import StepOutput, load_weights_in_place, save_model_dir
 
     trained_last = False
     for t in range(n_rounds + 1):
@@ -391,15 +385,12 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
             continue
         trained_last = t == n_rounds
         if t > 0:  # pi_{t-1}: the previous round's final weights (also after a restart)
-            prev, _ = ctx.load_policy(str(out / "rounds" / f"round_{t - 1}" / "model"))
-            policy.load_state_dict(prev.state_dict())
-            del prev
-        ref.load_state_dict(policy.state_dict())  # the leader's reference for this round: pi_{t-1}
-        cur = round_data(t)
+            load_weights_in_place(policy, out / "rounds" / f"round_{t - 1}" / "model")
+        cur = round_data(t)  # the reference log-probs of pi_{t-1} (= the policy now)
         rseed = step_seed(common.seed, t, "round")
 
         def step_fn(step: int, t=t, cur=cur, rseed=rseed) -> StepOutput:
-            idx = batch_indices(cur["n"], algo.batch_size, step, rseed)
+            idx = batch_indices(cur["n"], algo.batch_size, step, rseed, what="batch_size")
             pc, pr = _pair_logps(policy, cur["data"], idx, pad, device)
             kw = {}
             if cur["wc"] is not None:
@@ -427,8 +418,7 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
         off += sched[t]
     save_pairs(rows, out / "metrics.jsonl")
     if not trained_last:  # restarted after the last round finished: final/ is that round's model
-        last, _ = ctx.load_policy(str(out / "rounds" / f"round_{n_rounds}" / "model"))
-        policy.load_state_dict(last.state_dict())
+        load_weights_in_place(policy, out / "rounds" / f"round_{n_rounds}" / "model")
     ctx.save_final(policy, tok)
     rounds = [
         json.loads((out / "rounds" / f"round_{t}" / "done.json").read_text()) for t in range(n_rounds + 1)

@@ -60,17 +60,50 @@ class TrainContext:
 
     def load_policy(self, path: str | None = None) -> tuple[Any, Any]:
         """A fresh copy of the initial policy (or of ``path``): ``(model, tokenizer)``, in eval mode (dropout
-        off) with gradients enabled."""
-        from stackalign.models import load_policy
+        off) with gradients enabled. With the recipe's ``lora:`` (and no ``path``) the model is the frozen
+        base wrapped in a ``PeftModel`` with trainable adapters (two for slhf unless ``lora.shared``), and
+        :meth:`load_reference` / :meth:`load_players` are views of it (``stackalign.training.lora``)."""
+        model, tok = self._load(path)
+        if path is None and self.config.lora is not None:
+            from stackalign.training.lora import FOLLOWER, apply_lora
 
-        model, tok = load_policy(path or self.policy_path, dtype=self.config.dtype, device=self.config.device)
+            two = self.recipe.algorithm == "slhf" and not self.config.lora.shared
+            adapters = ("default", FOLLOWER) if two else ("default",)
+            model = apply_lora(model, self.config.lora, adapters=adapters, base_name=self.policy_path)
+        if path is None:
+            if self.config.gradient_checkpointing:
+                from stackalign.training.memory import enable_gradient_checkpointing
+
+                enable_gradient_checkpointing(model)
+            self._cache["policy"] = model
         return model, tok
 
     def load_reference(self) -> Any:
-        """The frozen reference policy (the initial policy, no gradients)."""
-        model, _ = self.load_policy()
+        """The frozen reference policy (the initial policy, no gradients): a separate copy, or with LoRA the
+        trained policy with its adapters disabled (no copy; loads the policy first if needed)."""
+        if self.config.lora is not None:
+            from stackalign.training.lora import AdapterView
+
+            if "policy" not in self._cache:
+                self.load_policy()
+            return AdapterView(self._cache["policy"], None)
+        model, _ = self._load(None)
         model.requires_grad_(False)
         return model
+
+    def _load(self, path: str | None) -> tuple[Any, Any]:
+        from stackalign.models import load_policy
+
+        return load_policy(path or self.policy_path, dtype=self.config.dtype, device=self.config.device)
+
+    def load_players(self, policy: Any) -> tuple[Any, Any]:
+        """SLHF's ``(leader, follower)`` for the ``policy`` of :meth:`load_policy`: the policy itself twice
+        (one model told apart by the prompt), or with two LoRA adapters a view of each."""
+        from stackalign.training.lora import FOLLOWER, AdapterView, is_peft_model
+
+        if is_peft_model(policy) and FOLLOWER in policy.peft_config:
+            return AdapterView(policy, "default"), AdapterView(policy, FOLLOWER)
+        return policy, policy
 
     def load_reward_model(self) -> Any:
         """The proxy reward model (:class:`stackalign.models.RewardModel`), loaded once."""
@@ -162,11 +195,14 @@ class TrainContext:
             keep_checkpoints=c.keep_checkpoints,
             seed=c.seed,
             progress=c.progress,
+            bf16=c.bf16,
         )
 
     def save_final(self, model: Any, tokenizer: Any) -> Path:
-        """Write ``DIR/final/`` (model + tokenizer, safetensors) atomically."""
-        return save_model_dir(model, tokenizer, self.out_dir / "final")
+        """Write ``DIR/final/`` (model + tokenizer, safetensors; with LoRA the adapters, and ``merged/`` when
+        ``lora.merge``) atomically."""
+        lora = self.config.lora
+        return save_model_dir(model, tokenizer, self.out_dir / "final", merge=bool(lora and lora.merge))
 
 
 def _load_world(cfg) -> Any:
@@ -235,8 +271,11 @@ def check_world_identity(out: Path, world: Any) -> None:
 def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = None) -> dict:
     """Run a validated recipe into ``out_dir``; returns the summary (also written to summary.json)."""
     from stackalign.runner.preflight import preflight_train
+    from stackalign.training.distributed import processes
+    from stackalign.training.memory import check_memory
 
     preflight_train(recipe)  # the device, the world and model paths, before anything loads
+    check_memory(recipe, processes=processes().world)  # before any model loads
     with DirLock(out_dir, "train directory"):  # one writer per train directory
         return _run_locked(recipe, out_dir, world)
 
@@ -262,6 +301,8 @@ def _run_locked(recipe: ResolvedRecipe, out_dir: str | Path, world: Any) -> dict
         "seconds": round(time.perf_counter() - t0, 3),
         **result,
     }
+    if not processes().is_main:  # under several processes the main one writes the summary and report
+        return summary
     write_json_atomic(out / "summary.json", summary)
     from stackalign.training.plots import plot_training_curves, write_report
 

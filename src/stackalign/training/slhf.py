@@ -117,12 +117,20 @@ def train(ctx) -> dict:
             f"world: SLHF's follower turn needs the chat template (chat_template: true) or a world with the "
             f"follower format (world {where} has none; rebuild it with `stackalign world build`)"
         )
+    from stackalign.training.distributed import processes
+
+    if cfg.baseline == "loo" and processes().distributed:
+        raise ValueError(
+            "baseline: 'loo' averages over the whole batch; under several processes use constant"
+        )
+
     judge = make_judge(ctx, cfg)  # a gold judge without a world is refused before any model loads
     prompts = ctx.train_prompts()  # so is a prompt source that cannot be read
     ctx.eval_prompts()
     policy, tok = ctx.load_policy()
     follower_prompt = ctx.follower_prompt(tok)
     reference = ctx.load_reference()
+    leader, follower = ctx.load_players(policy)  # the policy twice, or two LoRA adapters on one base
     gen = ctx.generation_config()
     pad = pad_id_of(tok)
 
@@ -131,12 +139,12 @@ def train(ctx) -> dict:
 
     def step_fn(step: int) -> StepOutput:
         xs = [prompts[i] for i in batch_indices(len(prompts), c.prompts_per_step, step, c.seed)]
-        ys, y_ids = _flat(sample_group(policy, tok, xs, 1, gen, seed=c.seed, step=step, salt="leader"))
+        ys, y_ids = _flat(sample_group(leader, tok, xs, 1, gen, seed=c.seed, step=step, salt="leader"))
         fx = [follower_prompt(x, y) for x, y in zip(xs, ys)]
-        ys2, y2_ids = _flat(sample_group(policy, tok, fx, 1, gen, seed=c.seed, step=step, salt="follower"))
+        ys2, y2_ids = _flat(sample_group(follower, tok, fx, 1, gen, seed=c.seed, step=step, salt="follower"))
         s = check_judge(judge(xs, ys, ys2), len(xs))
-        lp_l, m_l = logps(policy, xs, y_ids)
-        lp_f, m_f = logps(policy, fx, y2_ids)
+        lp_l, m_l = logps(leader, xs, y_ids)
+        lp_f, m_f = logps(follower, fx, y2_ids)
         with torch.no_grad():
             ref_l, _ = logps(reference, xs, y_ids)
             ref_f, _ = logps(reference, fx, y2_ids)
@@ -146,8 +154,9 @@ def train(ctx) -> dict:
     result = train_loop(policy, tok, step_fn, ctx.loop_settings(), ctx.out_dir)
     ctx.save_final(policy, tok)
     policy.eval()
-    ev = evaluate_slhf(judge, follower_prompt, policy, reference, tok, ctx.eval_prompts(),
-                       ctx.eval_generation_config(), samples=c.eval.samples, chain=cfg.chain)  # fmt: skip
+    ev = evaluate_slhf(judge, follower_prompt, leader, reference, tok, ctx.eval_prompts(),
+                       ctx.eval_generation_config(), samples=c.eval.samples, chain=cfg.chain,
+                       follower=follower)  # fmt: skip
     ev["judge"] = judge_name(ctx, cfg)
     del result
     return {"eval": ev}
@@ -169,11 +178,23 @@ def soft_win(judge, xs: list[str], a: list[str], b: list[str]) -> float:
 
 @torch.no_grad()
 def evaluate_slhf(
-    judge, follower_prompt, policy, base, tok, prompts, gen, *, samples: int = 1, chain: int = 3
+    judge,
+    follower_prompt,
+    policy,
+    base,
+    tok,
+    prompts,
+    gen,
+    *,
+    samples: int = 1,
+    chain: int = 3,
+    follower=None,
 ) -> dict:
     """Win rates (mean soft preference of ``judge``, ties count half) over ``prompts`` × ``samples``: leader vs
     base, follower (refining its own leader's answer) vs leader and vs base, and the refinement chain vs base.
-    ``follower_prompt(x, y)`` is the follower's input (``TrainContext.follower_prompt``)."""
+    ``follower_prompt(x, y)`` is the follower's input (``TrainContext.follower_prompt``); ``policy`` plays the
+    leader, ``follower`` (default: ``policy``) the follower."""
+    follower = policy if follower is None else follower
     xs = [x for x in prompts for _ in range(samples)]
     leader, basel = (
         eval_answers(policy, tok, xs, gen, "eval-leader"),
@@ -182,7 +203,7 @@ def evaluate_slhf(
     cur, refine, first = leader, {}, None
     for k in range(1, chain + 1):
         follower_xs = [follower_prompt(x, y) for x, y in zip(xs, cur)]
-        cur = eval_answers(policy, tok, follower_xs, gen, f"eval-follower-{k}")
+        cur = eval_answers(follower, tok, follower_xs, gen, f"eval-follower-{k}")
         first = cur if k == 1 else first
         refine[str(k)] = soft_win(judge, xs, cur, basel)
     return {

@@ -1,0 +1,119 @@
+"""Data-parallel training under ``accelerate launch`` (2 CPU processes, gloo): the same final weights as one
+process with the same global batch, within max |Δw| <= 1e-5 (lr 1e-3, 2 AdamW steps; the difference is float
+rounding of batched forward passes of different shapes and of the gradient all-reduce)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+pytest.importorskip("accelerate")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TOL = 1e-5
+FIELDS = {"rl": {"group_size": 2}, "slhf": {}, "dpo": {"seed_pairs": 8, "batch_size": 4}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _recipe(world, path: Path, algorithm: str, **kw) -> Path:
+    d = {
+        "algorithm": algorithm,
+        "world": str(world.root),
+        "steps": 2,
+        "lr": 1e-3,
+        "prompts_per_step": 4,
+        "max_new_tokens": 8,
+        "checkpoint_every": 1,
+        "progress": False,
+        "eval": {"limit": 2, "samples": 1},
+        **FIELDS[algorithm],
+        **kw,
+    }
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _train(recipe: Path, out: Path, processes: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    train = ["-m", "stackalign", "train", str(recipe), "--out", str(out)]
+    if processes == 1:
+        cmd = [sys.executable, *train]
+    else:  # torchrun under accelerate; on a machine without CUDA every process uses the CPU and gloo
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), *train]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) data-parallel check")
+@pytest.mark.parametrize("algorithm", ["rl", "slhf", "dpo"])
+def test_two_processes_equal_one_process_with_the_same_global_batch(micro, tmp_path, algorithm):
+    recipe = _recipe(micro, tmp_path / "r.yaml", algorithm)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, n in ((one, 1), (two, 2)):
+        res = _train(recipe, out, n)
+        assert res.returncode == 0, res.stderr[-3000:]
+    wa = load_file(str(one / "final" / "model.safetensors"))
+    wb = load_file(str(two / "final" / "model.safetensors"))
+    init = load_file(str(micro.policy_dir / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    moved = max(float((wa[k] - init[k]).abs().max()) for k in wa)
+    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert moved > 100 * TOL  # training changed the weights far more than the tolerance
+    assert diff <= TOL, f"{algorithm}: max |w_1proc - w_2proc| = {diff:.3g} > {TOL}"
+    # the main process alone wrote the metrics: one row per step, averaged over the processes
+    rows = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    if algorithm != "dpo":  # dpo's metrics.jsonl is the rounds' rows joined
+        assert [r["step"] for r in rows] == [1, 2]
+    ra = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    assert len(ra) == len(rows)
+    assert all(abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"])) for a, b in zip(ra, rows))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) data-parallel check")
+def test_a_global_batch_that_does_not_split_evenly_is_refused_naming_the_field(micro, tmp_path):
+    recipe = _recipe(micro, tmp_path / "r.yaml", "rl", prompts_per_step=3)
+    res = _train(recipe, tmp_path / "out", 2)
+    assert res.returncode != 0
+    assert "prompts_per_step: 3 items per step cannot be split evenly over 2 processes" in res.stderr
+
+
+def test_processes_shard_and_gradient_mean_by_hand(monkeypatch):
+    """The bookkeeping without a launcher: item k goes to process k mod W; gradients are averaged."""
+    from stackalign.training.distributed import Processes
+
+    assert Processes(1, 2).shard([10, 11, 12, 13]) == [11, 13]
+    assert Processes(0, 1).shard([10, 11, 12]) == [10, 11, 12]
+    with pytest.raises(ValueError, match="batch_size"):
+        Processes(0, 2).shard([1, 2, 3], "batch_size")
+    sums = []
+
+    def fake_all_reduce(t, op=None):  # the other process holds gradient 3 everywhere
+        t += torch.full_like(t, 3.0) if t.dtype == torch.float32 else torch.full_like(t, 5.0)
+        sums.append(t.clone())
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    q = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.ones(2, 2)  # q has no gradient on this process: it counts as zero
+    Processes(0, 2).mean_grads([p, q])
+    assert torch.equal(p.grad, torch.full((2, 2), 2.0)) and torch.equal(q.grad, torch.full((3,), 1.5))
+    row = Processes(0, 2).mean_metrics({"step": 1, "loss": 1.0, "note": "x"})
+    assert row["loss"] == 3.0 and row["note"] == "x"  # (1 + 5) / 2
