@@ -43,6 +43,8 @@ def _recipe(world, algorithm: str, lora: dict | None = LORA, **kw):
         "eval": {"limit": 2, "samples": 1},
         **ALGO_FIELDS[algorithm],
     }
+    if algorithm in ("dpo", "ssapo"):  # their steps follow from their own fields
+        del d["steps"], d["prompts_per_step"]
     if lora is not None:
         d["lora"] = lora
     d.update(kw)

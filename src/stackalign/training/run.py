@@ -15,6 +15,7 @@ Killed at any moment and started again with the same command, training resumes f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -276,11 +277,15 @@ def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = No
 
     preflight_train(recipe)  # the device, the world and model paths, before anything loads
     check_memory(recipe, processes=processes().world)  # before any model loads
-    with DirLock(out_dir, "train directory"):  # one writer per train directory
+    # one writer per train directory: under several processes (accelerate launch) the main one holds the lock
+    lock = DirLock(out_dir, "train directory") if processes().is_main else contextlib.nullcontext()
+    with lock:
         return _run_locked(recipe, out_dir, world)
 
 
 def _run_locked(recipe: ResolvedRecipe, out_dir: str | Path, world: Any) -> dict:
+    from stackalign.training.distributed import processes
+
     world = world if world is not None else _load_world(recipe.common)
     out = prepare_run_dir(recipe, out_dir)
     check_world_identity(out, world)
