@@ -42,7 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wb.add_argument("--pairs", type=int, default=None, help="number of gold-labelled preference pairs")
     wb.add_argument("--label-noise", type=float, default=None, help="fraction of flipped labels")
-    wb.add_argument("--preset", choices=["default", "micro"], default="default")
+    wb.add_argument(
+        "--preset",
+        choices=["default", "micro", "smol", "smol-micro"],
+        default=None,
+        help="default / micro (sandbox world); smol / smol-micro (with --base; default smol)",
+    )
+    wb.add_argument(
+        "--base",
+        default=None,
+        help="build the smol world on this real model (smollm2-135m-instruct) instead of a sandbox world",
+    )
     wb.set_defaults(func=_handler("stackalign.worlds.cli:build"))
 
     run = sub.add_parser("run", help="run a recipe")

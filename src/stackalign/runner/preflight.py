@@ -47,7 +47,7 @@ def judge_reachable(base_url: str, timeout: float = 3.0) -> str | None:
 def preflight(recipe: Recipe, *, network: bool = True) -> None:
     """Raise RecipeError listing every problem found (each line names the recipe field)."""
     problems: list[str] = []
-    if recipe.world not in (None, "default"):
+    if recipe.world not in (None, "default", "smol"):
         path = Path(recipe.world).expanduser()
         if not path.is_dir():
             problems.append(
