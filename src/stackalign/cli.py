@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the paper's main comparison, end to end, on the sandbox world")
     demo.add_argument("--quick", action="store_true", help="fewer prompts and methods (about 3 minutes)")
     demo.add_argument("--out", default=None, help="results directory (default: runs/demo[-quick])")
-    demo.add_argument("--world", default=None, help="use the world built at this directory")
+    demo.add_argument(
+        "--world", default=None, help="use the world built at this directory, or a named world (smol)"
+    )
     demo.set_defaults(func=_handler("stackalign.runner.demo:main"))
 
     world = sub.add_parser("world", help="the sandbox world")
