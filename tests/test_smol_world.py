@@ -253,6 +253,17 @@ def test_micro_build_is_deterministic_and_loads(smol_dir, tmp_path):
     with torch.no_grad():
         s = rm([w.test_prompts[0]] * 2, ["Dig a hole.", "Dig a hole for the tree."])
     assert torch.isfinite(s).all() and s[0] != s[1]
+    # gold pairs for training (DPO / SSAPO seeds): the build's samples where they exist, fresh ones elsewhere
+    covered = next(iter(w.shipped_samples()))
+    fresh = next(q for q in w.train_prompts if q not in w.shipped_samples())
+    from stackalign.training.preferences import gold_pairs
+
+    pairs = gold_pairs(w, [covered, fresh], 4, label_noise=0.0, seed=1)
+    assert pairs == gold_pairs(w, [covered, fresh], 4, label_noise=0.0, seed=1)
+    assert pairs and {p["prompt"] for p in pairs} <= {covered, fresh}
+    for p in pairs:
+        assert p["gold_chosen"] > p["gold_rejected"] and not p["flipped"]
+        assert G.gold_utility(p["prompt"], p["chosen"]) == p["gold_chosen"]
     # a changed file is caught
     (tmp_path / "a" / "pairs.jsonl").write_text("[]\n")
     with pytest.raises(ValueError, match="sha256 mismatch"):

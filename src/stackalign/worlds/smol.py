@@ -124,6 +124,47 @@ class SmolWorld(World):
 
         return CallableReward(G.gold_utility, name="gold")
 
+    def gold_pairs(
+        self, prompts: list[str], n: int, *, label_noise: float = 0.0, seed: int = 0
+    ) -> list[dict]:
+        """``n`` pairs of base-model responses to ``prompts`` (cycled in a seeded order), labelled by gold, a
+        ``label_noise`` share flipped (what ``stackalign.training.preferences.gold_pairs`` returns for this
+        world). The build's samples (``pairs.jsonl``) are reused for the prompts they cover; other prompts get 4
+        fresh samples each from the base model (seeded). A prompt whose samples all tie in gold gives no pair,
+        so fewer than ``n`` pairs can come back."""
+        from stackalign.worlds.build import labelled_pair
+
+        rng = random.Random(f"stackalign-smol-gold-pairs:{seed}")
+        order = list(prompts)
+        rng.shuffle(order)
+        targets = [order[i % len(order)] for i in range(n)]
+        pool = {q: list(v) for q, v in self.shipped_samples().items()}
+        need = [q for q in dict.fromkeys(targets) if len(pool.get(q, [])) < 2]
+        if need:
+            policy, tok = self.load_policy()
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                flat, _ = sample(policy, tok, need, 4, self.max_new_tokens, 64)
+            for i, q in enumerate(need):
+                pool[q] = flat[i * 4 : (i + 1) * 4]
+        pairs = []
+        for q in targets:
+            gold = {s: G.gold_utility(q, s) for s in pool[q]}
+            cands = [(a, b) for a, b in combinations(pool[q], 2) if abs(gold[a] - gold[b]) >= 1e-9]
+            if cands:
+                a, b = rng.choice(cands)
+                pairs.append(labelled_pair(rng, q, a, b, gold[a], gold[b], float(label_noise)))
+        return pairs
+
+    def shipped_samples(self) -> dict[str, list[str]]:
+        """The base samples behind the build's pairs (``pairs.jsonl``), by prompt, in first-seen order."""
+        out: dict[str, dict[str, None]] = {}
+        with open(self.root / "pairs.jsonl", encoding="utf-8") as f:
+            for line in f:
+                x = json.loads(line)
+                out.setdefault(x["prompt"], {}).update({x["chosen"]: None, x["rejected"]: None})
+        return {q: list(v) for q, v in out.items()}
+
 
 # ---- prompts and sampling -----------------------------------------------------------------------------
 def smol_splits() -> dict[str, list[str]]:
