@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the paper's main comparison, end to end, on the sandbox world")
     demo.add_argument("--quick", action="store_true", help="fewer prompts and methods (about 3 minutes)")
     demo.add_argument("--out", default=None, help="results directory (default: runs/demo[-quick])")
-    demo.add_argument("--world", default=None, help="use the world built at this directory")
+    demo.add_argument(
+        "--world", default=None, help="use the world built at this directory, or a named world (smol)"
+    )
     demo.set_defaults(func=_handler("stackalign.runner.demo:main"))
 
     world = sub.add_parser("world", help="the sandbox world")
@@ -42,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wb.add_argument("--pairs", type=int, default=None, help="number of gold-labelled preference pairs")
     wb.add_argument("--label-noise", type=float, default=None, help="fraction of flipped labels")
-    wb.add_argument("--preset", choices=["default", "micro"], default="default")
+    wb.add_argument(
+        "--preset",
+        choices=["default", "micro", "smol", "smol-micro"],
+        default=None,
+        help="default / micro (sandbox world); smol / smol-micro (with --base; default smol)",
+    )
+    wb.add_argument(
+        "--base",
+        default=None,
+        help="build the smol world on this real model (smollm2-135m-instruct) instead of a sandbox world",
+    )
     wb.add_argument(
         "--force",
         action="store_true",

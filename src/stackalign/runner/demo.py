@@ -31,7 +31,9 @@ QUICK_SWEEP_PROMPTS = 12
 def _world(recipe):
     from stackalign.worlds import default_world, load_world
 
-    return default_world() if recipe.world == "default" else load_world(recipe.world)
+    return (
+        default_world() if recipe.world == "default" else load_world(recipe.world)
+    )  # load_world knows "smol"
 
 
 def demo_recipe_path() -> Path:
@@ -138,9 +140,16 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     overrides = list(QUICK_OVERRIDES if args.quick else [])
     if args.world:
-        if not Path(args.world).is_dir():
-            raise FileNotFoundError(f"--world: no such directory {args.world!r}")
-        overrides.append(f"world={Path(args.world).resolve()}")
+        from stackalign.worlds.world import NAMED_WORLDS
+
+        if args.world in NAMED_WORLDS and not Path(args.world).exists():
+            overrides.append(f"world={args.world}")  # a cached world by name (smol: built on first use)
+        elif not Path(args.world).is_dir():
+            raise FileNotFoundError(
+                f"--world: no such directory {args.world!r} (or a name: {', '.join(NAMED_WORLDS)})"
+            )
+        else:
+            overrides.append(f"world={Path(args.world).resolve()}")
     recipe = load_recipe(demo_recipe_path(), overrides)
     from stackalign.runner.preflight import preflight
 

@@ -194,7 +194,7 @@ def preflight_train(recipe) -> None:
 
 
 def _check_world(problems: list[str], world: str | None) -> None:
-    if world in (None, "default"):
+    if world in (None, "default", "smol"):
         return
     path = Path(world).expanduser()
     if not path.is_dir():

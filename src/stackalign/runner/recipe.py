@@ -210,7 +210,10 @@ class BackendConfig:
 
 @dataclass
 class Recipe:
-    world: str | None = _help("default (the cached sandbox world), a world directory, or null", "default")
+    world: str | None = _help(
+        "default (the cached sandbox world), smol (the cached smol world), a world directory, or null",
+        "default",
+    )
     policy: str | None = _help("causal LM name or path; null = the world's policy", None)
     reward_model: str | None = _help(
         "1-label sequence classifier name or path; null = the world's proxy reward model", None

@@ -74,6 +74,8 @@ def gold_pairs(
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts: no prompts to draw the pairs from")
+    if hasattr(world, "gold_pairs"):  # a world with its own base distribution (the smol world's base model)
+        return world.gold_pairs(prompts, n, label_noise=float(label_noise), seed=seed)
     bias = float(world.params.get("bias", world.manifest.get("config", {}).get("bias", 0.85)))
     rng = random.Random(f"stackalign-gold-pairs:{seed}")
     return make_pairs(rng, prompts, n, bias, float(label_noise))

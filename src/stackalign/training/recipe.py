@@ -94,7 +94,10 @@ class TrainConfig:
 
     algorithm: str = field(default="rl", metadata={"help": "rl | rlhf | slhf | dpo | ssapo"})
     world: str | None = field(
-        default="default", metadata={"help": "'default' (cached sandbox world), a world directory, or null"}
+        default="default",
+        metadata={
+            "help": "'default' (cached sandbox world), 'smol' (cached smol world), a world directory, or null"
+        },
     )
     policy: str | None = field(
         default=None, metadata={"help": "policy model name or path (null: the world's)"}

@@ -177,18 +177,23 @@ def make_pairs(rng: random.Random, prompts: list[str], n: int, bias: float, nois
     while len(pairs) < n:
         prompt = rng.choice(prompts)
         a, b = sample_base_response(rng, prompt, bias), sample_base_response(rng, prompt, bias)
-        ga, gb = T.gold_utility(prompt, a), T.gold_utility(prompt, b)
-        if abs(ga - gb) < 1e-9:
-            continue
-        if ga < gb:
-            a, b, ga, gb = b, a, gb, ga
-        flipped = rng.random() < noise
-        if flipped:
-            a, b, ga, gb = b, a, gb, ga
-        pairs.append(
-            dict(prompt=prompt, chosen=a, rejected=b, gold_chosen=ga, gold_rejected=gb, flipped=flipped)
-        )
+        pair = labelled_pair(rng, prompt, a, b, T.gold_utility(prompt, a), T.gold_utility(prompt, b), noise)
+        if pair is not None:
+            pairs.append(pair)
     return pairs
+
+
+def labelled_pair(rng: random.Random, prompt: str, a: str, b: str, ga: float, gb: float, noise: float):
+    """The pair as a dict, chosen = the better by gold (``ga``, ``gb``), its label flipped with probability
+    ``noise`` (``flipped`` marks it); None for a tie in gold (no random number is drawn then)."""
+    if abs(ga - gb) < 1e-9:
+        return None
+    if ga < gb:
+        a, b, ga, gb = b, a, gb, ga
+    flipped = rng.random() < noise
+    if flipped:
+        a, b, ga, gb = b, a, gb, ga
+    return dict(prompt=prompt, chosen=a, rejected=b, gold_chosen=ga, gold_rejected=gb, flipped=flipped)
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------
@@ -332,14 +337,7 @@ def train_rm(lm, tok, pairs: list[dict], p: dict, gen: torch.Generator, log) -> 
     n_prompt = [len(x) for x in enc([x["prompt"] for x in pairs])]
     chosen = enc([format_rm_input(x["prompt"], x["chosen"]) for x in pairs])
     rejected = enc([format_rm_input(x["prompt"], x["rejected"]) for x in pairs])
-    for i in range(len(pairs)):
-        if u[i] < 0.5:  # a finished response, as the policy ends it
-            chosen[i] = chosen[i] + [tok.eos_token_id]
-            rejected[i] = rejected[i] + [tok.eos_token_id]
-        elif u[i] < 0.5 + p["rm_prefix_share"]:  # both cut to the same fraction of their response tokens
-            for seq in (chosen, rejected):
-                keep = max(1, math.ceil(float(frac[i]) * (len(seq[i]) - n_prompt[i])))
-                seq[i] = seq[i][: n_prompt[i] + keep]
+    finish_or_cut(chosen, rejected, n_prompt, u, frac, tok.eos_token_id, 0.5, p["rm_prefix_share"])
     opt = torch.optim.AdamW(rm.parameters(), lr=p["rm_lr"], betas=(0.9, 0.95), weight_decay=0.01)
     lengths = [len(c) + len(r) for c, r in zip(chosen, rejected)]
     epochs = [_batches(lengths, p["rm_batch"], gen) for _ in range(p["rm_epochs"])]
@@ -364,6 +362,31 @@ def train_rm(lm, tok, pairs: list[dict], p: dict, gen: torch.Generator, log) -> 
     return rm, float(acc_ema)
 
 
+def finish_or_cut(
+    chosen, rejected, n_prompt, u, frac, eos_id: int, eos_share: float, prefix_share: float
+) -> None:
+    """In place, per pair i: with ``u[i] < eos_share`` both sequences get ``eos_id`` appended (finished, as the
+    policy ends them); with ``u[i] < eos_share + prefix_share`` both are cut to the same fraction ``frac[i]``
+    of their response tokens (the first ``n_prompt[i]`` tokens are the prompt); otherwise left as they are."""
+    for i in range(len(chosen)):
+        if u[i] < eos_share:
+            chosen[i] = chosen[i] + [eos_id]
+            rejected[i] = rejected[i] + [eos_id]
+        elif u[i] < eos_share + prefix_share:
+            for seq in (chosen, rejected):
+                keep = max(1, math.ceil(float(frac[i]) * (len(seq[i]) - n_prompt[i])))
+                seq[i] = seq[i][: n_prompt[i] + keep]
+
+
+def file_hashes(out: Path) -> dict[str, str]:
+    """sha256 of every file under ``out`` but manifest.json and README.md, by relative path."""
+    return {
+        str(f.relative_to(out)): sha256_file(f)
+        for f in sorted(out.rglob("*"))
+        if f.is_file() and f.name not in ("manifest.json", "README.md")
+    }
+
+
 # ---- evaluation -----------------------------------------------------------------------------------
 def cut_response(text: str) -> str:
     """A generated continuation cut at the first stop string / EOS text (not stripped: the RM input
@@ -374,8 +397,23 @@ def cut_response(text: str) -> str:
 
 
 @torch.no_grad()
-def sample_policy(model, tok, prompts: list[str], n_per_prompt: int, max_new_tokens: int, batch: int = 128):
-    """Pure ancestral samples (temperature 1, no top-k/top-p) from the base LM, cut at stop strings."""
+def sample_policy(
+    model,
+    tok,
+    prompts: list[str],
+    n_per_prompt: int,
+    max_new_tokens: int,
+    batch: int = 128,
+    *,
+    stop_strings: list[str] | None = None,
+    cut=cut_response,
+    skip_special_tokens: bool = True,
+):
+    """Pure ancestral samples (temperature 1, no top-k/top-p) from the base LM, cut at stop strings:
+    ``(prompts, responses, share of responses that held a stop string)``, the prompts repeated
+    ``n_per_prompt`` times in order. ``stop_strings`` (default: the sandbox's) are counted in the decoded text,
+    ``cut`` makes the response of it."""
+    stop_strings = T.STOP_STRINGS if stop_strings is None else stop_strings
     flat = [q for q in prompts for _ in range(n_per_prompt)]
     out: list[str] = []
     hit_stop = 0
@@ -392,9 +430,9 @@ def sample_policy(model, tok, prompts: list[str], n_per_prompt: int, max_new_tok
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
         )
-        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        hit_stop += sum(any(st in t for st in T.STOP_STRINGS) for t in texts)
-        out += [cut_response(t) for t in texts]
+        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=skip_special_tokens)
+        hit_stop += sum(any(st in t for st in stop_strings) for t in texts)
+        out += [cut(t) for t in texts]
     return flat, out, hit_stop / max(1, len(flat))
 
 
@@ -542,11 +580,7 @@ def build_into(out: Path, *, seed: int, params: dict, progress: bool) -> dict:
 
     import transformers
 
-    files = {
-        str(f.relative_to(out)): sha256_file(f)
-        for f in sorted(out.rglob("*"))
-        if f.is_file() and f.name not in ("manifest.json", "README.md")
-    }
+    files = file_hashes(out)
     manifest = {
         "format": WORLD_FORMAT,
         "version": WORLD_VERSION,
@@ -646,8 +680,12 @@ or with a sentence dropped — so the base LM continues the format but does not 
 """
 
 
-def build_world_dir(out_dir: str | os.PathLike, *, seed: int, params: dict, progress: bool) -> dict:
-    """Build into a temporary sibling directory, then move into ``out_dir`` (replacing an old world)."""
+def build_world_dir(
+    out_dir: str | os.PathLike, *, seed: int, params: dict, progress: bool, builder=None
+) -> dict:
+    """Build into a temporary sibling directory, then move into ``out_dir`` (replacing an old world).
+    ``builder(tmp, seed=, params=, progress=)`` writes the files and returns the manifest (default:
+    the sandbox world's :func:`build_into`)."""
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"world output {str(out)!r} exists and is not a directory")
@@ -660,7 +698,7 @@ def build_world_dir(out_dir: str | os.PathLike, *, seed: int, params: dict, prog
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        manifest = build_into(tmp, seed=seed, params=params, progress=progress)
+        manifest = (builder or build_into)(tmp, seed=seed, params=params, progress=progress)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)

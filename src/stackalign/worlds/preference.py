@@ -75,10 +75,12 @@ def type_utilities(prompt: str, response: str) -> tuple[float, ...]:
     return tuple(round(u, 10) for u in (thorough, warm, concise))
 
 
-def preference_from_utilities(ua: Sequence[float], ub: Sequence[float]) -> float:
-    """p(a ≻ b) from the two responses' per-type utilities."""
+def preference_from_utilities(
+    ua: Sequence[float], ub: Sequence[float], types: Sequence[tuple[str, float]] = USER_TYPES
+) -> float:
+    """p(a ≻ b) from the two responses' per-type utilities (``types``: the population's (name, share))."""
     p = 0.0
-    for (_, share), a, b in zip(USER_TYPES, ua, ub):
+    for (_, share), a, b in zip(types, ua, ub):
         p += share if a - b > 1e-9 else (0.5 * share if abs(a - b) <= 1e-9 else 0.0)
     return round(p, 12)
 

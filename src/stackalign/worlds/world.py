@@ -83,12 +83,33 @@ class World:
         return self.manifest.get("params", {})
 
 
+# World names a recipe's ``world:`` may use instead of a directory: each is built once into the cache.
+NAMED_WORLDS = ("default", "smol")
+
+
+def named_world(name: str, cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> World:
+    """The cached world called ``name``: ``default`` (the sandbox world) or ``smol`` (the smol world on
+    SmolLM2-135M-Instruct, ``stackalign.worlds.smol``), built on first use."""
+    if name == "default":
+        return default_world(cache_dir, progress=progress)
+    if name == "smol":
+        from stackalign.worlds.smol import smol_world
+
+        return smol_world(cache_dir, progress=progress)
+    raise ValueError(
+        f"world: unknown world name {name!r}; use one of {list(NAMED_WORLDS)} or a world directory"
+    )
+
+
 def load_world(path: str | os.PathLike, *, verify: bool = True) -> World:
-    """Load a world built by :func:`build_world` / ``stackalign world build``.
+    """Load a world built by :func:`build_world` / ``stackalign world build`` (a sandbox or a smol world), or
+    a named one (``NAMED_WORLDS``, when no directory of that name exists).
 
     FileNotFoundError if the directory or its manifest is missing; ValueError if the manifest is not a
     world manifest of this version, or (``verify=True``) a file is missing or its sha256 differs.
     """
+    if str(path) in NAMED_WORLDS and not Path(path).expanduser().exists():
+        return named_world(str(path))
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"world directory not found: {str(root)!r}")
@@ -103,18 +124,17 @@ def load_world(path: str | os.PathLike, *, verify: bool = True) -> World:
         raise ValueError(f"world manifest {str(mpath)!r} is not valid JSON: {e}") from None
     if manifest.get("format") != WORLD_FORMAT:
         raise ValueError(f"{str(mpath)!r} is not a stackalign world manifest")
+    if manifest.get("kind") == "smol":
+        from stackalign.worlds.smol import load_smol_world
+
+        return load_smol_world(root, manifest, verify=verify)
     if manifest.get("version") != WORLD_VERSION or manifest.get("text_version") != T.WORLD_TEXT_VERSION:
         raise ValueError(
             f"world at {str(root)!r} has version {manifest.get('version')}/{manifest.get('text_version')}, this "
             f"stackalign expects {WORLD_VERSION}/{T.WORLD_TEXT_VERSION}; rebuild it with `stackalign world build`"
         )
     if verify:
-        for rel, digest in manifest.get("files", {}).items():
-            f = root / rel
-            if not f.is_file():
-                raise ValueError(f"world file missing: {str(f)!r}")
-            if sha256_file(f) != digest:
-                raise ValueError(f"world file changed since the build (sha256 mismatch): {str(f)!r}")
+        verify_files(root, manifest)
     prompts = json.loads((root / "prompts.json").read_text())
     return World(
         root=root,
@@ -129,6 +149,16 @@ def load_world(path: str | os.PathLike, *, verify: bool = True) -> World:
         eos_token=manifest.get("eos_token", T.EOS_TOKEN),
         preferred_threshold=float(manifest.get("preferred_threshold", T.PREFERRED_THRESHOLD)),
     )
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """ValueError naming the first file of ``manifest["files"]`` that is missing or whose sha256 differs."""
+    for rel, digest in manifest.get("files", {}).items():
+        f = root / rel
+        if not f.is_file():
+            raise ValueError(f"world file missing: {str(f)!r}")
+        if sha256_file(f) != digest:
+            raise ValueError(f"world file changed since the build (sha256 mismatch): {str(f)!r}")
 
 
 def build_world(
@@ -166,24 +196,34 @@ def default_world(cache_dir: str | os.PathLike | None = None, *, progress: bool 
     ``<cache root>/worlds/default-seed0`` (cache root: ``cache_dir``, ``$STACKALIGN_CACHE`` or
     ``~/.cache/stackalign``) and reused while its manifest matches this version and parameters and its
     files verify. Concurrent callers wait on a lock instead of building twice."""
-    import fcntl
-
     root = default_cache_root(cache_dir) / "worlds" / "default-seed0"
     want = resolve_params("default")
     want_params = {"seed": 0, "preset": "default", **{k: want[k] for k in ("bias", "pairs", "label_noise")}}
+
+    return cached_world(
+        root,
+        lambda w: w.params == want_params,
+        lambda: build_world(root, seed=0, preset="default", progress=progress),
+    )
+
+
+def cached_world(root: Path, wanted, build) -> World:
+    """The world at ``root`` if it loads, verifies and ``wanted(world)``; else ``build()`` (which writes it
+    there) under a lock next to ``root``, so concurrent callers wait instead of building twice."""
+    import fcntl
 
     def usable() -> World | None:
         try:
             w = load_world(root)
         except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError):
             return None
-        return w if w.params == want_params else None
+        return w if wanted(w) else None
 
     w = usable()
     if w is not None:
         return w
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / ".default-seed0.lock", "w") as lock:
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             w = usable()  # someone else may have built it while we waited
@@ -192,7 +232,7 @@ def default_world(cache_dir: str | os.PathLike | None = None, *, progress: bool 
                     import shutil
 
                     shutil.rmtree(root)
-                w = build_world(root, seed=0, preset="default", progress=progress)
+                w = build()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return w
