@@ -186,9 +186,9 @@ def test_slhf_evidence_refines_args_and_srs_args_answers_with_intervals(micro, t
     """The evidence tool on the micro world (the base model standing in for both trained runs): every win
     rate is [rate, lo, hi] with lo <= rate <= hi; ARGS and SRS-ARGS answers are among the refined sources and
     are the decoders' own greedy outputs; a model refining with itself as the 'other' answer is 0.5 exactly."""
+    from experiments.slhf_evidence import _pref, evidence
     from stackalign.decoding.args import ARGSConfig, args_generate
     from stackalign.decoding.common import GenerationConfig
-    from stackalign.training.slhf_evidence import _pref, evidence
 
     for name in ("slhf", "rlhf", "selfplay"):
         (tmp_path / name).mkdir()
