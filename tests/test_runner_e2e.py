@@ -44,6 +44,7 @@ def _recipe(world, limit=4):
     )
 
 
+@pytest.mark.slow
 def test_run_writes_results_and_resumes_without_duplicates(micro_world, tmp_path):
     out = tmp_path / "run"
     recipe = _recipe(micro_world)

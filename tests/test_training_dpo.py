@@ -198,7 +198,7 @@ def test_round_prompt_pools_are_disjoint_and_seeded():
 
 
 def test_grouped_lp_is_feasible_for_the_global_one_so_its_value_is_lower():
-    from stackalign.training.lp_bench import lp_timing
+    from experiments.lp_bench import lp_timing
 
     rows = lp_timing([60], [None, 20, 7], eps=0.3)
     glob, *grouped = rows

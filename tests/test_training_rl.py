@@ -157,7 +157,7 @@ def test_trl_trainer_two_steps_on_a_tiny_model(tmp_path, trainer_name):
 
 
 def test_overopt_stats_hand_curve():
-    from stackalign.training.overopt import overopt_stats
+    from experiments.overopt import overopt_stats
 
     curve = [
         {"step": 0, "kl": 0.0, "proxy_reward": -1.0, "gold_reward": -0.5},
@@ -172,7 +172,7 @@ def test_overopt_stats_hand_curve():
 def test_overopt_paired_gold_against_a_baseline_run(tmp_path, micro):
     """Paired final gold differences: exactly the per-prompt means of the runs' final samples, differenced;
     a run with other evaluation settings is skipped."""
-    from stackalign.training.overopt import paired_gold
+    from experiments.overopt import paired_gold
 
     prompts = list(micro.test_prompts)[:3]
     ev = {"prompts": "world:test", "limit": 3, "samples": 2, "seed": 1}

@@ -191,16 +191,16 @@ def format_sweep_table(result: dict) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in body)])
 
 
-def _backend_session(recipe: Recipe) -> contextlib.AbstractContextManager:
+def _backend_pool(recipe: Recipe) -> contextlib.AbstractContextManager:
     """For the Ray backend: one Ray connection for the whole sweep (each value's run attaches to it rather
     than starting and stopping a local Ray instance, seconds each) and one pool of actors, whose loaded
     models every value's run reuses (yielded: `execute(..., workers=)`). Without Ray installed, nothing: the
     first run then reports the missing package as a recipe error."""
     if recipe.backend.kind != "ray" or importlib.util.find_spec("ray") is None:
         return contextlib.nullcontext()
-    from stackalign.runner.backends.ray_backend import ray_session
+    from stackalign.runner.backends.ray_backend import ray_pool
 
-    return ray_session(recipe.backend)
+    return ray_pool(recipe.backend)
 
 
 def run_sweep(
@@ -239,7 +239,7 @@ def run_sweep(
         world = default_world(progress=progress) if recipe.world == "default" else load_world(recipe.world)
 
     per_value: dict[float, dict] = {}
-    with _backend_session(recipe) as workers:
+    with _backend_pool(recipe) as workers:
         for v in vals:
             sub = out / f"{key}={_label(v)}"
             if progress:

@@ -10,7 +10,12 @@ Modules (components, no god-class):
 - ``evaluate``: :func:`evaluate_policy` (gold, proxy, KL on test prompts), :func:`gold_win_rate`.
 - ``recipe`` / ``run``: ``stackalign train RECIPE.yaml --out DIR [key=value ...]``; the algorithm registry
   :data:`ALGORITHMS` (name -> lazily imported ``"module:ConfigClass"``, ``"module:train"``).
-- ``rl``: ``algorithm: rl`` — REINFORCE/RLOO with a group shaping (vanilla, meanstd, minmax, srs, ...).
+- ``rl``: ``algorithm: rl`` — REINFORCE/RLOO with a group shaping (vanilla, meanstd, minmax, srs, ...);
+  ``algorithm: rlhf`` is the same with ``shaping: vanilla``.
+- ``slhf`` / ``slhf_loss``: ``algorithm: slhf`` — one model as leader and follower (SLHF).
+- ``selfplay``: ``algorithm: selfplay`` — the NLHF self-play preference baseline (SPO / Nash-MD-PG).
+- ``dpo`` / ``ssapo`` / ``rounds``: ``algorithm: dpo`` and ``algorithm: ssapo`` (rounds of self-annotated pairs
+  against the follower's worst case).
 
 Writing an algorithm (the API other algorithms plug into)
 ---------------------------------------------------------

@@ -14,7 +14,7 @@ fields (its config dataclass, found through :data:`ALGORITHMS`).
 
 The whole recipe is checked before any model loads: an unknown key (with a "did you mean"), a wrong type
 or a bad value is an error naming its path. ``key=value`` overrides use dotted paths (``eval.every=5``,
-``world=/tmp/world1``, ``steps=10``, ``shaping=vanilla``).
+``world=worlds/world1``, ``steps=10``, ``shaping=vanilla``).
 
 Registry: each algorithm name maps to ``"module:ConfigClass"`` and ``"module:train_function"``, imported
 lazily (a missing module gives a clear "not available" error). The train function is called as

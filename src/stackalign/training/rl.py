@@ -22,7 +22,7 @@ Why SRS at training time: the KL-regularised RL optimum is exactly the SRS paper
 threshold at m*(x) (its Thm 1/2), and the soft version bounds how much a high proxy score can pull the
 policy (s ≤ B), which is the over-optimisation lever this module measures.
 
-``rlhf`` (the baseline of the SLHF issue) is this algorithm with ``shaping: vanilla``; :func:`rl_step`
+``rlhf`` (the RLHF baseline of SLHF) is this algorithm with ``shaping: vanilla``; :func:`rl_step`
 and :func:`shape_group_rewards` are importable pieces for it.
 """
 

@@ -24,7 +24,7 @@ Phases (each fans out over the pool; the driver appends results as they arrive):
      evaluation then reads the scores instead of loading the encoder (the gold judge is a cheap function of
      the world, an LLM judge already runs its calls concurrently).
 
-A sweep (`ray_session`) keeps one `WorkerPool` for all its values: each value's run hands its units to the
+A sweep (`ray_pool`) keeps one `WorkerPool` for all its values: each value's run hands its units to the
 same actors, and every call names the run's recipe and directory (`Worker.run`), so an actor switches to a
 new value's recipe on its first unit, keeping its loaded models when the value names the same ones and
 rebuilding everything derived from the recipe (method plans and their generators, prompts, out_dir).
@@ -106,7 +106,7 @@ class WorkerPool:
 
 
 @contextmanager
-def ray_session(backend) -> Iterator[WorkerPool]:
+def ray_pool(backend) -> Iterator[WorkerPool]:
     """Ray connected (`connect`) for the block, and shut down at its end when this call started it: the
     runs inside attach to it instead of starting and stopping Ray each (`stackalign sweep`: one per value).
     Yields a `WorkerPool` the runs share (`execute(..., workers=)`): their actors and loaded models are

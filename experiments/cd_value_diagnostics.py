@@ -27,7 +27,7 @@ Target variants (rewards R of shape (P, N): P training prompts x N samples):
                         raw-e60-s2: the spread a retrained head alone causes
 
 Usage (one world per call; ~3-4 min on one CPU thread):
-    PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/cd_value_diagnostics.py --world default --out /tmp/cdv/default
+    PYTHONPATH=src OMP_NUM_THREADS=1 python -m experiments.cd_value_diagnostics --world default --out runs/cdv/default
 """
 
 from __future__ import annotations

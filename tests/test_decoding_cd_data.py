@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_cd import make_lm, make_tokenizer
+from test_decoding_cd import make_lm, make_tokenizer
 
 from stackalign.decoding.cd import CDConfig, controlled_decode
 from stackalign.decoding.cd_data import CDDataConfig, OfflineData, build_offline_data, shaped_targets

@@ -1,6 +1,6 @@
-"""Markdown tables from `cd_value_diagnostics.py` outputs (one diagnostics.json per world).
+"""Markdown tables from `experiments/cd_value_diagnostics.py` outputs (one diagnostics.json per world).
 
-    python scripts/cd_value_tables.py /tmp/cdv/default /tmp/cdv/slhf-w-seed1 /tmp/cdv/w2 \
+    python -m experiments.cd_value_tables runs/cdv/default runs/cdv/slhf-w-seed1 runs/cdv/w2 \
         --pairs srs:raw srs-e60:raw-e60 --lams 1.5 4
 
 prints (1) the value-head diagnostics per world and variant, (2) gold per variant and lambda, (3) the paired

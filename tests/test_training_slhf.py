@@ -183,13 +183,14 @@ def test_shipped_slhf_train_recipes_validate():
     assert (gpu.common.lr, gpu.algo.tau_leader, gpu.algo.kappa) == (1e-5, 0.001, 5.0)
 
 
+@pytest.mark.slow
 def test_slhf_evidence_refines_args_and_srs_args_answers_with_intervals(micro, tmp_path):
     """The evidence tool on the micro world (the base model standing in for both trained runs): every win
     rate is [rate, lo, hi] with lo <= rate <= hi; ARGS and SRS-ARGS answers are among the refined sources and
     are the decoders' own greedy outputs; a model refining with itself as the 'other' answer is 0.5 exactly."""
+    from experiments.slhf_evidence import _pref, evidence
     from stackalign.decoding.args import ARGSConfig, args_generate
     from stackalign.decoding.common import GenerationConfig
-    from stackalign.training.slhf_evidence import _pref, evidence
 
     for name in ("slhf", "rlhf", "selfplay"):
         (tmp_path / name).mkdir()

@@ -1,4 +1,4 @@
-"""stackalign.bench.presets: per-step statistics equal hand-computed ones; recording changes nothing."""
+"""experiments.presets: per-step statistics equal hand-computed ones; recording changes nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_decoding_common import PROMPTS, make_models
 
-from stackalign.bench.presets import StepRecorder
+from experiments.presets import StepRecorder
 from stackalign.decoding.args import ARGSConfig, args_generate
 from stackalign.decoding.common import GenerationConfig
 from stackalign.shaping import get_preset
@@ -106,7 +106,7 @@ def _fake_run(
 def test_sweep_tables_pair_at_the_same_w_and_at_each_methods_validation_best(tmp_path):
     import json
 
-    from stackalign.bench.presets import sweep_tables
+    from experiments.presets import sweep_tables
 
     diff = {"ARGS@w=1": {"gold_diff": [-0.5, -0.8, -0.2]}, "ARGS@w=4": {"gold_diff": [0.1, -0.1, 0.3]}}
     paired = {

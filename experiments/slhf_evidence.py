@@ -1,7 +1,7 @@
-"""Evidence for SLHF on a sandbox world (the issue's (ii)–(iv)): a round robin, cross-model refinement,
+"""Evidence for SLHF on a sandbox world: a round robin, cross-model refinement,
 and Max@k over the refinement chain vs i.i.d. samples. All under the world's gold preference / utility.
 
-    python -m stackalign.training.slhf_evidence WORLD SLHF_RUN RLHF_RUN OUT.json [--prompts N] [--args-w W]
+    python -m experiments.slhf_evidence WORLD SLHF_RUN RLHF_RUN OUT.json [--prompts N] [--args-w W]
         [--selfplay SELFPLAY_RUN]
 
 SLHF_RUN / RLHF_RUN are ``train`` output directories (their ``final/`` models are used). The answers refined

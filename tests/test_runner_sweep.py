@@ -124,7 +124,7 @@ def test_main_resumes_a_finished_sweep_and_prints_the_table(swept, micro_world, 
     assert (out / "w=4" / "generations.jsonl").read_text() == before  # nothing regenerated
 
 
-def test_a_ray_sweep_holds_one_ray_session_around_every_value(micro_world, tmp_path, monkeypatch):
+def test_a_ray_sweep_holds_one_ray_pool_around_every_value(micro_world, tmp_path, monkeypatch):
     # `stackalign sweep` with the Ray backend connects once and every value's run attaches to that
     # connection (before: each run started and stopped its own local Ray instance, seconds each)
     import contextlib
@@ -136,7 +136,7 @@ def test_a_ray_sweep_holds_one_ray_session_around_every_value(micro_world, tmp_p
     events = []
 
     @contextlib.contextmanager
-    def session(backend):
+    def pool(backend):
         events.append(("connect", backend.workers))
         yield
         events.append("shutdown")
@@ -146,7 +146,7 @@ def test_a_ray_sweep_holds_one_ray_session_around_every_value(micro_world, tmp_p
         w = recipe.methods[0].params["w"]
         return {"methods": {"ARGS": {"proxy_reward": w, "gold_reward": -w, "win_tie": {}}}}
 
-    monkeypatch.setattr(ray_backend, "ray_session", session)
+    monkeypatch.setattr(ray_backend, "ray_pool", pool)
     monkeypatch.setattr(run, "execute", fake_execute)
     monkeypatch.setattr("stackalign.evaluation.summary.plot_sweep", lambda *a, **k: None)
     data = {**_data(micro_world), "backend": {"kind": "ray", "workers": 2}}

@@ -22,7 +22,7 @@ trajectory (every live row at every step, each step weighted equally), what that
   regret        (max r - r_chosen) / (max r - min r): how far below the best candidate's reward the chosen
                 token's reward is, in units of the step's range (0 = the reward-best candidate)
 
-Run: ``python -m stackalign.bench.presets recipes/presets-sweep.yaml [world=...] [prompts.limit=...]``
+Run: ``python -m experiments.presets recipes/presets-sweep.yaml [world=...] [prompts.limit=...]``
 (every ``args`` method of the recipe is decoded once with a recording wrapper around its shaper; the
 decoding is the runner's own, so the texts equal the run's: the printed gold mean is checkable against the
 run's summary.json). ``--test LABEL=DIR ... [--val LABEL=DIR ...] [--gains LABEL=FILE ...]`` instead
@@ -294,9 +294,7 @@ def sweep_tables(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m stackalign.bench.presets", description=__doc__.split("\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="python -m experiments.presets", description=__doc__.split("\n")[0])
     ap.add_argument("recipe", nargs="?", default=None, help="run recipe whose args methods are diagnosed")
     ap.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     ap.add_argument(

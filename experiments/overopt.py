@@ -1,7 +1,7 @@
 """The reward over-optimisation picture (Gao, Schulman, Hilton 2023, arXiv 2210.10760, Fig. 1): proxy and
 gold reward against KL(π‖π_ref) during training, one curve per shaping, from ``rl`` run directories.
 
-    python -m stackalign.training.overopt runs/overopt-vanilla runs/overopt-meanstd runs/overopt-srs \
+    python -m experiments.overopt runs/overopt-vanilla runs/overopt-meanstd runs/overopt-srs \
         --out docs/train-rl-overopt.png [--table docs/train-rl-overopt.md]
 
 Per run (the ``curve`` of its summary.json: held-out evaluations every ``eval.every`` steps):
@@ -161,9 +161,7 @@ def paired_gold(runs: list[Path], baseline: Path) -> dict[str, tuple[float, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m stackalign.training.overopt", description=__doc__.splitlines()[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m experiments.overopt", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="rl run directories")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--table", default=None, help="also write the markdown table here")

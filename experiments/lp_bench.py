@@ -1,7 +1,7 @@
 """How the follower's LP (arXiv 2502.18099, Thm 3.3) scales with the number of pairs, with and without the
 grouping of Section 3.4.
 
-    python -m stackalign.training.lp_bench [--pairs 100,300,1000,3000] [--groups 0,100] [--space margin]
+    python -m experiments.lp_bench [--pairs 100,300,1000,3000] [--groups 0,100] [--space margin]
 
 Margins are drawn from the distribution self-annotation produced in the sandbox (|N(1, 1)|, i.e. positive
 margins beta*(r_w - r_l) mostly below 3); the times are CPU seconds of this process (HiGHS runs single-threaded
