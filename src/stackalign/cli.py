@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
     sw.set_defaults(func=_handler("stackalign.runner.sweep:main"))
 
-    tr = sub.add_parser("train", help="train a policy from a train recipe (rl, rlhf, slhf, selfplay, dpo, ssapo)")
+    tr = sub.add_parser(
+        "train", help="train a policy from a train recipe (rl, rlhf, slhf, selfplay, dpo, ssapo)"
+    )
     tr.add_argument("recipe", help="train recipe YAML file")
     tr.add_argument("--out", required=True, help="run directory (resumes when it holds the same run)")
     tr.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
