@@ -55,7 +55,8 @@ def test_rerun_does_not_resample(tmp_path, monkeypatch):
     assert mixed.from_cache == [True, True, False]
     fresh = th.mc_threshold(policy, tok, rm, PROMPTS, 4, GEN, B=2.0, beta=1.0, cache_dir=False)
     assert fresh.samples == mixed.samples
-    torch.testing.assert_close(fresh.thresholds, mixed.thresholds)
+    # the same samples; their rewards were scored in other batches (float noise of ~1e-7)
+    torch.testing.assert_close(fresh.thresholds, mixed.thresholds, atol=1e-6, rtol=1e-6)
 
 
 def test_cache_key_covers_n_seed_and_models(tmp_path):

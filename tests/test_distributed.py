@@ -43,6 +43,8 @@ def _recipe(world, path: Path, algorithm: str, **kw) -> Path:
         **FIELDS[algorithm],
         **kw,
     }
+    if algorithm in ("dpo", "ssapo"):  # their steps follow from the pairs and their own fields
+        del d["steps"], d["prompts_per_step"]
     path.write_text(yaml.safe_dump(d))
     return path
 

@@ -19,7 +19,9 @@ ROOT = Path(stackalign.__file__).resolve().parent
 KNOWN_CYCLES = {("models", "worlds"), ("runner", "training")}
 KNOWN_UPWARD = {
     ("stackalign.training.recipe", "stackalign.runner.recipe"),
+    ("stackalign.training.run", "stackalign.runner.preflight"),
     ("stackalign.training.run", "stackalign.runner.prompts"),
+    ("stackalign.training.run", "stackalign.runner.run"),
     ("stackalign.training.run", "stackalign.runner.recipe"),
 }
 

@@ -50,8 +50,9 @@ def _recipe(d, algorithm: str) -> dict:
         "checkpoint_every": 1,
         **EXTRA[algorithm],
     }
-    if algorithm in ("dpo", "ssapo"):
+    if algorithm in ("dpo", "ssapo"):  # their steps follow from the pairs and their own fields
         r["seeds_file"] = str(d / "seeds.jsonl")
+        del r["steps"], r["prompts_per_step"]
     return r
 
 

@@ -172,7 +172,7 @@ def load_policy(
 
 
 def _load_adapter_policy(path: Path, dtype: Any, device: str, trust_remote_code: bool):
-    from stackalign.training.lora import adapter_base_name, require_peft
+    from stackalign.models.lora import adapter_base_name, require_peft
 
     peft = require_peft()
     base = adapter_base_name(path)

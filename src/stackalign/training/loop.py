@@ -218,7 +218,7 @@ def _fsync_tree(root: Path) -> None:
 def save_model_dir(model: Any, tokenizer: Any, path: str | Path, *, merge: bool = False) -> Path:
     """``save_pretrained`` of model (safetensors) and tokenizer into ``path`` atomically (temp dir + rename);
     the result loads with ``stackalign.models.load_policy`` / as a run recipe's ``policy:``. A LoRA model
-    (``peft``) writes its adapters, and with ``merge`` also ``path/merged/`` (``stackalign.training.lora``)."""
+    (``peft``) writes its adapters, and with ``merge`` also ``path/merged/`` (``stackalign.models.lora``)."""
     from stackalign.training.distributed import processes
 
     path = Path(path)
@@ -232,7 +232,7 @@ def save_model_dir(model: Any, tokenizer: Any, path: str | Path, *, merge: bool 
 
 
 def _write_model_dir(model: Any, tokenizer: Any, path: Path, merge: bool) -> None:
-    from stackalign.training.lora import is_peft_model, save_adapter_dir
+    from stackalign.models.lora import is_peft_model, save_adapter_dir
 
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     if tmp.exists():
@@ -275,10 +275,10 @@ def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
 
 def load_weights_in_place(model: torch.nn.Module, model_dir: str | Path) -> None:
     """Load a ``save_pretrained`` safetensors directory into ``model`` (exact copy, tied weights kept); a
-    LoRA model loads its adapters (``stackalign.training.lora.load_adapter_weights``)."""
+    LoRA model loads its adapters (``stackalign.models.lora.load_adapter_weights``)."""
     from safetensors.torch import load_file
 
-    from stackalign.training.lora import is_peft_model, load_adapter_weights
+    from stackalign.models.lora import is_peft_model, load_adapter_weights
 
     model_dir = Path(model_dir)
     if is_peft_model(model):

@@ -32,8 +32,8 @@ from typing import Any
 
 from stackalign.config import build as _build
 from stackalign.config import clip, did_you_mean
+from stackalign.models.lora import LoraSettings
 from stackalign.runner.recipe import RecipeError, apply_overrides, read_yaml
-from stackalign.training.lora import LoraSettings
 
 __all__ = [
     "ALGORITHMS",

@@ -63,10 +63,10 @@ class TrainContext:
         """A fresh copy of the initial policy (or of ``path``): ``(model, tokenizer)``, in eval mode (dropout
         off) with gradients enabled. With the recipe's ``lora:`` (and no ``path``) the model is the frozen
         base wrapped in a ``PeftModel`` with trainable adapters (two for slhf unless ``lora.shared``), and
-        :meth:`load_reference` / :meth:`load_players` are views of it (``stackalign.training.lora``)."""
+        :meth:`load_reference` / :meth:`load_players` are views of it (``stackalign.models.lora``)."""
         model, tok = self._load(path)
         if path is None and self.config.lora is not None:
-            from stackalign.training.lora import FOLLOWER, apply_lora
+            from stackalign.models.lora import FOLLOWER, apply_lora
 
             two = self.recipe.algorithm == "slhf" and not self.config.lora.shared
             adapters = ("default", FOLLOWER) if two else ("default",)
@@ -83,7 +83,7 @@ class TrainContext:
         """The frozen reference policy (the initial policy, no gradients): a separate copy, or with LoRA the
         trained policy with its adapters disabled (no copy; loads the policy first if needed)."""
         if self.config.lora is not None:
-            from stackalign.training.lora import AdapterView
+            from stackalign.models.lora import AdapterView
 
             if "policy" not in self._cache:
                 self.load_policy()
@@ -100,7 +100,7 @@ class TrainContext:
     def load_players(self, policy: Any) -> tuple[Any, Any]:
         """SLHF's ``(leader, follower)`` for the ``policy`` of :meth:`load_policy`: the policy itself twice
         (one model told apart by the prompt), or with two LoRA adapters a view of each."""
-        from stackalign.training.lora import FOLLOWER, AdapterView, is_peft_model
+        from stackalign.models.lora import FOLLOWER, AdapterView, is_peft_model
 
         if is_peft_model(policy) and FOLLOWER in policy.peft_config:
             return AdapterView(policy, "default"), AdapterView(policy, FOLLOWER)
