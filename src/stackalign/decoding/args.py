@@ -58,7 +58,7 @@ from stackalign.decoding.rm_cache import (
     Scorer,
     TextScorer,
     TreeScorer,
-    _backbone_and_head,
+    cacheable_rm_problem,
     supports_incremental,
     tree_mask_unsupported,
 )
@@ -210,14 +210,9 @@ def shape_on_host(
 def bridge_unsupported(rm: Any) -> str | None:
     """None if ``rm`` can score another tokenizer's text through the incremental bridge
     (:class:`BridgeScorer`), else why not."""
-    if getattr(rm, "model", None) is None or getattr(rm, "tokenizer", None) is None:
-        return f"the reward {rm!r} is a text-level callable"
-    if getattr(rm, "chat_template", False):
-        return "the reward model formats its input with a chat template"
-    try:
-        _backbone_and_head(rm)
-    except ValueError as e:
-        return str(e)
+    why = cacheable_rm_problem(rm)
+    if why is not None:
+        return why
     if getattr(rm.tokenizer, "backend_tokenizer", None) is None:
         return "the reward model's tokenizer is not a fast (Rust) tokenizer"
     return tree_mask_unsupported(rm.model)

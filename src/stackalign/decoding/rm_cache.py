@@ -104,10 +104,9 @@ def _shares_ids(policy_tokenizer: Any, rm: Any) -> bool:
     )
 
 
-def supports_incremental(policy_tokenizer: Any, rm: Any) -> str | None:
-    """None if ``rm`` can score the policy's token ids incrementally, else the reason it cannot."""
-    from stackalign.models import shares_tokenizer
-
+def cacheable_rm_problem(rm: Any) -> str | None:
+    """None if ``rm`` is an HF reward model whose backbone can be run with a KV cache on its own token ids (no
+    chat template around the input), else why not: what every incremental scorer needs."""
     if getattr(rm, "model", None) is None or getattr(rm, "tokenizer", None) is None:
         return f"the reward {rm!r} is a text-level callable"
     if getattr(rm, "chat_template", False):
@@ -116,6 +115,16 @@ def supports_incremental(policy_tokenizer: Any, rm: Any) -> str | None:
         _backbone_and_head(rm)
     except ValueError as e:
         return str(e)
+    return None
+
+
+def supports_incremental(policy_tokenizer: Any, rm: Any) -> str | None:
+    """None if ``rm`` can score the policy's token ids incrementally, else the reason it cannot."""
+    from stackalign.models import shares_tokenizer
+
+    why = cacheable_rm_problem(rm)
+    if why is not None:
+        return why
     if not shares_tokenizer(policy_tokenizer, rm.tokenizer):
         return "the policy and reward model tokenizers differ"
     return None

@@ -72,7 +72,3 @@ def follow_up_prompt(
         {"role": "user", "content": request},
     ]
     return render(tokenizer, messages)
-
-
-def is_chat_prompt(prompt: Any) -> bool:
-    return isinstance(prompt, ChatPrompt)

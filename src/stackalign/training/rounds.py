@@ -160,10 +160,16 @@ class SSAPOConfig(DPOConfig):
 
 def round_schedule(algo: DPOConfig, n_seeds: int, self_annotating: bool) -> list[int]:
     """Optimizer steps of each round: [round 0, round 1, ...] (see the module docstring)."""
-    rounds = algo.rounds if (self_annotating or algo.data == "all") else 0
     out = [math.ceil(n_seeds / algo.batch_size) * algo.seed_epochs]
-    out += [math.ceil(algo.prompts_per_round / algo.batch_size) * algo.epochs] * rounds
+    out += [math.ceil(algo.prompts_per_round / algo.batch_size) * algo.epochs] * later_rounds(
+        algo, self_annotating
+    )
     return out
+
+
+def later_rounds(algo: DPOConfig, self_annotating: bool) -> int:
+    """Rounds after round 0: SSAPO's self-annotation rounds, or DPO-all's gold rounds; DPO on the seeds has none."""
+    return algo.rounds if (self_annotating or algo.data == "all") else 0
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -182,28 +188,6 @@ def _pair_logps(model: Any, data: dict, idx: list[int], pad: int, device: Any) -
     ids, mask, resp = pack_sequences(P + P, R, pad)
     lp = sequence_logprobs(model, ids.to(device), mask.to(device), resp.to(device))
     return lp[: len(idx)], lp[len(idx) :]
-
-
-def _load_prompts(path: str) -> list[str]:
-    """Prompts from a JSONL file of objects with a "prompt" string (full policy prompts, chat template
-    applied)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"prompts_file: not found: {str(p)!r}")
-    out = []
-    for ln, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: line {ln} is not valid JSON: {e}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise ValueError(f"{p}: line {ln} needs a non-empty string field 'prompt'")
-        out.append(row["prompt"])
-    if not out:
-        raise ValueError(f"prompts_file: {p} holds no prompts")
-    return out
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -225,13 +209,14 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
             raise ValueError("seeds_file: required when world is null (the seed pairs come from a file)")
         if algo.data == "all" and not ssapo:
             raise ValueError("data: 'all' needs a world's gold judge to label the rounds; use data: seeds")
-    needs_prompts = ssapo and algo.rounds > 0 or algo.data == "all"  # DPO on the seeds reads no prompts
-    # every prompt source is read before any model loads (a missing file or world split fails here)
+    # every prompt source is read before any model loads (a missing file or world split fails here); DPO on
+    # the seeds alone has no later rounds and reads no prompts
     train_prompts = []
-    if needs_prompts:
-        train_prompts = _load_prompts(algo.prompts_file) if algo.prompts_file else ctx.train_prompts()
+    if later_rounds(algo, ssapo):
         if algo.prompts_file:
-            train_prompts = ctx.format_prompts(train_prompts)
+            train_prompts = ctx.prompts_from(algo.prompts_file, "prompts_file")
+        else:
+            train_prompts = ctx.train_prompts()
     rm_eval = world is None and common.reward_model is not None  # no gold: the reward model judges
     eval_prompts = ctx.eval_prompts() if world is not None or rm_eval else []
     device = torch.device(common.device)
