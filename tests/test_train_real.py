@@ -2,6 +2,7 @@
 template, the reward model as the only judge; the trained final/ decodes in a run recipe."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -47,7 +48,8 @@ def _recipe(d, algorithm: str) -> dict:
         "max_new_tokens": 4,
         "lr": 1e-5,
         "progress": False,
-        "checkpoint_every": 1,
+        "checkpoint_every": 2,  # one checkpoint (weights + AdamW state of 135M parameters: ~1.6 GB on disk)
+        "keep_checkpoints": 1,
         **EXTRA[algorithm],
     }
     if algorithm in ("dpo", "ssapo"):  # their steps follow from the pairs and their own fields
@@ -59,6 +61,13 @@ def _recipe(d, algorithm: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", list(EXTRA))
 def test_trains_on_the_real_model_without_a_world(algorithm, data, tmp_path):
+    try:
+        _train_and_check(algorithm, data, tmp_path)
+    finally:  # a 135M model's checkpoints and final/ take gigabytes: leave none behind for the next test
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def _train_and_check(algorithm, data, tmp_path):
     from stackalign.training.recipe import train_recipe_from_dict
     from stackalign.training.run import run_training
 
