@@ -14,12 +14,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from stackalign.evaluation.win_rates import gold_win_rate
 from stackalign.runner.recipe import RecipeError
 from stackalign.training import (
     MetricsLog,
     advantages,
     batch_indices,
-    gold_win_rate,
     kl_estimate,
     reinforce_loss,
     response_logprobs,

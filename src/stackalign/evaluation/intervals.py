@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals over prompts: one mean, and paired differences against a baseline.
+"""Confidence intervals over prompts: the percentile bootstrap of one mean and of paired differences against
+a baseline, and the normal interval of a mean (:func:`mean_ci`, the train command's evaluation).
 
 Prompts are the unit of resampling: a method's rows are one value per prompt, and a comparison with a baseline
 pairs the two methods' values on the same prompts, so the prompt-to-prompt variation (some prompts are easy for
@@ -12,11 +13,12 @@ of the same method are resampled with the same prompt draws.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_BOOTSTRAP", "bootstrap_ci", "bootstrap_indices", "paired_diff_ci", "rate_ci"]
+__all__ = ["DEFAULT_BOOTSTRAP", "bootstrap_ci", "bootstrap_indices", "mean_ci", "paired_diff_ci", "rate_ci"]
 
 #: resamples per interval; 2000 gives percentile endpoints stable to about 0.01 standard errors.
 DEFAULT_BOOTSTRAP = 2000
@@ -91,3 +93,16 @@ def rate_ci(
     if ci is None:
         return None
     return (sum(x) / len(x), ci[0], ci[1])
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its normal 95% confidence interval, 1.96 · s / √n with the sample standard
+    deviation s (0 for fewer than 2 values; NaN for none)."""
+    v = [float(x) for x in values]
+    if not v:
+        return float("nan"), float("nan")
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, 0.0
+    var = sum((x - m) ** 2 for x in v) / (len(v) - 1)
+    return m, 1.96 * math.sqrt(var / len(v))

@@ -1,4 +1,4 @@
-"""Pairwise judges and the win-tie rate.
+"""Pairwise judges.
 
 A judge compares a *method* answer ``a`` with a *baseline* answer ``b`` to the same prompt and returns a
 :class:`Judgement` whose ``outcome`` is +1 (a better), 0 (tie), -1 (b better) or ``None`` (the judge's reply
@@ -20,8 +20,7 @@ preference). Four judges:
     A pair with an unreadable reply in either order is unreadable.
 
 Unlike the ARGS/SRS scripts (which turn an unreadable reply into the scores (0, 0), i.e. a tie), an
-unreadable reply is counted separately and left out of the rate's denominator: :func:`win_tie` reports
-``rate = (win + tie) / parsed``.
+unreadable reply is counted separately and left out of the rate's denominator (:mod:`.win_rates`).
 """
 
 from __future__ import annotations
@@ -36,8 +35,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from .win_rates import outcome_share, preference_of_reward_gap
 
 __all__ = [
     "JUDGE_ORDERS",
@@ -50,9 +51,7 @@ __all__ = [
     "Judgement",
     "LLMJudge",
     "RewardModelJudge",
-    "WinTieResult",
     "parse_scores",
-    "win_tie",
 ]
 
 #: the chat judges' protocols: each pair shown in one (coin-flipped) order, or in both orders
@@ -92,7 +91,7 @@ class Judgement:
         """The share of the pair won by ``a``: 1 win, 1/2 tie, 0 loss (or ``soft``); ``None`` if unparseable."""
         if self.outcome is None:
             return None
-        return self.soft if self.soft is not None else (self.outcome + 1) / 2
+        return self.soft if self.soft is not None else outcome_share(self.outcome)
 
     @property
     def flipped(self) -> bool | None:
@@ -158,7 +157,7 @@ class RewardModelJudge:
         d = float(self.reward(prompt, a)) - float(self.reward(prompt, b))
         if not math.isfinite(d):
             raise ValueError(f"reward-model judge: the reward difference is {d}")
-        return Judgement(outcome=(d > 0) - (d < 0), soft=0.5 * (1.0 + math.tanh(0.5 * d)))
+        return Judgement(outcome=(d > 0) - (d < 0), soft=preference_of_reward_gap(d))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -502,96 +501,3 @@ def _retry_after(exc: urllib.error.HTTPError) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Win-tie
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WinTieResult:
-    """Counts over ``n`` pairs and ``rate = (win + tie) / (win + tie + loss)``.
-
-    ``unparseable`` pairs are excluded from the rate's denominator (``rate`` is ``None`` if no pair was
-    parsed). ``win_rate`` is the mean preference over the parsed pairs (ties count half; a soft judge's
-    sigmoid(r - r') as it is). With the both-orders protocol, ``flipped`` counts the pairs whose two verdicts
-    disagreed among the ``both_read`` pairs read in both orders (``None`` for one order). ``judgements``
-    keeps each pair's verdict in input order (omitted from :meth:`to_dict`).
-    """
-
-    win: int
-    tie: int
-    loss: int
-    unparseable: int
-    n: int
-    rate: float | None
-    win_rate: float | None = None
-    flipped: int | None = None
-    both_read: int | None = None
-    judgements: tuple[Judgement, ...] = field(default=(), repr=False, compare=False)
-
-    @property
-    def parsed(self) -> int:
-        return self.win + self.tie + self.loss
-
-    def to_dict(self, *, with_judgements: bool = False) -> dict[str, Any]:
-        keys = ["win", "tie", "loss", "unparseable", "n", "rate", "win_rate"]
-        if self.flipped is not None:
-            keys += ["flipped", "both_read"]
-        d = {k: getattr(self, k) for k in keys}
-        if with_judgements:
-            d["judgements"] = [asdict(j) for j in self.judgements]
-        return d
-
-
-def win_tie(
-    judge: Judge,
-    prompts: Sequence[str],
-    method_responses: Sequence[str],
-    baseline_responses: Sequence[str],
-    *,
-    workers: int = 1,
-) -> WinTieResult:
-    """Judge each ``(method_responses[i], baseline_responses[i])`` pair on ``prompts[i]``.
-
-    A judge with ``judge_many`` (the chat judges) gets all pairs at once, so a local model batches them and
-    an API judge keeps ``workers`` requests in flight; any other judge is asked pair by pair (``workers``
-    threads). The result does not depend on ``workers``: each pair's answer order is a function of the pair
-    and the judge's seed.
-    """
-    if not (len(prompts) == len(method_responses) == len(baseline_responses)):
-        raise ValueError(
-            f"win_tie needs equally long lists; got {len(prompts)} prompts, {len(method_responses)} method "
-            f"responses, {len(baseline_responses)} baseline responses"
-        )
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    triples = list(zip(prompts, method_responses, baseline_responses))
-    if hasattr(judge, "judge_many"):
-        judgements = list(judge.judge_many(triples, workers=workers)) if triples else []
-    elif workers == 1 or len(triples) <= 1:
-        judgements = [judge.judge(p, a, b) for p, a, b in triples]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            judgements = list(pool.map(lambda t: judge.judge(*t), triples))
-    win = sum(j.outcome == 1 for j in judgements)
-    tie = sum(j.outcome == 0 for j in judgements)
-    loss = sum(j.outcome == -1 for j in judgements)
-    unparseable = sum(j.outcome is None for j in judgements)
-    parsed = win + tie + loss
-    prefs = [j.preference for j in judgements if j.preference is not None]
-    flips = [j.flipped for j in judgements if j.flipped is not None]
-    both = getattr(judge, "orders", "one") == "both"
-    return WinTieResult(
-        win=win,
-        tie=tie,
-        loss=loss,
-        unparseable=unparseable,
-        n=len(judgements),
-        rate=(win + tie) / parsed if parsed else None,
-        win_rate=sum(prefs) / len(prefs) if prefs else None,
-        flipped=sum(flips) if both else None,
-        both_read=len(flips) if both else None,
-        judgements=tuple(judgements),
-    )

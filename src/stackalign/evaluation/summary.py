@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .intervals import DEFAULT_BOOTSTRAP, bootstrap_ci, paired_diff_ci, rate_ci
-from .judges import Judge, win_tie
+from .judges import Judge
 from .length_control import length_controlled
 from .metrics import DEFAULT_STOP_STRINGS, clean_response, diversity
+from .win_rates import win_tie
 
 __all__ = [
     "format_paired", "format_table", "plot_sweep", "significance", "summarize", "sweep_intervals", "sweep_series",

@@ -7,7 +7,8 @@ Modules (components, no god-class):
   :func:`step_seed` / :func:`batch_indices` (stateless per-step randomness), :func:`save_model_dir`.
 - ``pg``: policy-gradient pieces — :func:`sample_group`, :func:`response_logprobs`, :func:`kl_estimate`
   (k1/k2/k3), :func:`advantages` (constant / RLOO), :func:`kl_in_reward`, :func:`reinforce_loss`.
-- ``evaluate``: :func:`evaluate_policy` (gold, proxy, KL on test prompts), :func:`gold_win_rate`.
+- ``evaluate``: :func:`evaluate_policy` (gold, proxy, KL on test prompts); the win rates it reports are
+  in :mod:`stackalign.evaluation.win_rates`.
 - ``recipe`` / ``run``: ``stackalign train RECIPE.yaml --out DIR [key=value ...]``; the algorithm registry
   :data:`ALGORITHMS` (name -> lazily imported ``"module:ConfigClass"``, ``"module:train"``).
 - ``rl``: ``algorithm: rl`` — REINFORCE/RLOO with a group shaping (vanilla, meanstd, minmax, srs, ...);
@@ -62,7 +63,7 @@ algorithm state that changes between steps (a round counter, a reference that mo
     register_algorithm("mine", config="mypkg.mine:MyConfig", train="mypkg.mine:train")
 """
 
-from stackalign.training.evaluate import EvalResult, evaluate_policy, generate, gold_win_rate, mean_ci
+from stackalign.training.evaluate import EvalResult, evaluate_policy, generate
 from stackalign.training.loop import (
     LoopResult,
     LoopSettings,
@@ -111,12 +112,10 @@ __all__ = [
     "batch_indices",
     "evaluate_policy",
     "generate",
-    "gold_win_rate",
     "kl_estimate",
     "kl_in_reward",
     "latest_checkpoint",
     "load_train_recipe",
-    "mean_ci",
     "pack_batch",
     "prompt_token_ids",
     "register_algorithm",

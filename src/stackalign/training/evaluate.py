@@ -1,14 +1,15 @@
-"""Evaluation the training algorithms share: generate on test prompts, score, KL, gold win rates.
+"""Evaluation the training algorithms share: generate on test prompts, score, KL.
 
 - :func:`generate`: one (or n) response per prompt from a policy, greedy or sampled with a fixed seed (the
   same seed for every policy, so the base and a trained policy are compared on the same random streams).
 - :func:`evaluate_policy`: mean gold utility, mean proxy reward and the sampled KL(π‖π_ref) estimate.
-- :func:`gold_win_rate`: the win rate of A over B under the world's gold judge, ties counting half.
+
+The win rates they report (gold, reward-model, soft preference) are those of
+:mod:`stackalign.evaluation.win_rates`; the interval of a mean is :func:`stackalign.evaluation.intervals.mean_ci`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,20 +18,9 @@ import torch
 
 from stackalign.decoding.common import GenerationConfig, pad_id_of
 from stackalign.decoding.sampling import sample
+from stackalign.evaluation.intervals import mean_ci
 
-__all__ = ["EvalResult", "generate", "evaluate_policy", "gold_win_rate", "mean_ci"]
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its normal 95% confidence interval (0 for fewer than 2 values)."""
-    v = [float(x) for x in values]
-    if not v:
-        return float("nan"), float("nan")
-    m = sum(v) / len(v)
-    if len(v) < 2:
-        return m, 0.0
-    var = sum((x - m) ** 2 for x in v) / (len(v) - 1)
-    return m, 1.96 * math.sqrt(var / len(v))
+__all__ = ["EvalResult", "generate", "evaluate_policy"]
 
 
 def generate(
@@ -119,20 +109,6 @@ def evaluate_policy(
         lr, _ = response_logprobs(reference, pids, rids, pad, temperature=config.temperature, batch_size=32)
         kl = per_prompt(kl_estimate(lp, lr, mask, "k1").tolist())
     return EvalResult(list(prompts), texts, g, prx, kl)
-
-
-def gold_win_rate(world: Any, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> float:
-    """Share of prompts where ``a[i]`` beats ``b[i]`` under ``world.gold_judge`` (+1 win, 0 tie counted
-    half, −1 loss). For n responses per prompt pass the flattened lists with the prompt repeated."""
-    if not (len(prompts) == len(a) == len(b)) or not prompts:
-        raise ValueError(
-            f"gold_win_rate: need equal, non-empty lists, got {len(prompts)}, {len(a)}, {len(b)}"
-        )
-    score = 0.0
-    for p, x, y in zip(prompts, a, b):
-        j = world.gold_judge(p, x, y)
-        score += 1.0 if j > 0 else 0.5 if j == 0 else 0.0
-    return score / len(prompts)
 
 
 def eval_generation_config(world: Any, *, temperature: float, max_new_tokens: int | None, seed: int):

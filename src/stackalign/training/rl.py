@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
+from stackalign.evaluation.win_rates import gold_win_rate
 from stackalign.shaping import PARAMS_USED, PRESETS, SHAPERS, Shaper, get_preset, get_shaper
 from stackalign.store import write_json_atomic
-from stackalign.training.evaluate import evaluate_policy, gold_win_rate
+from stackalign.training.evaluate import evaluate_policy
 from stackalign.training.loop import StepOutput, batch_indices, train_loop
 from stackalign.training.pg import (
     KL_ESTIMATORS,

@@ -199,7 +199,8 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
     """Train ``algorithm`` ("dpo" or "ssapo") through the shared trainer; returns the summary fields
     ``{"rounds": [{"round", "pairs", "eval", "stats"}...], "eval", "steps"}``."""
     from stackalign.decoding.common import pad_id_of
-    from stackalign.training.evaluate import generate, gold_win_rate
+    from stackalign.evaluation.win_rates import gold_win_rate, reward_model_win_rate
+    from stackalign.training.evaluate import generate
     from stackalign.training.loop import batch_indices, step_seed, train_loop
 
     algo, common, out, world = ctx.algo, ctx.config, Path(ctx.out_dir), ctx.world
@@ -265,7 +266,7 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
             r_pol, r_base = rm(flat_p, flat), rm(flat_p, flat_b)
             ev = {
                 "judge": "reward_model",
-                "rm_win_rate_vs_base": round(float(torch.sigmoid(r_pol - r_base).double().mean()), 4),
+                "rm_win_rate_vs_base": round(reward_model_win_rate(r_pol, r_base), 4),
                 "proxy_reward": float(r_pol.double().mean()),
             }
         elif world is not None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from stackalign.evaluation.win_rates import soft_win_rate
 from stackalign.training.loop import StepOutput, batch_indices, train_loop
 from stackalign.training.pg import (
     advantages,
@@ -41,7 +42,7 @@ from stackalign.training.pg import (
     response_logprobs,
     sample_group,
 )
-from stackalign.training.slhf import JUDGES, eval_answers, judge_name, make_judge, soft_win
+from stackalign.training.slhf import JUDGES, eval_answers, judge_name, make_judge
 from stackalign.training.slhf_loss import check_judge
 
 __all__ = ["SelfPlayConfig", "OPPONENTS", "win_share_rewards", "mixture_rewards", "train"]
@@ -189,9 +190,6 @@ def train(ctx) -> dict:
 def _vs_base(judge, policy, base, tok, prompts, gen, samples: int) -> float:
     """SLHF's ``leader_vs_base`` for this policy: the same evaluation answers of base, the same soft win rate."""
     xs = [x for x in prompts for _ in range(samples)]
-    return soft_win(
-        judge,
-        xs,
-        eval_answers(policy, tok, xs, gen, "eval-leader"),
-        eval_answers(base, tok, xs, gen, "eval-base"),
-    )
+    policy_answers = eval_answers(policy, tok, xs, gen, "eval-leader")
+    base_answers = eval_answers(base, tok, xs, gen, "eval-base")
+    return round(soft_win_rate(judge(xs, policy_answers, base_answers)), 4)

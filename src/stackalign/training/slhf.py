@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from stackalign.evaluation.win_rates import bradley_terry_preference, soft_win_rate
 from stackalign.training.loop import StepOutput, batch_indices, step_seed, train_loop
 from stackalign.training.pg import pad_id_of, prompt_token_ids, response_logprobs, sample_group
 from stackalign.training.rl import RLConfig
@@ -97,7 +98,7 @@ def make_judge(ctx, cfg: SLHFConfig):
 
     def rm_judge(xs, a, b):
         with torch.no_grad():
-            return torch.sigmoid(rm(xs, a) - rm(xs, b))
+            return bradley_terry_preference(rm(xs, a), rm(xs, b))
 
     return rm_judge
 
@@ -170,12 +171,6 @@ def eval_answers(model, tok, xs: list[str], gen, salt: str) -> list[str]:
     return [t[0] for t in sample(model, tok, xs, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts]
 
 
-def soft_win(judge, xs: list[str], a: list[str], b: list[str]) -> float:
-    """Mean judged preference p(a_i ≻ b_i | x_i) over the entries (a soft win rate, ties count half); the judge
-    is ``make_judge``'s (the world's gold preference or σ(r − r') of the reward model)."""
-    return round(float(judge(xs, a, b).double().mean()), 4)
-
-
 @torch.no_grad()
 def evaluate_slhf(
     judge,
@@ -196,6 +191,10 @@ def evaluate_slhf(
     leader, ``follower`` (default: ``policy``) the follower."""
     follower = policy if follower is None else follower
     xs = [x for x in prompts for _ in range(samples)]
+
+    def vs(a: list[str], b: list[str]) -> float:  # the mean soft preference p(a_i ≻ b_i | x_i), 4 decimals
+        return round(soft_win_rate(judge(xs, a, b)), 4)
+
     leader, basel = (
         eval_answers(policy, tok, xs, gen, "eval-leader"),
         eval_answers(base, tok, xs, gen, "eval-base"),
@@ -205,10 +204,10 @@ def evaluate_slhf(
         follower_xs = [follower_prompt(x, y) for x, y in zip(xs, cur)]
         cur = eval_answers(follower, tok, follower_xs, gen, f"eval-follower-{k}")
         first = cur if k == 1 else first
-        refine[str(k)] = soft_win(judge, xs, cur, basel)
+        refine[str(k)] = vs(cur, basel)
     return {
-        "leader_vs_base": soft_win(judge, xs, leader, basel),
-        "follower_vs_leader": soft_win(judge, xs, first, leader),
+        "leader_vs_base": vs(leader, basel),
+        "follower_vs_leader": vs(first, leader),
         "follower_vs_base": refine["1"],
         "refinement": refine,
     }
