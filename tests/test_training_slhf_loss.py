@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from stackalign.games import condorcet_preferences, slhf_equilibrium
+from stackalign.training.estimators import kl_per_token as kl_estimate
 from stackalign.training.slhf_loss import (
     SLHFLossConfig,
-    kl_estimate,
     slhf_loss,
     tabular_stackelberg_gda,
 )

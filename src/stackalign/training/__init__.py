@@ -5,8 +5,9 @@ Modules (components, no god-class):
 - ``loop``: :func:`train_loop` (seeding, AdamW, gradient clipping, metrics.jsonl, a tqdm bar, atomic
   checkpoints as HF safetensors directories, kill -9-safe resume to bit-identical weights on CPU),
   :func:`step_seed` / :func:`batch_indices` (stateless per-step randomness), :func:`save_model_dir`.
-- ``pg``: policy-gradient pieces — :func:`sample_group`, :func:`response_logprobs`, :func:`kl_estimate`
-  (k1/k2/k3), :func:`advantages` (constant / RLOO), :func:`kl_in_reward`, :func:`reinforce_loss`.
+- ``pg``: policy-gradient pieces — :func:`sample_group`, :func:`response_logprobs`, :func:`advantages`
+  (constant / RLOO), :func:`kl_in_reward`, :func:`reinforce_loss`; ``estimators``: :func:`kl_estimate` /
+  :func:`kl_per_token` (k1/k2/k3) and :func:`leave_one_out_mean`, shared with ``slhf_loss``.
 - ``evaluate``: :func:`evaluate_policy` (gold, proxy, KL on test prompts); the win rates it reports are
   in :mod:`stackalign.evaluation.win_rates`.
 - ``recipe`` / ``run``: ``stackalign train RECIPE.yaml --out DIR [key=value ...]``; the algorithm registry
@@ -63,6 +64,7 @@ algorithm state that changes between steps (a round counter, a reference that mo
     register_algorithm("mine", config="mypkg.mine:MyConfig", train="mypkg.mine:train")
 """
 
+from stackalign.training.estimators import KL_ESTIMATORS, kl_estimate, kl_per_token, leave_one_out_mean
 from stackalign.training.evaluate import EvalResult, evaluate_policy, generate
 from stackalign.training.loop import (
     LoopResult,
@@ -77,9 +79,7 @@ from stackalign.training.loop import (
     train_loop,
 )
 from stackalign.training.pg import (
-    KL_ESTIMATORS,
     advantages,
-    kl_estimate,
     kl_in_reward,
     pack_batch,
     prompt_token_ids,
@@ -113,6 +113,8 @@ __all__ = [
     "evaluate_policy",
     "generate",
     "kl_estimate",
+    "kl_per_token",
+    "leave_one_out_mean",
     "kl_in_reward",
     "latest_checkpoint",
     "load_train_recipe",

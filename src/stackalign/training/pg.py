@@ -4,15 +4,15 @@
   shared prompt prefill, per-prompt seeded generators), seeded per step so a resumed run redraws them.
 - :func:`response_logprobs`: per-token log-probs ``log π(y_t | x, y_<t)`` of given responses, for left-padded
   prompts and right-padded responses, with the mask of real response tokens.
-- :func:`kl_estimate`: Schulman's k1 / k2 / k3 estimators of KL(π‖π_ref) per token
-  (J. Schulman, "Approximating KL divergence", 2020, http://joschu.net/blog/kl-approx.html).
 - :func:`advantages`: a constant baseline, or the leave-one-out (RLOO) baseline within each group
-  (Kool et al. 2019; Ahmadian et al. 2024, arXiv 2402.14740, eq. 6).
+  (:func:`stackalign.training.estimators.leave_one_out_mean`).
 - :func:`reinforce_loss`: −mean_i A_i · Σ_t log π(y_{i,t}) (REINFORCE, Williams 1992), optionally plus a
   KL loss term β·mean_i Σ_t k(y_{i,t}) (GRPO's placement, arXiv 2402.03300 eq. 3, with k3; k2 there has
   the exact gradient of KL(π‖π_ref), see :func:`reinforce_loss`),
   or with the KL already folded into the reward (:func:`kl_in_reward`, the classic RLHF placement,
   Ouyang et al. 2022, arXiv 2203.02155 eq. 2).
+
+The KL estimators (k1 / k2 / k3, Schulman 2020) are in :mod:`stackalign.training.estimators`.
 
 Everything is per *sequence*: the sequence log-prob is the sum of token log-probs (not length-normalised),
 so the gradient is the unbiased score-function estimator of ∇ E_{y~π}[A(y)].
@@ -28,6 +28,7 @@ import torch
 
 from stackalign.decoding.common import GenerationConfig, forward_params, pad_id_of, position_ids
 from stackalign.decoding.sampling import SampleResult, sample
+from stackalign.training.estimators import kl_estimate, leave_one_out_mean
 from stackalign.training.loop import step_seed
 
 Tensor = torch.Tensor
@@ -36,14 +37,10 @@ __all__ = [
     "sample_group",
     "pack_batch",
     "response_logprobs",
-    "kl_estimate",
-    "KL_ESTIMATORS",
     "advantages",
     "kl_in_reward",
     "reinforce_loss",
 ]
-
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def sample_group(
@@ -146,28 +143,6 @@ def response_logprobs(
     return torch.cat(outs), torch.cat(masks)
 
 
-def kl_estimate(logp: Tensor, ref_logp: Tensor, mask: Tensor, estimator: str = "k3") -> Tensor:
-    """Per-sequence estimate of KL(π‖π_ref) = E_{y~π}[log π(y)/π_ref(y)] from tokens sampled from π.
-
-    With log r_t = log π_ref(y_t) − log π(y_t) per token (Schulman 2020):
-
-        k1 = −log r                 unbiased, high variance, can be negative
-        k2 = (log r)² / 2           biased (low), low variance, >= 0
-        k3 = (r − 1) − log r        unbiased, low variance, >= 0 (GRPO's choice)
-
-    Shapes: ``logp``, ``ref_logp``, ``mask`` [B, T] → [B] (sum over the real tokens)."""
-    if estimator not in KL_ESTIMATORS:
-        raise ValueError(f"kl_estimator: unknown {estimator!r}; choose from {list(KL_ESTIMATORS)}")
-    log_r = (ref_logp - logp) * mask
-    if estimator == "k1":
-        k = -log_r
-    elif estimator == "k2":
-        k = 0.5 * log_r**2
-    else:
-        k = torch.expm1(log_r) - log_r
-    return (k * mask).sum(-1)
-
-
 def advantages(rewards: Tensor, baseline: str = "rloo", constant: float = 0.0) -> Tensor:
     """Advantages of grouped rewards ``[P, G]`` → ``[P, G]``.
 
@@ -181,8 +156,7 @@ def advantages(rewards: Tensor, baseline: str = "rloo", constant: float = 0.0) -
         G = rewards.shape[1]
         if G < 2:
             raise ValueError(f"group_size: the leave-one-out baseline needs G >= 2, got {G}")
-        loo = (rewards.sum(-1, keepdim=True) - rewards) / (G - 1)
-        return rewards - loo
+        return rewards - leave_one_out_mean(rewards)
     if baseline == "constant":
         return rewards - constant
     raise ValueError(f"baseline: expected 'rloo' or 'constant', got {baseline!r}")

@@ -38,12 +38,11 @@ import torch
 from stackalign.evaluation.win_rates import gold_win_rate
 from stackalign.shaping import PARAMS_USED, PRESETS, SHAPERS, Shaper, get_preset, get_shaper
 from stackalign.store import write_json_atomic
+from stackalign.training.estimators import KL_ESTIMATORS, kl_estimate
 from stackalign.training.evaluate import evaluate_policy
 from stackalign.training.loop import StepOutput, batch_indices, train_loop
 from stackalign.training.pg import (
-    KL_ESTIMATORS,
     advantages,
-    kl_estimate,
     kl_in_reward,
     pad_id_of,
     prompt_token_ids,

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 import torch
 
 from stackalign.evaluation.win_rates import soft_win_rate
+from stackalign.training.estimators import kl_estimate
 from stackalign.training.loop import StepOutput, batch_indices, train_loop
 from stackalign.training.pg import (
     advantages,
-    kl_estimate,
     kl_in_reward,
     pad_id_of,
     prompt_token_ids,

@@ -11,8 +11,9 @@ the loss is REINFORCE on both players with the KL penalties inside the (detached
     loss = L_L + κ · L_F                                         (κ = η^F / η^L, the two-timescale ratio)
 
 with k(·, t) a per-token KL estimator (k1 = log π − log π_ref, k2 = ½ (log π − log π_ref)², k3 = r − 1 − log r
-with r = π_ref / π; Schulman 2020) and b a constant 0.5 baseline (the official code's s − 0.5) or the
-leave-one-out mean (RLOO).
+with r = π_ref / π; Schulman 2020: :func:`stackalign.training.estimators.kl_per_token`) and b a constant 0.5
+baseline (the official code's s − 0.5) or the leave-one-out mean (RLOO,
+:func:`stackalign.training.estimators.leave_one_out_mean`).
 
 The two leader objectives:
 * ``"paper"`` (default): the paper's eq. 5, where the leader's payoff for y contains the follower's
@@ -33,10 +34,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from stackalign.training.estimators import KL_ESTIMATORS, kl_per_token, leave_one_out_mean
+
 Tensor = torch.Tensor
 
 LEADER_OBJECTIVES = ("paper", "code")
-KL_ESTIMATORS = ("k1", "k2", "k3")
 BASELINES = ("constant", "loo")
 
 
@@ -80,18 +82,6 @@ class SLHFLossConfig:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
 
 
-def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k1") -> Tensor:
-    """Per-token estimate of KL(π ‖ π_ref) from samples of π: same shape as ``logp``."""
-    d = logp - ref_logp
-    if estimator == "k1":
-        return d
-    if estimator == "k2":
-        return 0.5 * d * d
-    if estimator == "k3":
-        return torch.expm1(-d) + d  # r − 1 − log r with r = π_ref/π, computed stably
-    raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
-
-
 def check_judge(s: Tensor, batch: int) -> Tensor:
     """The judge's probabilities: shape (B,), finite, in [0, 1]; ValueError naming the judge otherwise."""
     s = torch.as_tensor(s, dtype=torch.float32)
@@ -107,10 +97,9 @@ def check_judge(s: Tensor, batch: int) -> Tensor:
 def _baseline(r: Tensor, kind: str) -> Tensor:
     if kind == "constant":
         return torch.full_like(r, 0.5)
-    n = r.shape[0]
-    if n < 2:
+    if r.shape[0] < 2:
         raise ValueError("baseline 'loo' needs a batch of at least 2")
-    return (r.sum() - r) / (n - 1)
+    return leave_one_out_mean(r)
 
 
 @dataclass
@@ -137,14 +126,14 @@ def slhf_loss(
     s = check_judge(s, b).to(leader_logp.device, leader_logp.dtype)  # judges answer on the host
     lm, fm = leader_mask.to(leader_logp.dtype), follower_mask.to(follower_logp.dtype)
     with torch.no_grad():
-        kl_l = (kl_estimate(leader_logp, leader_ref_logp, cfg.kl_estimator) * lm).sum(-1)
-        kl_f = (kl_estimate(follower_logp, follower_ref_logp, cfg.kl_estimator) * fm).sum(-1)
+        kl_l = (kl_per_token(leader_logp, leader_ref_logp, cfg.kl_estimator) * lm).sum(-1)
+        kl_f = (kl_per_token(follower_logp, follower_ref_logp, cfg.kl_estimator) * fm).sum(-1)
         r_f = (1.0 - s) - cfg.tau_follower * kl_f
         r_l = s - cfg.tau_leader * kl_l
         if cfg.leader_objective == "paper":
             # eq. 5: the follower's KL(ω(·|x,y) ‖ ω_ref) is part of the leader's payoff for y; k1 of the
             # follower's sample is its unbiased single-sample estimate.
-            r_l = r_l + cfg.tau_follower * ((follower_logp - follower_ref_logp) * fm).sum(-1)
+            r_l = r_l + cfg.tau_follower * (kl_per_token(follower_logp, follower_ref_logp, "k1") * fm).sum(-1)
         adv_l = r_l - _baseline(r_l, cfg.baseline)
         adv_f = r_f - _baseline(r_f, cfg.baseline)
     leader_loss = -(adv_l * (leader_logp * lm).sum(-1)).mean()
