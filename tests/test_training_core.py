@@ -281,7 +281,7 @@ def test_reference_thresholds_are_the_shapers_threshold_of_reference_samples_and
 
     ref, tok = micro_world.load_policy()
     rm = micro_world.load_reward_model()
-    shaper = rl.make_shaper(rl.RLConfig())
+    shaper = rl.RLConfig().shaper()
     gen = GenerationConfig(max_new_tokens=10, stop_strings=tuple(micro_world.stop_strings))
     prompts = micro_world.train_prompts[:3]
     kw = dict(reference=ref, tokenizer=tok, reward_model=rm, shaper=shaper, n=5, gen_config=gen, seed=7)

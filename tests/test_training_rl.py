@@ -11,7 +11,7 @@ from tiny_models import bpe_tokenizer
 from stackalign.runner.recipe import RecipeError
 from stackalign.shaping import get_preset, stackelberg_threshold
 from stackalign.training import train_recipe_from_dict
-from stackalign.training.rl import RLConfig, make_shaper, shape_group_rewards
+from stackalign.training.rl import RLConfig, shape_group_rewards
 
 
 def _rewards():
@@ -22,7 +22,7 @@ def _rewards():
 @pytest.mark.parametrize("shaping", ["vanilla", "meanstd", "minmax", "srs", "hard"])
 def test_group_shaping_equals_shapers_row_by_row(shaping):
     r = _rewards()
-    shaper = make_shaper(RLConfig(shaping=shaping, preset="official-cd"))
+    shaper = RLConfig(shaping=shaping, preset="official-cd").shaper()
     out = shape_group_rewards(shaper, r)
     for i in range(r.shape[0]):
         torch.testing.assert_close(out[i], shaper(r[i : i + 1])[0])
@@ -30,18 +30,18 @@ def test_group_shaping_equals_shapers_row_by_row(shaping):
 
 def test_srs_group_shaping_is_sigmoid_around_the_stackelberg_threshold():
     r = _rewards()
-    out = shape_group_rewards(make_shaper(RLConfig(shaping="srs", preset="paper")), r)
+    out = shape_group_rewards(RLConfig(shaping="srs", preset="paper").shaper(), r)
     p = get_preset("paper")
     m = stackelberg_threshold(r, B=p.B, beta=p.beta)  # the paper preset: B_eff = B, no gamma cap
     torch.testing.assert_close(out, p.B * torch.sigmoid(p.alpha * (r - m.unsqueeze(-1))))
     # a threshold from elsewhere (reference samples) replaces the group's own
     m_ref = torch.linspace(-1, 1, 5, dtype=torch.float64)
-    out2 = shape_group_rewards(make_shaper(RLConfig(shaping="srs", preset="paper")), r, m_ref)
+    out2 = shape_group_rewards(RLConfig(shaping="srs", preset="paper").shaper(), r, m_ref)
     torch.testing.assert_close(out2, p.B * torch.sigmoid(p.alpha * (r - m_ref.unsqueeze(-1))))
 
 
 def test_group_shaping_bad_input():
-    shaper = make_shaper(RLConfig())
+    shaper = RLConfig().shaper()
     with pytest.raises(ValueError, match="G >= 2"):
         shape_group_rewards(shaper, torch.zeros(3, 1))
     with pytest.raises(ValueError, match="NaN"):
@@ -72,7 +72,7 @@ def test_trl_reward_groups_repeated_prompts_and_matches_in_house_shaping():
     f = ShapedReward(_toy_rm, shaping="srs", preset="official-cd")
     got = torch.tensor(f(prompts=prompts, completions=comps, completion_ids=None, trainer_state=None))
     raw = torch.tensor([_toy_rm(p, c) for p, c in zip(prompts, comps)], dtype=torch.float64).view(2, G)
-    want = shape_group_rewards(make_shaper(RLConfig(shaping="srs", preset="official-cd")), raw).flatten()
+    want = shape_group_rewards(RLConfig(shaping="srs", preset="official-cd").shaper(), raw).flatten()
     torch.testing.assert_close(got.double(), want)
     # order does not matter: an interleaved batch gives each completion the same shaped reward
     perm = [0, 4, 1, 5, 2, 6, 3, 7]

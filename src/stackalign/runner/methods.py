@@ -32,7 +32,7 @@ from stackalign.decoding.refine import RefineConfig
 from stackalign.decoding.threshold_predictor import PredictorConfig
 from stackalign.decoding.value_head import ValueTrainConfig
 from stackalign.runner.recipe import DECODER_NAMES, MethodConfig, RecipeError
-from stackalign.shaping import PARAMS_USED, Shaper, get_preset, get_shaper
+from stackalign.shaping import PARAMS_USED, Shaper, get_shaper, make_shaper
 
 Generate = Callable[[list[str]], list[dict]]
 
@@ -267,7 +267,11 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
         return plan
     try:
         if spec.shaped:
-            plan.shaper = make_shaper(m, shp, w=dec.get("w"))
+            plan.shaper = (
+                None
+                if m.shaping == "vanilla"
+                else make_shaper(m.shaping, shp, preset=m.preset, w=dec.get("w"))
+            )
         _configs(plan, batch_size=1, max_new_tokens=1, seed=0)  # value-range checks of every config
         if dec.get("threshold", "step") != "step" and not getattr(plan.shaper, "uses_threshold", False):
             raise ValueError(
@@ -297,23 +301,6 @@ def first_method(plan: MethodPlan, index: int = 0) -> MethodPlan:
         raise RecipeError(
             str(e).replace(f"methods[{index}].params", f"methods[{index}].params.first_params")
         ) from None
-
-
-def make_shaper(m: MethodConfig, shaper_params: dict, *, w: float | None = None) -> Shaper | None:
-    """The method's shaper. For ARGS the follower's beta is 1/w, so the threshold's gamma uses the same beta."""
-    params = dict(shaper_params)
-    if (
-        w is not None
-        and w > 0
-        and "beta" not in params
-        and (m.preset is not None or "beta" in PARAMS_USED[m.shaping])
-    ):
-        params["beta"] = 1.0 / w
-    if m.preset is not None:
-        return get_preset(m.preset, kind=m.shaping, **params)
-    if m.shaping == "vanilla":
-        return None
-    return get_shaper(m.shaping, **params)
 
 
 def _predictor_config(d: dict, seed: int) -> PredictorConfig:

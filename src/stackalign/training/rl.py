@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from stackalign.evaluation.win_rates import gold_win_rate
-from stackalign.shaping import PARAMS_USED, PRESETS, SHAPERS, Shaper, get_preset, get_shaper
+from stackalign.shaping import PRESETS, SHAPERS, Shaper, make_shaper
 from stackalign.store import write_json_atomic
 from stackalign.training.estimators import KL_ESTIMATORS, kl_estimate
 from stackalign.training.evaluate import evaluate_policy
@@ -51,7 +51,7 @@ from stackalign.training.pg import (
     sample_group,
 )
 
-__all__ = ["RLConfig", "make_shaper", "shape_group_rewards", "reference_thresholds", "rl_step", "train"]
+__all__ = ["RLConfig", "shape_group_rewards", "reference_thresholds", "rl_step", "train"]
 
 
 @dataclass
@@ -114,23 +114,17 @@ class RLConfig:
             raise ValueError(
                 f"kl_estimator: expected one of {list(KL_ESTIMATORS)}, got {self.kl_estimator!r}"
             )
-        make_shaper(self)  # unknown shaping_params fail here, at load
+        self.shaper()  # unknown shaping_params fail here, at load
 
-
-def make_shaper(cfg: RLConfig) -> Shaper:
-    """The configured :class:`stackalign.shaping.Shaper` (a preset for srs/hard when ``preset`` is set)."""
-    unused = sorted(set(cfg.shaping_params) - set(PARAMS_USED.get(cfg.shaping, ())))
-    if unused:
-        raise ValueError(
-            f"shaping_params.{unused[0]}: not used by shaping {cfg.shaping!r} "
-            f"(it reads: {', '.join(PARAMS_USED.get(cfg.shaping, ())) or 'nothing'})"
-        )
-    try:
-        if cfg.shaping in ("srs", "hard") and cfg.preset is not None:
-            return get_preset(cfg.preset, kind=cfg.shaping, **cfg.shaping_params)
-        return get_shaper(cfg.shaping, **cfg.shaping_params)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"shaping_params: {e}") from None
+    def shaper(self) -> Shaper:
+        """The configured shaper (:func:`stackalign.shaping.make_shaper`: a preset for srs/hard when ``preset``
+        is set); its errors name ``shaping_params``."""
+        try:
+            return make_shaper(self.shaping, self.shaping_params, preset=self.preset)
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            sep = "." if msg.partition(":")[0].isidentifier() else ": "
+            raise ValueError(f"shaping_params{sep}{msg}") from None
 
 
 def shape_group_rewards(
@@ -250,7 +244,7 @@ def train(ctx) -> dict:
     """The ``rl`` algorithm: returns the summary fields of training-time SRS (see the module docstring)."""
     cfg: RLConfig = ctx.algo
     c = ctx.config
-    shaper = make_shaper(cfg)
+    shaper = cfg.shaper()
     train_prompts = ctx.train_prompts()  # prompt sources are read before any model loads
     ctx.eval_prompts()
     policy, tok = ctx.load_policy()
