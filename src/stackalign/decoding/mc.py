@@ -40,6 +40,7 @@ __all__ = [
     "mc_record_path",
     "mc_samples",
     "mc_threshold",
+    "mc_threshold_of_rewards",
     "model_fingerprint",
     "read_mc_record",
     "reward_fingerprint",
@@ -275,6 +276,42 @@ def mc_samples(
     return texts, torch.tensor(rewards, dtype=torch.float32), cost, from_cache  # type: ignore[arg-type]
 
 
+def _threshold_rule(shaper: Any, B: float | None, beta: float | None) -> Any:
+    """``shaper`` resolved (a name becomes a Shaper); ValueError when no threshold rule is given."""
+    if shaper is None and (B is None or beta is None):
+        raise ValueError("mc_threshold needs a shaper (e.g. 'official-cd') or both B and beta")
+    if isinstance(shaper, str):
+        from stackalign.shaping.resolve import resolve_shaper
+
+        shaper = resolve_shaper(shaper)
+    if shaper is not None and not hasattr(shaper, "threshold"):
+        raise ValueError(f"shaper: {shaper!r} has no threshold rule (use 'srs', 'hard' or a preset)")
+    return shaper
+
+
+def mc_threshold_of_rewards(
+    rewards: Tensor,
+    shaper: Any = None,
+    *,
+    B: float | None = None,
+    beta: float | None = None,
+    gamma_cap: float | None = None,
+    method: str = "exact",
+) -> tuple[Tensor, dict]:
+    """The Monte Carlo threshold m*(x) of each row of ``rewards`` [P, N] (the rewards of N i.i.d. base samples
+    of a prompt): the root of F̂_x(m) = (1/N) Σ_i w_i(m) (r_i − m), with w_i(m) = γ if r_i >= m else 1 (SRS
+    paper, Thm 2 and its Monte Carlo estimator, uniform weights 1/N). γ comes from ``shaper``'s own rule (a
+    Shaper, or a preset/shaper name) or from ``B``, ``beta`` (and ``gamma_cap``) for the plain
+    :func:`stackalign.shaping.stackelberg_threshold`. Returns ``(m [P], the rule as a dict)``."""
+    from stackalign.shaping import stackelberg_threshold
+
+    shaper = _threshold_rule(shaper, B, beta)
+    if shaper is not None:
+        return shaper.threshold(rewards), {"shaper": repr(shaper)}
+    m = stackelberg_threshold(rewards, B=B, beta=beta, gamma_cap=gamma_cap, method=method)
+    return m, {"B": B, "beta": beta, "gamma_cap": gamma_cap, "method": method}
+
+
 def mc_threshold(
     policy: Any,
     tokenizer: Any,
@@ -303,16 +340,7 @@ def mc_threshold(
     Sampling uses ``config`` (temperature, top-p, stop strings, seed); see :func:`mc_samples` for caching
     and ``chunk_size`` (and ``charge_cached``).
     """
-    from stackalign.shaping import stackelberg_threshold
-
-    if shaper is None and (B is None or beta is None):
-        raise ValueError("mc_threshold needs a shaper (e.g. 'official-cd') or both B and beta")
-    if isinstance(shaper, str):
-        from stackalign.shaping.resolve import resolve_shaper
-
-        shaper = resolve_shaper(shaper)
-    if shaper is not None and not hasattr(shaper, "threshold"):
-        raise ValueError(f"shaper: {shaper!r} has no threshold rule (use 'srs', 'hard' or a preset)")
+    shaper = _threshold_rule(shaper, B, beta)  # a missing rule fails before any sampling
     texts, rewards, cost, from_cache = mc_samples(
         policy,
         tokenizer,
@@ -328,11 +356,6 @@ def mc_threshold(
         chunk_size=chunk_size,
         charge_cached=charge_cached,
     )
-    if shaper is not None:
-        m = shaper.threshold(rewards)
-        rule = {"shaper": repr(shaper)}
-    else:
-        m = stackelberg_threshold(rewards, B=B, beta=beta, gamma_cap=gamma_cap, method=method)
-        rule = {"B": B, "beta": beta, "gamma_cap": gamma_cap, "method": method}
+    m, rule = mc_threshold_of_rewards(rewards, shaper, B=B, beta=beta, gamma_cap=gamma_cap, method=method)
     meta = {"n": n, "weights": "uniform", **rule, "generation": (config or GenerationConfig()).to_dict()}
     return MCThreshold(list(prompts), m, rewards, texts, cost, from_cache, meta)

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from stackalign.decoding.mc import mc_threshold_of_rewards
 from stackalign.evaluation.win_rates import gold_win_rate
 from stackalign.shaping import PRESETS, SHAPERS, Shaper, make_shaper
 from stackalign.store import write_json_atomic
@@ -156,8 +157,8 @@ def reference_thresholds(
     seed: int,
     cache_path: Path | None = None,
 ) -> torch.Tensor:
-    """m*(x) per prompt from ``n`` reference samples (the paper's ρ_base), cached per prompt in
-    ``cache_path`` (JSON). The samples are seeded by (seed, prompt), so the cache is a pure function."""
+    """m*(x) per prompt from ``n`` reference samples (the paper's ρ_base; the Monte Carlo estimator of
+    :func:`stackalign.decoding.mc.mc_threshold_of_rewards`), cached per prompt in ``cache_path`` (JSON). The samples are seeded by (seed, prompt), so the cache is a pure function."""
     import json
 
     cache: dict[str, float] = {}
@@ -168,7 +169,7 @@ def reference_thresholds(
         res = sample_group(reference, tokenizer, todo, n, gen_config, seed=seed, step=0, salt="reference")
         ps, rs = res.flat()
         r = reward_model(ps, rs).double().view(len(todo), n)
-        m = shaper.threshold(r)
+        m, _ = mc_threshold_of_rewards(r, shaper)
         cache.update({p: float(v) for p, v in zip(todo, m.tolist())})
         if cache_path is not None:
             write_json_atomic(cache_path, cache)
