@@ -195,23 +195,16 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def run_rounds(ctx: Any, algorithm: str) -> dict:
-    """Train ``algorithm`` ("dpo" or "ssapo") through the shared trainer; returns the summary fields
-    ``{"rounds": [{"round", "pairs", "eval", "stats"}...], "eval", "steps"}``."""
-    from stackalign.decoding.common import pad_id_of
-    from stackalign.evaluation.win_rates import gold_win_rate, reward_model_win_rate
-    from stackalign.training.evaluate import generate
-    from stackalign.training.loop import batch_indices, step_seed, train_loop
-
-    algo, common, out, world = ctx.algo, ctx.config, Path(ctx.out_dir), ctx.world
-    ssapo = algorithm == "ssapo"
+def _check_sources(ctx: Any, ssapo: bool) -> tuple[list[str], list[str], bool]:
+    """Every prompt source read before any model loads (a missing file or world split fails here); DPO on the
+    seeds alone has no later rounds and reads no prompts. Returns (train prompts, eval prompts, whether the
+    reward model judges the evaluation: no world, but a reward model)."""
+    algo, common, world = ctx.algo, ctx.config, ctx.world
     if world is None:  # a user's own models: seeds and round prompts from files, no gold evaluation
         if not algo.seeds_file:
             raise ValueError("seeds_file: required when world is null (the seed pairs come from a file)")
         if algo.data == "all" and not ssapo:
             raise ValueError("data: 'all' needs a world's gold judge to label the rounds; use data: seeds")
-    # every prompt source is read before any model loads (a missing file or world split fails here); DPO on
-    # the seeds alone has no later rounds and reads no prompts
     train_prompts = []
     if later_rounds(algo, ssapo):
         if algo.prompts_file:
@@ -220,100 +213,144 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
             train_prompts = ctx.train_prompts()
     rm_eval = world is None and common.reward_model is not None  # no gold: the reward model judges
     eval_prompts = ctx.eval_prompts() if world is not None or rm_eval else []
-    device = torch.device(common.device)
-    policy, tok = ctx.load_policy()
-    policy.eval()  # no dropout: the loss is deterministic given the weights
-    base = ctx.load_reference()  # pi_ref of the implicit reward (the initial policy; with LoRA: adapters off)
-    # the leader's reference pi_{t-1} is the policy itself at the start of round t: its log-probs on the
-    # round's pairs are computed then (round_data), before any update, so no frozen copy is kept
-    ref = policy
-    pad = pad_id_of(tok)
+    return train_prompts, eval_prompts, rm_eval
 
+
+def _load_seeds(ctx: Any) -> list[dict]:
+    """Round 0's pairs: the seeds file (prompts rendered with the chat template when it is on), else gold
+    pairs of the world (with the recipe's label noise)."""
+    algo, common = ctx.algo, ctx.config
     seeds = load_pairs(algo.seeds_file) if algo.seeds_file else None
     if seeds is not None and common.chat_template:  # a seeds file holds raw user requests
         seeds = [{**p, "prompt": ctx.format_prompts([p["prompt"]])[0]} for p in seeds]
     if seeds is None:
-        seeds = seed_pairs(world, algo.seed_pairs, label_noise=algo.label_noise, seed=common.seed)
-    seeds = validate_pairs(seeds, source="seed pairs")
-    sched = round_schedule(algo, len(seeds), ssapo)
-    n_rounds = len(sched) - 1
-    used = {p["prompt"] for p in seeds}
-    pools: list[list[str]] = []
-    if n_rounds:
-        rest = [p for p in train_prompts if p not in used] or train_prompts
-        _, pools = split_round_prompts(rest, 0, algo.prompts_per_round, n_rounds, seed=common.seed)
+        seeds = seed_pairs(ctx.world, algo.seed_pairs, label_noise=algo.label_noise, seed=common.seed)
+    return validate_pairs(seeds, source="seed pairs")
 
-    # evaluation: the base's samples drawn once; every policy sampled with the same seed (same streams)
-    n_eval = common.eval.samples
-    gcfg = ctx.eval_generation_config()
-    bpath = out / "base_eval.jsonl"
-    if not eval_prompts:
-        base_texts = []
-    elif bpath.is_file():
-        base_texts = [r["responses"] for r in _read_jsonl(bpath)]
-    else:
-        base_texts, _ = generate(base, tok, eval_prompts, gcfg, n=n_eval)
-        save_pairs([{"prompt": p, "responses": r} for p, r in zip(eval_prompts, base_texts)], bpath)
-    flat_p = [p for p in eval_prompts for _ in range(n_eval)]
-    flat_b = [y for row in base_texts for y in row]
 
-    def evaluate(t: int) -> dict:
+class _Rounds:
+    """One run of the round loop: the models, the seeds, each round's prompt pool and the base's evaluation
+    samples, with one method per phase of a round (pairs, reference log-probs, steps, evaluation)."""
+
+    def __init__(self, ctx: Any, algorithm: str) -> None:
+        from stackalign.decoding.common import pad_id_of
+
+        self.ctx, self.algo, self.common = ctx, ctx.algo, ctx.config
+        self.out, self.world = Path(ctx.out_dir), ctx.world
+        self.algorithm, self.ssapo = algorithm, algorithm == "ssapo"
+        train_prompts, self.eval_prompts, self.rm_eval = _check_sources(ctx, self.ssapo)
+        self.device = torch.device(self.common.device)
+        self.policy, self.tok = ctx.load_policy()
+        self.policy.eval()  # no dropout: the loss is deterministic given the weights
+        # pi_ref of the implicit reward (the initial policy; with LoRA: adapters off)
+        self.base = ctx.load_reference()
+        # the leader's reference pi_{t-1} is the policy itself at the start of round t: its log-probs on the
+        # round's pairs are computed then (round_data), before any update, so no frozen copy is kept
+        self.ref = self.policy
+        self.pad = pad_id_of(self.tok)
+        self.seeds = _load_seeds(ctx)
+        self.sched = round_schedule(self.algo, len(self.seeds), self.ssapo)
+        self.n_rounds = len(self.sched) - 1
+        used = {p["prompt"] for p in self.seeds}
+        self.pools: list[list[str]] = []
+        if self.n_rounds:
+            rest = [p for p in train_prompts if p not in used] or train_prompts
+            _, self.pools = split_round_prompts(
+                rest, 0, self.algo.prompts_per_round, self.n_rounds, seed=self.common.seed
+            )
+        self._base_samples()
+
+    def rdir(self, t: int) -> Path:
+        return self.out / "rounds" / f"round_{t}"
+
+    def _base_samples(self) -> None:
+        """Evaluation: the base's samples drawn once (``base_eval.jsonl``); every policy sampled with the same
+        seed (same streams)."""
+        from stackalign.training.evaluate import generate
+
+        self.n_eval = self.common.eval.samples
+        self.gcfg = self.ctx.eval_generation_config()
+        bpath = self.out / "base_eval.jsonl"
+        if not self.eval_prompts:
+            base_texts = []
+        elif bpath.is_file():
+            base_texts = [r["responses"] for r in _read_jsonl(bpath)]
+        else:
+            base_texts, _ = generate(self.base, self.tok, self.eval_prompts, self.gcfg, n=self.n_eval)
+            save_pairs([{"prompt": p, "responses": r} for p, r in zip(self.eval_prompts, base_texts)], bpath)
+        self.flat_p = [p for p in self.eval_prompts for _ in range(self.n_eval)]
+        self.flat_b = [y for row in base_texts for y in row]
+
+    def evaluate(self, t: int) -> dict:
+        """Round t's evaluation against the base, written to its ``done.json``."""
+        from stackalign.evaluation.win_rates import gold_win_rate, reward_model_win_rate
+        from stackalign.training.evaluate import generate
+
         ev: dict = {"win_rate_vs_base": None, "gold_reward": None}  # no gold judge without a world
-        if rm_eval:  # the reward model's soft preference σ(r − r') and its mean score; never called gold
-            texts, _ = generate(policy, tok, eval_prompts, gcfg, n=n_eval)
+        world, flat_p = self.world, self.flat_p
+        if self.rm_eval:  # the reward model's soft preference σ(r − r') and its mean score; never called gold
+            texts, _ = generate(self.policy, self.tok, self.eval_prompts, self.gcfg, n=self.n_eval)
             flat = [y for row in texts for y in row]
-            rm = ctx.load_reward_model()
-            r_pol, r_base = rm(flat_p, flat), rm(flat_p, flat_b)
+            rm = self.ctx.load_reward_model()
+            r_pol, r_base = rm(flat_p, flat), rm(flat_p, self.flat_b)
             ev = {
                 "judge": "reward_model",
                 "rm_win_rate_vs_base": round(reward_model_win_rate(r_pol, r_base), 4),
                 "proxy_reward": float(r_pol.double().mean()),
             }
         elif world is not None:
-            texts, _ = generate(policy, tok, eval_prompts, gcfg, n=n_eval)
+            texts, _ = generate(self.policy, self.tok, self.eval_prompts, self.gcfg, n=self.n_eval)
             flat = [y for row in texts for y in row]
             ev = {
-                "win_rate_vs_base": gold_win_rate(world, flat_p, flat, flat_b),
+                "win_rate_vs_base": gold_win_rate(world, flat_p, flat, self.flat_b),
                 "gold_reward": sum(world.gold(p, y) for p, y in zip(flat_p, flat)) / len(flat),
             }
-        rdir = out / "rounds" / f"round_{t}"
+        rdir = self.rdir(t)
         n_pairs = len(_read_jsonl(rdir / "pairs.jsonl"))
         stats = json.loads((rdir / "stats.json").read_text()) if (rdir / "stats.json").is_file() else {}
         write_json_atomic(rdir / "done.json", {"round": t, "pairs": n_pairs, "eval": ev, "stats": stats})
         return ev
 
-    def make_pairs(t: int) -> list[dict]:
+    def make_pairs(self, t: int) -> list[dict]:
         """Round t's pairs (written once to rounds/round_t/pairs.jsonl and read back afterwards)."""
-        rdir = out / "rounds" / f"round_{t}"
+        rdir = self.rdir(t)
         path = rdir / "pairs.jsonl"
         if path.is_file():
             return _read_jsonl(path)
         stats: dict = {}
         if t == 0:
-            pairs = seeds
-        elif not ssapo:  # DPO-all: gold (noisy at label_noise) pairs for the round's new prompts
-            pool = pools[t - 1]
+            pairs = self.seeds
+        elif not self.ssapo:  # DPO-all: gold (noisy at label_noise) pairs for the round's new prompts
+            pool = self.pools[t - 1]
             pairs = gold_pairs(
-                world, pool, len(pool), label_noise=algo.label_noise, seed=common.seed * 7919 + t
+                self.world,
+                pool,
+                len(pool),
+                label_noise=self.algo.label_noise,
+                seed=self.common.seed * 7919 + t,
             )
         else:
-            pairs, stats = _self_annotate(t)
+            pairs, stats = self.self_annotate(t)
         rdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(rdir / "stats.json", stats)
         save_pairs(pairs, path)
         return pairs
 
-    def _self_annotate(t: int) -> tuple[list[dict], dict]:
+    def self_annotate(self, t: int) -> tuple[list[dict], dict]:
+        """SSAPO's round t: K samples per new prompt from pi_{t-1}, labelled by the implicit reward, and the
+        follower's worst case over them (``solve_follower``)."""
         from stackalign.decoding.sampling import sample
+        from stackalign.training.loop import step_seed
 
-        pool = pools[t - 1]
-        g = replace(ctx.generation_config(), seed=step_seed(common.seed, t, "annotate") % (2**31))
+        algo, world, policy, tok = self.algo, self.world, self.policy, self.tok
+        pool = self.pools[t - 1]
+        g = replace(self.ctx.generation_config(), seed=step_seed(self.common.seed, t, "annotate") % (2**31))
         t0 = time.perf_counter()
         res = sample(policy, tok, pool, algo.samples_per_prompt, g)
         prompts, responses = res.flat()
         t1 = time.perf_counter()
         lp_pol = batched_logprobs(policy, tok, prompts, responses)
-        lp_ref = batched_logprobs(base, tok, prompts, responses)
+        lp_ref = batched_logprobs(self.base, tok, prompts, responses)
         pairs = annotate_by_implicit_reward(pool, res.texts, lp_pol, lp_ref, beta=algo.beta)
         t2 = time.perf_counter()
         if not pairs:
@@ -344,13 +381,13 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
         )
         return pairs, stats
 
-    def round_data(t: int) -> dict:
+    def round_data(self, t: int) -> dict:
         """Round t's tensors: token ids, the reference's log-probs (pi_{t-1} is frozen), the worst case."""
-        pairs = make_pairs(t)
-        data = _tensorize(tok, pairs)
+        pairs = self.make_pairs(t)
+        data = _tensorize(self.tok, pairs)
         N = len(pairs)
         with torch.no_grad():
-            rc, rr = zip(*(_pair_logps(ref, data, list(range(s, min(N, s + 64))), pad, device)
+            rc, rr = zip(*(_pair_logps(self.ref, data, list(range(s, min(N, s + 64))), self.pad, self.device)
                            for s in range(0, N, 64)))  # fmt: skip
         wc = None
         if "s" in pairs[0]:
@@ -362,22 +399,28 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
             wc = (S.float(), D.float())
         return dict(data=data, n=N, ref_c=torch.cat(rc), ref_r=torch.cat(rr), wc=wc)
 
-    from stackalign.training.loop import StepOutput, load_weights_in_place, save_model_dir
+    def train_round(self, t: int) -> None:
+        """Round t on the shared trainer: a fresh optimizer (each round of the release is a new DPO run from
+        pi_{t-1}), ``sched[t]`` steps of the (weighted, shifted) DPO loss, then its evaluation and model."""
+        from stackalign.training.loop import (
+            StepOutput,
+            batch_indices,
+            load_weights_in_place,
+            save_model_dir,
+            step_seed,
+            train_loop,
+        )
 
-    trained_last = False
-    for t in range(n_rounds + 1):
-        rdir = out / "rounds" / f"round_{t}"
-        if (rdir / "done.json").is_file() and (rdir / "model").is_dir():
-            continue
-        trained_last = t == n_rounds
+        algo, policy, device = self.algo, self.policy, self.device
+        rdir = self.rdir(t)
         if t > 0:  # pi_{t-1}: the previous round's final weights (also after a restart)
-            load_weights_in_place(policy, out / "rounds" / f"round_{t - 1}" / "model")
-        cur = round_data(t)  # the reference log-probs of pi_{t-1} (= the policy now)
-        rseed = step_seed(common.seed, t, "round")
+            load_weights_in_place(policy, self.rdir(t - 1) / "model")
+        cur = self.round_data(t)  # the reference log-probs of pi_{t-1} (= the policy now)
+        rseed = step_seed(self.common.seed, t, "round")
 
-        def step_fn(step: int, t=t, cur=cur, rseed=rseed) -> StepOutput:
+        def step_fn(step: int) -> StepOutput:
             idx = batch_indices(cur["n"], algo.batch_size, step, rseed, what="batch_size")
-            pc, pr = _pair_logps(policy, cur["data"], idx, pad, device)
+            pc, pr = _pair_logps(policy, cur["data"], idx, self.pad, device)
             kw = {}
             if cur["wc"] is not None:
                 S, D = cur["wc"]
@@ -390,28 +433,43 @@ def run_rounds(ctx: Any, algorithm: str) -> dict:
                 loss, {"round": t, "margin": float(m.mean()), "accuracy": float((m > 0).float().mean())}
             )
 
-        # a fresh optimizer per round, as each round of the release is a new DPO run from pi_{t-1}
-        settings = replace(ctx.loop_settings(), steps=sched[t], seed=rseed % (2**31))
-        train_loop(policy, tok, step_fn, settings, rdir, algo_state={"round": t})
-        evaluate(t)
-        save_model_dir(policy, tok, rdir / "model")
-    # one metrics.jsonl over all rounds (global step numbers) for the trainer's plots
-    rows = []
-    off = 0
-    for t in range(n_rounds + 1):
-        for r in _read_jsonl(out / "rounds" / f"round_{t}" / "metrics.jsonl"):
-            rows.append({**r, "step": r["step"] + off, "round_step": r["step"]})
-        off += sched[t]
-    save_pairs(rows, out / "metrics.jsonl")
+        settings = replace(self.ctx.loop_settings(), steps=self.sched[t], seed=rseed % (2**31))
+        train_loop(policy, self.tok, step_fn, settings, rdir, algo_state={"round": t})
+        self.evaluate(t)
+        save_model_dir(policy, self.tok, rdir / "model")
+
+    def write_metrics(self) -> None:
+        """One metrics.jsonl over all rounds (global step numbers) for the trainer's plots."""
+        rows = []
+        off = 0
+        for t in range(self.n_rounds + 1):
+            for r in _read_jsonl(self.rdir(t) / "metrics.jsonl"):
+                rows.append({**r, "step": r["step"] + off, "round_step": r["step"]})
+            off += self.sched[t]
+        save_pairs(rows, self.out / "metrics.jsonl")
+
+
+def run_rounds(ctx: Any, algorithm: str) -> dict:
+    """Train ``algorithm`` ("dpo" or "ssapo") through the shared trainer; returns the summary fields
+    ``{"rounds": [{"round", "pairs", "eval", "stats"}...], "eval", "steps"}``."""
+    from stackalign.training.loop import load_weights_in_place
+
+    run = _Rounds(ctx, algorithm)
+    trained_last = False
+    for t in range(run.n_rounds + 1):
+        rdir = run.rdir(t)
+        if (rdir / "done.json").is_file() and (rdir / "model").is_dir():
+            continue
+        trained_last = t == run.n_rounds
+        run.train_round(t)
+    run.write_metrics()
     if not trained_last:  # restarted after the last round finished: final/ is that round's model
-        load_weights_in_place(policy, out / "rounds" / f"round_{n_rounds}" / "model")
-    ctx.save_final(policy, tok)
-    rounds = [
-        json.loads((out / "rounds" / f"round_{t}" / "done.json").read_text()) for t in range(n_rounds + 1)
-    ]
-    if world is not None:
-        _plot_rounds(rounds, out / "rounds.png", algorithm)
-    return {"rounds": rounds, "eval": rounds[-1]["eval"], "steps": sum(sched)}
+        load_weights_in_place(run.policy, run.rdir(run.n_rounds) / "model")
+    ctx.save_final(run.policy, run.tok)
+    rounds = [json.loads((run.rdir(t) / "done.json").read_text()) for t in range(run.n_rounds + 1)]
+    if run.world is not None:
+        _plot_rounds(rounds, run.out / "rounds.png", algorithm)
+    return {"rounds": rounds, "eval": rounds[-1]["eval"], "steps": sum(run.sched)}
 
 
 def _plot_rounds(rounds: list[dict], path: Path, algorithm: str) -> None:
