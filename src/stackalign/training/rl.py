@@ -241,6 +241,52 @@ def _eval(ctx, policy, tok, reference) -> dict:
     return {"summary": res.summary(), "texts": res.texts}
 
 
+def _base_eval(ctx, reference, tok) -> dict:
+    """The reference's evaluation (``base_eval.json``): a pure function, computed once and read back on resume."""
+    base_path = Path(ctx.out_dir) / "base_eval.json"
+    if base_path.exists():
+        import json
+
+        return json.loads(base_path.read_text())
+    base = _eval(ctx, reference, tok, None)
+    write_json_atomic(base_path, base)
+    return base
+
+
+def _gold_win_vs_base(ctx, final: dict, base: dict) -> float | None:
+    """The trained policy's gold win rate over the reference on the evaluation samples (ties count half);
+    None without a world."""
+    if ctx.world is None:
+        return None
+    n = ctx.config.eval.samples
+    flat_p = [p for p in ctx.eval_prompts() for _ in range(n)]
+    return gold_win_rate(
+        ctx.world,
+        flat_p,
+        [t for row in final["texts"] for t in row],
+        [t for row in base["texts"] for t in row],
+    )
+
+
+def _eval_curve(bs: dict, metrics: list[dict], fs: dict, steps: int) -> list[dict]:
+    """KL, proxy and gold reward over training: the base at step 0, every periodic evaluation, the final one."""
+    curve = [{"step": 0, "kl": 0.0, "proxy_reward": bs["proxy_reward"], "gold_reward": bs["gold_reward"]}]
+    for r in metrics:
+        if "eval_kl" in r:
+            curve.append(
+                {
+                    "step": r["step"],
+                    "kl": r["eval_kl"],
+                    "proxy_reward": r["eval_proxy_reward"],
+                    "gold_reward": r.get("eval_gold_reward"),
+                }
+            )
+    curve.append(
+        {"step": steps, "kl": fs["kl"], "proxy_reward": fs["proxy_reward"], "gold_reward": fs["gold_reward"]}
+    )
+    return curve
+
+
 def train(ctx) -> dict:
     """The ``rl`` algorithm: returns the summary fields of training-time SRS (see the module docstring)."""
     cfg: RLConfig = ctx.algo
@@ -255,14 +301,7 @@ def train(ctx) -> dict:
     gen = ctx.generation_config()
     out: Path = ctx.out_dir
 
-    base_path = out / "base_eval.json"  # the reference's evaluation: a pure function, computed once
-    if base_path.exists():
-        import json
-
-        base = json.loads(base_path.read_text())
-    else:
-        base = _eval(ctx, reference, tok, None)
-        write_json_atomic(base_path, base)
+    base = _base_eval(ctx, reference, tok)
 
     def step_fn(step: int) -> StepOutput:
         idx = batch_indices(len(train_prompts), c.prompts_per_step, step, c.seed)
@@ -303,38 +342,8 @@ def train(ctx) -> dict:
     ctx.save_final(policy, tok)
     final = _eval(ctx, policy, tok, reference)
     fs, bs = final["summary"], base["summary"]
-    prompts = ctx.eval_prompts()
-    n = c.eval.samples
-    flat_p = [p for p in prompts for _ in range(n)]
-    win = (
-        gold_win_rate(
-            ctx.world,
-            flat_p,
-            [t for row in final["texts"] for t in row],
-            [t for row in base["texts"] for t in row],
-        )
-        if ctx.world is not None
-        else None
-    )
-    curve = [{"step": 0, "kl": 0.0, "proxy_reward": bs["proxy_reward"], "gold_reward": bs["gold_reward"]}]
-    for r in result.metrics:
-        if "eval_kl" in r:
-            curve.append(
-                {
-                    "step": r["step"],
-                    "kl": r["eval_kl"],
-                    "proxy_reward": r["eval_proxy_reward"],
-                    "gold_reward": r.get("eval_gold_reward"),
-                }
-            )
-    curve.append(
-        {
-            "step": c.steps,
-            "kl": fs["kl"],
-            "proxy_reward": fs["proxy_reward"],
-            "gold_reward": fs["gold_reward"],
-        }
-    )
+    win = _gold_win_vs_base(ctx, final, base)
+    curve = _eval_curve(bs, result.metrics, fs, c.steps)
     write_json_atomic(out / "final_eval.json", final)
     return {
         "shaping": cfg.shaping,
