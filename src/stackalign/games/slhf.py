@@ -333,6 +333,45 @@ class GDAResult:
     method: str
 
 
+def _check_gda_schedule(steps, lr, kappa, record_every, method) -> tuple[float, float]:
+    """stackelberg_gda's step count, step sizes, recording period and method; returns (lr, kappa)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps: must be an integer >= 0, got {steps!r}")
+    lr = check_tau(lr, "lr")
+    kappa = check_tau(kappa, "kappa")
+    if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
+        raise ValueError(f"record_every: must be an integer >= 1, got {record_every!r}")
+    if method not in ("projected", "mirror"):
+        raise ValueError(f"method: expected 'projected' or 'mirror', got {method!r}")
+    return lr, kappa
+
+
+def _gda_start(P, pi_ref, omega_ref, pi0, omega0, method):
+    """The initial point (pi, omega): copies of ``pi0`` / ``omega0``, by default of the references."""
+    n = P.shape[-1]
+    batch = P.shape[:-2]
+    pi = pi_ref.clone() if pi0 is None else check_distribution(pi0, "pi0", batch + (n,)).clone()
+    omega = (
+        omega_ref.clone() if omega0 is None else check_distribution(omega0, "omega0", batch + (n, n)).clone()
+    )
+    if method == "mirror" and ((pi <= 0).any() or (omega <= 0).any()):
+        raise ValueError("pi0, omega0: the mirror method needs strictly positive initial policies")
+    return pi, omega
+
+
+def _gda_update(pi, omega, g_pi, g_om, lr: float, lr_f: float, method: str):
+    """One simultaneous step: the leader ascends with ``lr``, the follower descends with ``lr_f`` = κ·lr
+    (Algorithm 1), by Euclidean projection onto the simplices or by the entropic mirror step."""
+    if method == "projected":
+        return project_simplex(pi + lr * g_pi), project_simplex(omega - lr_f * g_om)
+    # subtract the row max before exponentiating so that large steps cannot overflow
+    a = lr * g_pi
+    b = -lr_f * g_om
+    pi = pi * torch.exp(a - a.max(-1, keepdim=True).values)
+    omega = omega * torch.exp(b - b.max(-1, keepdim=True).values)
+    return pi / pi.sum(-1, keepdim=True), omega / omega.sum(-1, keepdim=True)
+
+
 def stackelberg_gda(
     P,
     pi_ref=None,
@@ -374,22 +413,8 @@ def stackelberg_gda(
     tau_l = check_tau(tau_leader, "tau_leader")
     tau_f = check_tau(tau_follower, "tau_follower")
     pi_ref, omega_ref = _references(P, pi_ref, omega_ref, positive=True)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps: must be an integer >= 0, got {steps!r}")
-    lr = check_tau(lr, "lr")
-    kappa = check_tau(kappa, "kappa")
-    if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
-        raise ValueError(f"record_every: must be an integer >= 1, got {record_every!r}")
-    if method not in ("projected", "mirror"):
-        raise ValueError(f"method: expected 'projected' or 'mirror', got {method!r}")
-    n = P.shape[-1]
-    batch = P.shape[:-2]
-    pi = pi_ref.clone() if pi0 is None else check_distribution(pi0, "pi0", batch + (n,)).clone()
-    omega = (
-        omega_ref.clone() if omega0 is None else check_distribution(omega0, "omega0", batch + (n, n)).clone()
-    )
-    if method == "mirror" and ((pi <= 0).any() or (omega <= 0).any()):
-        raise ValueError("pi0, omega0: the mirror method needs strictly positive initial policies")
+    lr, kappa = _check_gda_schedule(steps, lr, kappa, record_every, method)
+    pi, omega = _gda_start(P, pi_ref, omega_ref, pi0, omega0, method)
     pi_star, omega_star = slhf_equilibrium(P, pi_ref, omega_ref, tau_l, tau_f)
 
     def dists(p, o):
@@ -404,16 +429,7 @@ def stackelberg_gda(
     lr_f = kappa * lr
     for t in range(1, steps + 1):
         g_pi, g_om = _grads(P, pi, omega, pi_ref, omega_ref, tau_l, tau_f, floor)
-        if method == "projected":
-            pi, omega = project_simplex(pi + lr * g_pi), project_simplex(omega - lr_f * g_om)
-        else:
-            # subtract the row max before exponentiating so that large steps cannot overflow
-            a = lr * g_pi
-            b = -lr_f * g_om
-            pi = pi * torch.exp(a - a.max(-1, keepdim=True).values)
-            omega = omega * torch.exp(b - b.max(-1, keepdim=True).values)
-            pi = pi / pi.sum(-1, keepdim=True)
-            omega = omega / omega.sum(-1, keepdim=True)
+        pi, omega = _gda_update(pi, omega, g_pi, g_om, lr, lr_f, method)
         pi_sum += pi
         om_sum += omega
         d_pi[t], d_om[t] = dists(pi, omega)
