@@ -311,6 +311,42 @@ def _evaluate(
     return total / max(n, 1)
 
 
+def _checked_targets(examples: Sequence) -> torch.Tensor:
+    """The examples' targets as a float32 tensor; ValueError for no examples, a non-finite target or an
+    empty response."""
+    if not examples:
+        raise ValueError("value head training: no examples")
+    targets = torch.tensor([float(e.target) for e in examples], dtype=torch.float32)
+    if not torch.isfinite(targets).all():
+        raise ValueError("value head training: targets contain NaN or infinite values")
+    if any(len(e.response_ids) == 0 for e in examples):
+        raise ValueError("value head training: an example has an empty response (no generated tokens)")
+    return targets
+
+
+def _train_epoch(head, opt, feats, order: list[int], targets, cfg, device) -> tuple[dict[str, float], int]:
+    """One pass over the training examples in ``order`` (``cfg.batch_size`` per Adam step, clipped at
+    ``cfg.grad_clip``); returns the summed loss parts and the number of batches."""
+    sums = {"loss": 0.0, "last": 0.0, "pairwise": 0.0}
+    n_batches = 0
+    for s in range(0, len(order), cfg.batch_size):
+        b = order[s : s + cfg.batch_size]
+        h, mask = feats.batch(b, device)
+        loss, parts = value_loss(
+            head(h), mask, targets[b].to(device), pairwise_coef=cfg.pairwise_coef, objective=cfg.objective
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+        opt.step()
+        sums["loss"] += loss.item()
+        sums["last"] += parts["last"]
+        sums["pairwise"] += parts["pairwise"]
+        n_batches += 1
+    return sums, n_batches
+
+
 def train_value_head(
     model,
     examples: Sequence,
@@ -333,13 +369,7 @@ def train_value_head(
         `ValueTrainResult` with the best head (eval mode, on the LM's device).
     """
     cfg = config or ValueTrainConfig()
-    if not examples:
-        raise ValueError("value head training: no examples")
-    targets = torch.tensor([float(e.target) for e in examples], dtype=torch.float32)
-    if not torch.isfinite(targets).all():
-        raise ValueError("value head training: targets contain NaN or infinite values")
-    if any(len(e.response_ids) == 0 for e in examples):
-        raise ValueError("value head training: an example has an empty response (no generated tokens)")
+    targets = _checked_targets(examples)
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -365,23 +395,7 @@ def train_value_head(
         head.train()
         order = train_idx[:]
         rng.shuffle(order)
-        sums = {"loss": 0.0, "last": 0.0, "pairwise": 0.0}
-        n_batches = 0
-        for s in range(0, len(order), cfg.batch_size):
-            b = order[s : s + cfg.batch_size]
-            h, mask = feats.batch(b, device)
-            loss, parts = value_loss(
-                head(h), mask, targets[b].to(device), pairwise_coef=cfg.pairwise_coef, objective=cfg.objective
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-            opt.step()
-            sums["loss"] += loss.item()
-            sums["last"] += parts["last"]
-            sums["pairwise"] += parts["pairwise"]
-            n_batches += 1
+        sums, n_batches = _train_epoch(head, opt, feats, order, targets, cfg, device)
         val_mse = _evaluate(head, feats, val_idx, targets, cfg.batch_size, device)
         if not math.isfinite(val_mse):
             raise ValueError(
