@@ -178,38 +178,13 @@ def summarize(
                 stacklevel=2,
             )
         boot = dict(level=ci_level, n_boot=n_boot, seed=ci_seed)
-        per_prompt = {
-            "proxy_reward": [r.get("proxy_reward") for r in mrows],
-            "gold_reward": [r.get("gold_reward") for r in mrows],
-            "coherence": [coh[(name, r["prompt_id"])] for r in mrows] if coh else [],
-            "seconds_per_prompt": [r.get("seconds") for r in mrows],
-            "lm_tokens_per_prompt": [r.get("lm_tokens") for r in mrows],
-            "rm_tokens_per_prompt": [r.get("rm_tokens") for r in mrows],
-        }
-        entry["ci"] = {
-            key: _as_list(bootstrap_ci([v for v in vals if v is not None], **boot))
-            for key, vals in per_prompt.items()
-        }
+        entry["ci"] = _mean_intervals(name, mrows, coh, boot)
         entry["paired"] = {}
         for b in baselines:
             if b == name:
                 continue
-            base = {r["prompt_id"]: r for r in by_method[b]}
-            pairs = [(r, base[r["prompt_id"]]) for r in mrows if r["prompt_id"] in base]
-            for r, rb in pairs:
-                if r["prompt"] != rb["prompt"]:
-                    raise ValueError(
-                        f"prompt_id {r['prompt_id']!r} has different prompt text for {name!r} and {b!r}"
-                    )
-            paired: dict[str, Any] = {"n": len(pairs)}
-            for key in ("gold_reward", "proxy_reward"):
-                both = [
-                    (r[key], rb[key]) for r, rb in pairs if r.get(key) is not None and rb.get(key) is not None
-                ]
-                diff = paired_diff_ci([a for a, _ in both], [c for _, c in both], **boot) if both else None
-                paired[key.replace("_reward", "_diff")] = _as_list(diff)
-            for key in ("win_tie", "net_win", "win_rate", "flip_rate", "lc_win_rate", "lc_slope"):
-                paired[key] = None
+            pairs = _pair_rows(name, mrows, b, by_method[b])
+            paired = _paired_diffs(pairs, boot)
             entry["paired"][b] = paired
             if judge is None:
                 entry["win_tie"][b] = None
@@ -224,27 +199,70 @@ def summarize(
             )
             entry["win_tie"][b] = result.rate
             entry["win_tie_counts"][b] = result.to_dict()
-            read = [(j, r, rb) for j, (r, rb) in zip(result.judgements, pairs) if j.parsed]
-            if not read:
-                continue
-            outcomes = [float(j.outcome) for j, _, _ in read]
-            prefs = [j.preference for j, _, _ in read]
-            paired["win_tie"] = _as_list(rate_ci([o >= 0 for o in outcomes], **boot))
-            paired["net_win"] = _as_list(
-                paired_diff_ci([2.0 * p - 1.0 for p in prefs], [0.0] * len(prefs), **boot)
-            )
-            paired["win_rate"] = _as_list(paired_diff_ci(prefs, [0.0] * len(prefs), **boot))
-            flips = [j.flipped for j in result.judgements if j.flipped is not None]
-            if result.flipped is not None and flips:
-                paired["flip_rate"] = _as_list(rate_ci(flips, **boot))
-            if length_control:
-                lc = length_controlled(
-                    prefs, [len(text(r)) for _, r, _ in read], [len(text(rb)) for _, _, rb in read], **boot
-                )
-                paired["lc_win_rate"] = lc.to_list()
-                paired["lc_slope"] = lc.slope
+            _judged_intervals(paired, result, pairs, text, boot, length_control)
         methods[name] = entry
     return {"methods": methods, "judge": judge_info(judge, length_control=length_control)}
+
+
+def _mean_intervals(name: str, mrows: list, coh: dict, boot: dict) -> dict[str, list[float] | None]:
+    """The bootstrap interval of each per-prompt mean of a method (``None`` where it has no values)."""
+    per_prompt = {
+        "proxy_reward": [r.get("proxy_reward") for r in mrows],
+        "gold_reward": [r.get("gold_reward") for r in mrows],
+        "coherence": [coh[(name, r["prompt_id"])] for r in mrows] if coh else [],
+        "seconds_per_prompt": [r.get("seconds") for r in mrows],
+        "lm_tokens_per_prompt": [r.get("lm_tokens") for r in mrows],
+        "rm_tokens_per_prompt": [r.get("rm_tokens") for r in mrows],
+    }
+    return {
+        key: _as_list(bootstrap_ci([v for v in vals if v is not None], **boot))
+        for key, vals in per_prompt.items()
+    }
+
+
+def _pair_rows(name: str, mrows: list, b: str, brows: list) -> list[tuple[Mapping, Mapping]]:
+    """(method row, baseline row) of each prompt both have, in the method's order; the prompt texts must agree."""
+    base = {r["prompt_id"]: r for r in brows}
+    pairs = [(r, base[r["prompt_id"]]) for r in mrows if r["prompt_id"] in base]
+    for r, rb in pairs:
+        if r["prompt"] != rb["prompt"]:
+            raise ValueError(f"prompt_id {r['prompt_id']!r} has different prompt text for {name!r} and {b!r}")
+    return pairs
+
+
+def _paired_diffs(pairs: list[tuple[Mapping, Mapping]], boot: dict) -> dict[str, Any]:
+    """The ``paired`` entry of one baseline: ``n``, the paired gold and proxy differences, and the judged
+    intervals set to ``None`` (:func:`_judged_intervals` fills them)."""
+    paired: dict[str, Any] = {"n": len(pairs)}
+    for key in ("gold_reward", "proxy_reward"):
+        both = [(r[key], rb[key]) for r, rb in pairs if r.get(key) is not None and rb.get(key) is not None]
+        diff = paired_diff_ci([a for a, _ in both], [c for _, c in both], **boot) if both else None
+        paired[key.replace("_reward", "_diff")] = _as_list(diff)
+    for key in ("win_tie", "net_win", "win_rate", "flip_rate", "lc_win_rate", "lc_slope"):
+        paired[key] = None
+    return paired
+
+
+def _judged_intervals(paired: dict, result, pairs, text, boot: dict, length_control: bool) -> None:
+    """Bootstrap intervals of the read verdicts into ``paired``: win-tie, net win, win rate (ties count
+    half), the flip rate of a both-orders judge and, with ``length_control``, the length-controlled rate."""
+    read = [(j, r, rb) for j, (r, rb) in zip(result.judgements, pairs) if j.parsed]
+    if not read:
+        return
+    outcomes = [float(j.outcome) for j, _, _ in read]
+    prefs = [j.preference for j, _, _ in read]
+    paired["win_tie"] = _as_list(rate_ci([o >= 0 for o in outcomes], **boot))
+    paired["net_win"] = _as_list(paired_diff_ci([2.0 * p - 1.0 for p in prefs], [0.0] * len(prefs), **boot))
+    paired["win_rate"] = _as_list(paired_diff_ci(prefs, [0.0] * len(prefs), **boot))
+    flips = [j.flipped for j in result.judgements if j.flipped is not None]
+    if result.flipped is not None and flips:
+        paired["flip_rate"] = _as_list(rate_ci(flips, **boot))
+    if length_control:
+        lc = length_controlled(
+            prefs, [len(text(r)) for _, r, _ in read], [len(text(rb)) for _, _, rb in read], **boot
+        )
+        paired["lc_win_rate"] = lc.to_list()
+        paired["lc_slope"] = lc.slope
 
 
 def judge_info(judge: Judge | None, *, length_control: bool = False) -> dict[str, Any] | None:
@@ -485,6 +503,42 @@ def sweep_intervals(
     return out
 
 
+def _sweep_xs(x: Mapping[str, Sequence[float]] | Sequence[float], method: str, n: int) -> list[float]:
+    """``method``'s x values (its own list, or the shared one), checked against its ``n`` y values."""
+    if isinstance(x, Mapping):
+        if method not in x:
+            raise ValueError(f"plot_sweep: no x values for method {method!r}")
+        vals = list(x[method])
+    else:
+        vals = list(x)
+    if len(vals) != n:
+        raise ValueError(f"plot_sweep: method {method!r} has {n} values but {len(vals)} x values")
+    return [float(v) for v in vals]
+
+
+def _plot_line(ax: Any, xs: list[float], vals: Sequence[float | None], name: str, color: str, bars) -> None:
+    """One method's line on a panel (``None`` values leave gaps) with its ``(lo, hi)`` error bars."""
+    ys = [math.nan if v is None else float(v) for v in vals]
+    ax.plot(xs, ys, marker="o", ms=4, lw=1.6, label=name, color=color)
+    if bars is None:
+        return
+    pts = [(xv, yv, b) for xv, yv, b in zip(xs, ys, bars) if b is not None and not math.isnan(yv)]
+    if pts:
+        ax.errorbar(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            yerr=[[max(0.0, p[1] - p[2][0]) for p in pts], [max(0.0, p[2][1] - p[1]) for p in pts]],
+            fmt="none", ecolor=color, elinewidth=1.0, capsize=2.5, alpha=0.8,
+        )  # fmt: skip
+
+
+def _panel_title(metric: str) -> str:
+    base = _PANEL_TITLES.get(metric)
+    if base is None and metric.startswith("win_tie"):
+        base = "win-tie rate" + metric[len("win_tie") :]
+    return base or metric.replace("_", " ")
+
+
 def plot_sweep(
     x: Mapping[str, Sequence[float]] | Sequence[float],
     series: Mapping[str, Mapping[str, Sequence[float | None]]],
@@ -524,17 +578,6 @@ def plot_sweep(
     if not panels:
         raise ValueError("plot_sweep: no series has any value to plot")
 
-    def xs_for(method: str, n: int) -> list[float]:
-        if isinstance(x, Mapping):
-            if method not in x:
-                raise ValueError(f"plot_sweep: no x values for method {method!r}")
-            vals = list(x[method])
-        else:
-            vals = list(x)
-        if len(vals) != n:
-            raise ValueError(f"plot_sweep: method {method!r} has {n} values but {len(vals)} x values")
-        return [float(v) for v in vals]
-
     fig = Figure(figsize=(4.4 * len(panels), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -545,19 +588,9 @@ def plot_sweep(
     colors = {name: f"C{i % 10}" for i, name in enumerate(methods)}
     for ax, (metric, per_method) in zip(axes, panels):
         for name, vals in per_method.items():
-            xs = xs_for(name, len(vals))
-            ys = [math.nan if v is None else float(v) for v in vals]
-            ax.plot(xs, ys, marker="o", ms=4, lw=1.6, label=name, color=colors[name])
+            xs = _sweep_xs(x, name, len(vals))
             bars = (errors or {}).get(metric, {}).get(name)
-            if bars is not None:
-                pts = [(xv, yv, b) for xv, yv, b in zip(xs, ys, bars) if b is not None and not math.isnan(yv)]
-                if pts:
-                    ax.errorbar(
-                        [p[0] for p in pts],
-                        [p[1] for p in pts],
-                        yerr=[[max(0.0, p[1] - p[2][0]) for p in pts], [max(0.0, p[2][1] - p[1]) for p in pts]],
-                        fmt="none", ecolor=colors[name], elinewidth=1.0, capsize=2.5, alpha=0.8,
-                    )  # fmt: skip
+            _plot_line(ax, xs, vals, name, colors[name], bars)
         if metric.startswith("win_tie"):
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
             ax.set_ylim(0.0, 1.0)
@@ -565,13 +598,10 @@ def plot_sweep(
             ax.axvline(chosen_x, color="black", lw=0.8, ls=":")
         if logx:
             ax.set_xscale("log")
-            ticks = sorted({v for name, vals in per_method.items() for v in xs_for(name, len(vals))})
+            ticks = sorted({v for name, vals in per_method.items() for v in _sweep_xs(x, name, len(vals))})
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
-        base = _PANEL_TITLES.get(metric)
-        if base is None and metric.startswith("win_tie"):
-            base = "win-tie rate" + metric[len("win_tie") :]
-        ax.set_title(base or metric.replace("_", " "))
+        ax.set_title(_panel_title(metric))
         ax.set_xlabel(x_label)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize="small")
