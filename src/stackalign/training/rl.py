@@ -303,35 +303,20 @@ def train(ctx) -> dict:
 
     base = _base_eval(ctx, reference, tok)
 
+    # what the reference thresholds and every step share: the frozen models, the shaping, the sampling
+    shared = dict(
+        reference=reference, tokenizer=tok, reward_model=rm, shaper=shaper, gen_config=gen, seed=c.seed
+    )
+    m_cache = out / "reference_thresholds.json"
+
     def step_fn(step: int) -> StepOutput:
         idx = batch_indices(len(train_prompts), c.prompts_per_step, step, c.seed)
         prompts = [train_prompts[i] for i in idx]
         threshold = None
         if cfg.threshold_source == "reference" and shaper.uses_threshold:
-            threshold = reference_thresholds(
-                prompts,
-                reference=reference,
-                tokenizer=tok,
-                reward_model=rm,
-                shaper=shaper,
-                n=cfg.reference_samples,
-                gen_config=gen,
-                seed=c.seed,
-                cache_path=out / "reference_thresholds.json",
-            )
+            threshold = reference_thresholds(prompts, n=cfg.reference_samples, cache_path=m_cache, **shared)
         o = rl_step(
-            policy=policy,
-            reference=reference,
-            tokenizer=tok,
-            reward_model=rm,
-            prompts=prompts,
-            cfg=cfg,
-            shaper=shaper,
-            gen_config=gen,
-            seed=c.seed,
-            step=step,
-            threshold=threshold,
-            gold=gold,
+            policy=policy, prompts=prompts, cfg=cfg, step=step, threshold=threshold, gold=gold, **shared
         )
         if c.eval.every and step % c.eval.every == 0 and step != c.steps:
             e = _eval(ctx, policy, tok, reference)["summary"]
