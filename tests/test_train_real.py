@@ -204,3 +204,43 @@ def _train_lora_and_check(algorithm, data, smol_dir, base_digest, tmp_path):
     assert not torch.equal(lt, lb)
     if algorithm == "slhf":  # the leader's adapter directory (the follower's in follower/) as a policy
         _decodes_in_a_run_recipe(final, data, tmp_path)
+
+
+@pytest.mark.slow
+def test_lora_on_the_real_model_resumes_bit_identically_after_kill9(data, tmp_path):
+    """rl with an adapter on smollm2: killed after its first step, restarted, the same adapter bit for bit."""
+    pytest.importorskip("peft")
+    import sys
+
+    import torch
+    from kill_restart import kill_after_rows, run_to_the_end
+    from safetensors.torch import load_file
+
+    r = _lora_recipe(data, "rl")
+    r.update(steps=3, checkpoint_every=1, keep_checkpoints=2)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    try:
+        finals = []
+        for name, kill in (("a", False), ("b", True)):
+            cmd = [
+                sys.executable,
+                "-m",
+                "stackalign",
+                "train",
+                str(tmp_path / "r.yaml"),
+                "--out",
+                str(tmp_path / name),
+            ]
+            if kill:
+                kill_after_rows(cmd, tmp_path / name / "metrics.jsonl", 1)
+                assert not (tmp_path / name / "final").exists()
+            run_to_the_end(cmd)
+            finals.append(load_file(str(tmp_path / name / "final" / "adapter_model.safetensors")))
+            rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+            assert [json.loads(x)["step"] for x in rows] == [1, 2, 3]
+        a, b = finals
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)
+    finally:
+        for name in ("a", "b"):
+            shutil.rmtree(tmp_path / name, ignore_errors=True)
