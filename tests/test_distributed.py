@@ -38,7 +38,7 @@ def _recipe(world, path: Path, algorithm: str, **kw) -> Path:
         "max_new_tokens": 8,
         "checkpoint_every": 1,
         "progress": False,
-        "eval": {"limit": 2, "samples": 1},
+        "eval": {"limit": 3, "samples": 1},
         **FIELDS[algorithm],
         **kw,
     }
@@ -89,6 +89,15 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(micro, tmp_p
     ra = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     assert len(ra) == len(rows)
     assert all(abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"])) for a, b in zip(ra, rows))
+    # evaluation (3 prompts: split 2 + 1 between the processes, gathered) gives the 1-process numbers
+    ea = json.loads((one / "summary.json").read_text())["eval"]
+    eb = json.loads((two / "summary.json").read_text())["eval"]
+    assert ea.keys() == eb.keys()
+    for k, va in ea.items():
+        if isinstance(va, float):
+            assert abs(va - eb[k]) <= 1e-4 * max(1.0, abs(va)), (k, va, eb[k])
+        else:
+            assert va == eb[k], k
 
 
 @pytest.mark.slow
@@ -174,3 +183,19 @@ def test_kill9_of_one_process_then_relaunch_ends_with_the_uninterrupted_weights(
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     ref_rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+
+
+def test_evaluation_split_and_gather_by_hand(monkeypatch):
+    """Evaluation's bookkeeping without a launcher: prompt k to process k mod W (uneven shares allowed), the
+    shares gathered back in the original order."""
+    from stackalign.training.distributed import Processes
+
+    items = list("abcde")
+    shares = [Processes(r, 2).split(items) for r in (0, 1)]
+    assert shares == [["a", "c", "e"], ["b", "d"]] and Processes(0, 1).split(items) == items
+
+    def fake_all_gather_object(out, obj):
+        out[:] = shares
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", fake_all_gather_object)
+    assert Processes(1, 2).unsplit(shares[1]) == items
