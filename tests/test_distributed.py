@@ -1,6 +1,8 @@
 """Data-parallel training under ``accelerate launch`` (2 CPU processes, gloo): the same final weights as one
 process with the same global batch, within max |Δw| <= 1e-5 (lr 1e-3, 2 AdamW steps; the difference is float
-rounding of batched forward passes of different shapes and of the gradient all-reduce)."""
+rounding of batched forward passes of different shapes and of the gradient all-reduce); evaluation split
+between the processes equals the 1-process evaluation; kill -9 of either process and the same launch again
+end with the uninterrupted run's weights bit for bit."""
 
 from __future__ import annotations
 
