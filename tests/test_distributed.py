@@ -1,11 +1,12 @@
 """Data-parallel training under ``accelerate launch`` (2 CPU processes, gloo): the same final weights as one
 process with the same global batch, within max |Δw| <= 1e-5 (lr 1e-3, 2 AdamW steps; the difference is float
-rounding of batched forward passes of different shapes and of the gradient all-reduce)."""
+rounding of batched forward passes of different shapes and of the gradient all-reduce); evaluation split
+between the processes equals the 1-process evaluation; kill -9 of either process and the same launch again
+end with the uninterrupted run's weights bit for bit."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from kill_restart import kill_after_rows, train_env
 from safetensors.torch import load_file
 
 pytest.importorskip("accelerate")
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 TOL = 1e-5
 FIELDS = {"rl": {"group_size": 2}, "slhf": {}, "dpo": {"seed_pairs": 8, "batch_size": 4}}
 
@@ -39,7 +40,7 @@ def _recipe(world, path: Path, algorithm: str, **kw) -> Path:
         "max_new_tokens": 8,
         "checkpoint_every": 1,
         "progress": False,
-        "eval": {"limit": 2, "samples": 1},
+        "eval": {"limit": 3, "samples": 1},
         **FIELDS[algorithm],
         **kw,
     }
@@ -50,8 +51,12 @@ def _recipe(world, path: Path, algorithm: str, **kw) -> Path:
 
 
 def _train(recipe: Path, out: Path, processes: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
+    return subprocess.run(
+        _cmd(recipe, out, processes), env=train_env(), capture_output=True, text=True, timeout=600
+    )
+
+
+def _cmd(recipe: Path, out: Path, processes: int) -> list[str]:
     train = ["-m", "stackalign", "train", str(recipe), "--out", str(out)]
     if processes == 1:
         cmd = [sys.executable, *train]
@@ -59,7 +64,7 @@ def _train(recipe: Path, out: Path, processes: int) -> subprocess.CompletedProce
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), *train]  # fmt: skip
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return cmd
 
 
 @pytest.mark.slow
@@ -86,6 +91,15 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(micro, tmp_p
     ra = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     assert len(ra) == len(rows)
     assert all(abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"])) for a, b in zip(ra, rows))
+    # evaluation (3 prompts: split 2 + 1 between the processes, gathered) gives the 1-process numbers
+    ea = json.loads((one / "summary.json").read_text())["eval"]
+    eb = json.loads((two / "summary.json").read_text())["eval"]
+    assert ea.keys() == eb.keys()
+    for k, va in ea.items():
+        if isinstance(va, float):
+            assert abs(va - eb[k]) <= 1e-4 * max(1.0, abs(va)), (k, va, eb[k])
+        else:
+            assert va == eb[k], k
 
 
 @pytest.mark.slow
@@ -119,3 +133,71 @@ def test_processes_shard_and_gradient_mean_by_hand(monkeypatch):
     assert torch.equal(p.grad, torch.full((2, 2), 2.0)) and torch.equal(q.grad, torch.full((3,), 1.5))
     row = Processes(0, 2).mean_metrics({"step": 1, "loss": 1.0, "note": "x"})
     assert row["loss"] == 3.0 and row["note"] == "x"  # (1 + 5) / 2
+
+
+def _worker(rank: int):
+    """``victim`` for kill_after_rows: the pid of the launched worker process with this RANK."""
+
+    def pick(launcher_pid: int) -> int:
+        import psutil
+
+        for p in psutil.Process(launcher_pid).children(recursive=True):
+            try:
+                if p.environ().get("RANK") == str(rank) and "stackalign" in " ".join(p.cmdline()):
+                    return p.pid
+            except psutil.Error:
+                continue
+        raise AssertionError(f"no worker with RANK={rank} under the launcher")
+
+    return pick
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(micro, tmp_path_factory):
+    d = tmp_path_factory.mktemp("uninterrupted")
+    recipe = _recipe(micro, d / "r.yaml", "rl", steps=4)
+    res = _train(recipe, d / "out", 2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return recipe, d / "out"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) data-parallel check")
+@pytest.mark.parametrize("rank", [0, 1], ids=["main", "other"])
+def test_kill9_of_one_process_then_relaunch_ends_with_the_uninterrupted_weights(
+    uninterrupted, tmp_path, rank
+):
+    pytest.importorskip("psutil")
+    recipe, ref = uninterrupted
+    out = tmp_path / "out"
+    kill_after_rows(_cmd(recipe, out, 2), out / "metrics.jsonl", 2, victim=_worker(rank))
+    assert not (out / "final").exists()
+    from stackalign.training.loop import latest_checkpoint
+
+    assert latest_checkpoint(out) is not None  # the relaunch resumes (from step 1 or 2), not a fresh start
+    res = _train(recipe, out, 2)  # the same command again
+    assert res.returncode == 0, res.stderr[-3000:]
+    wa = load_file(str(ref / "final" / "model.safetensors"))
+    wb = load_file(str(out / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same processes, same checkpoint: bit for bit
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    ref_rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+
+
+def test_evaluation_split_and_gather_by_hand(monkeypatch):
+    """Evaluation's bookkeeping without a launcher: prompt k to process k mod W (uneven shares allowed), the
+    shares gathered back in the original order."""
+    from stackalign.training.distributed import Processes
+
+    items = list("abcde")
+    shares = [Processes(r, 2).split(items) for r in (0, 1)]
+    assert shares == [["a", "c", "e"], ["b", "d"]] and Processes(0, 1).split(items) == items
+
+    def fake_all_gather_object(out, obj):
+        out[:] = shares
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", fake_all_gather_object)
+    assert Processes(1, 2).unsplit(shares[1]) == items

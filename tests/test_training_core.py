@@ -2,16 +2,13 @@
 RLOO baseline, stateless batches, metrics truncation, recipe validation, and kill -9 resume bit for bit."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from kill_restart import kill_after_rows, run_to_the_end
 from safetensors.torch import load_file
 
 from stackalign.evaluation.win_rates import gold_win_rate
@@ -26,8 +23,6 @@ from stackalign.training import (
     train_recipe_from_dict,
 )
 from stackalign.training.run import prepare_run_dir
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +219,6 @@ def test_kill9_and_resume_gives_bit_identical_weights(micro_world, tmp_path, lor
     if lora is not None:
         pytest.importorskip("peft")
     recipe = _micro_recipe(micro_world, tmp_path / "r.yaml", lora)
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     # the uninterrupted run, in this process (one thread, like the subprocesses)
     from stackalign.training import load_train_recipe, run_training
 
@@ -235,20 +229,10 @@ def test_kill9_and_resume_gives_bit_identical_weights(micro_world, tmp_path, lor
     finally:
         torch.set_num_threads(threads)
     # the same run, killed after its first checkpoint (mid-step), then restarted with the same command
-    proc = subprocess.Popen(
-        _train_cmd(recipe, tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     metrics = tmp_path / "b" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_rows(_train_cmd(recipe, tmp_path / "b"), metrics, 3, timeout=120)
     assert not (tmp_path / "b" / "final").exists()
-    subprocess.run(_train_cmd(recipe, tmp_path / "b"), env=env, check=True, capture_output=True)
+    run_to_the_end(_train_cmd(recipe, tmp_path / "b"))
     weights = "model.safetensors" if lora is None else "adapter_model.safetensors"  # LoRA: the adapter
     wa = load_file(str(tmp_path / "a" / "final" / weights))
     wb = load_file(str(tmp_path / "b" / "final" / weights))

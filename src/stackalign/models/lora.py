@@ -132,6 +132,9 @@ def apply_lora(model: Any, settings: LoraSettings, *, adapters: tuple[str, ...] 
         raise ValueError(f"lora.target_modules: {e}") from None
     for name in adapters[1:]:
         pm.add_adapter(name, copy.deepcopy(cfg))
+    if base_name is not None:  # peft replaces it by the loaded path (e.g. a cache directory); keep the name
+        for c in pm.peft_config.values():
+            c.base_model_name_or_path = base_name
     for n, p in pm.named_parameters():  # every adapter trainable (peft marks only the active one)
         p.requires_grad_("lora_" in n)
     pm.set_adapter(adapters[0])

@@ -13,8 +13,11 @@ process with the same global batch, up to float rounding (batched forward passes
 differently). Gradient clipping and AdamW then run identically in every process, so the replicas stay
 equal. Metrics are averaged over processes; ``metrics.jsonl``, checkpoints, ``final/``, plots and the report
 are written by the main process only, and every process resumes from the same checkpoint. Evaluation
-(before and after training) runs in every process on the full evaluation set (identical results; not
-sharded).
+(``stackalign.training.evaluate``: its rollouts, and the gold / reward-model / KL scoring of
+``evaluate_policy``) is split the same way, prompt k to process k mod W, and gathered back in order, so
+every process holds the whole result and the main process writes it; responses are seeded per prompt, so
+they do not depend on the split. Win rates between two policies' gathered responses are judged in every
+process (not split).
 
 FSDP and DeepSpeed ZeRO-3 (``recipes/accelerate/fsdp.yaml``, ``zero3.yaml``) shard the weights themselves;
 this trainer replicates the model in every process (DDP-style), so a launch with one of them is refused
@@ -62,6 +65,22 @@ class Processes:
                 f"use a multiple of {self.world}"
             )
         return items[self.rank :: self.world]
+
+    def split(self, items: list) -> list:
+        """This process's share of work that need not split evenly (evaluation): items k with k mod W == rank."""
+        return list(items)[self.rank :: self.world] if self.distributed else list(items)
+
+    def unsplit(self, local: list) -> list:
+        """The inverse of :meth:`split`, in every process: every process's share gathered back into the
+        original order (one ``all_gather_object``)."""
+        if not self.distributed:
+            return list(local)
+        parts: list = [None] * self.world
+        torch.distributed.all_gather_object(parts, list(local))
+        out = []
+        for k in range(sum(len(p) for p in parts)):
+            out.append(parts[k % self.world][k // self.world])
+        return out
 
     def mean_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Replace every gradient by its mean over the processes (one all-reduce of a flat buffer)."""

@@ -34,8 +34,19 @@ def generate(
     """``n`` responses per prompt (``config.temperature == 0``: greedy, n must be 1).
 
     Returns ``(texts[i][j], token_ids[i][j])``."""
+    from stackalign.training.distributed import processes
+
+    procs = processes()  # under several processes each samples its share of the prompts (gathered back)
+    texts, ids = _generate_here(model, tokenizer, procs.split(prompts), config, n=n)
+    return procs.unsplit(texts), procs.unsplit(ids)
+
+
+def _generate_here(model, tokenizer, prompts, config, *, n):
+    """:func:`generate` in this process only."""
     if config.greedy and n != 1:
         raise ValueError(f"eval samples: greedy evaluation draws one response per prompt, got n={n}")
+    if not prompts:
+        return [], []
     was_training = model.training
     model.eval()
     try:
@@ -88,9 +99,29 @@ def evaluate_policy(
             mean over its responses of Σ_t (log π − log π_ref) (the unbiased k1 estimate; meaningless for
             greedy output, so None then).
     """
+    from stackalign.training.distributed import processes
+
+    procs = processes()  # under several processes: each generates and scores its share, gathered in order
+    res = _evaluate_here(model, tokenizer, procs.split(prompts), config, n, gold, reward_model, reference)
+    if not procs.distributed:
+        return res
+    parts = [
+        procs.unsplit(v) if v is not None else None
+        for v in (res.prompts, res.texts, res.gold, res.proxy, res.kl)
+    ]
+    return EvalResult(*parts)
+
+
+def _evaluate_here(model, tokenizer, prompts, config, n, gold, reward_model, reference) -> EvalResult:
+    """:func:`evaluate_policy` in this process only."""
     from stackalign.training.pg import kl_estimate, prompt_token_ids, response_logprobs
 
-    texts, ids = generate(model, tokenizer, prompts, config, n=n)
+    texts, ids = _generate_here(model, tokenizer, prompts, config, n=n)
+    if not texts:  # fewer prompts than processes: this one has none
+        with_kl = reference is not None and not config.greedy
+        return EvalResult(
+            [], [], *([] if on else None for on in (gold is not None, reward_model is not None, with_kl))
+        )
     P = len(texts)
     flat_p = [p for p, row in zip(prompts, texts) for _ in row]
     flat_r = [t for row in texts for t in row]
