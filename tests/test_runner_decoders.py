@@ -115,3 +115,41 @@ def test_a_registered_decoder_runs_from_a_recipe(pick, micro, tmp_path):
     want = make_scorer(tok, rm, ARGSConfig(k=2))
     assert summary["methods"]["ARGS"]["scorer"] == {"name": want.name, "reason": want.reason}
     assert all(r["scorer"]["name"] == want.name for r in rows if r["method"] == "ARGS")
+
+
+def _doc_blocks() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    return [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+
+
+def test_the_extending_page_decoder_snippet_registers_a_working_decoder():
+    from types import SimpleNamespace
+
+    from stackalign.runner.decoders import Build
+    from stackalign.runner.methods import plan_configs, resolve_method
+    from stackalign.runner.recipe import recipe_from_dict
+
+    ns: dict = {}
+    try:
+        exec(_doc_blocks()[0], ns)  # the page's decoder module and its registration line
+        r = recipe_from_dict({"methods": [{"decoder": "pick", "params": {"answers": "a|ccc|bb"}}]})
+        plan = resolve_method(r.methods[0], 0)
+        longest = SimpleNamespace(reward=lambda ps, rs: torch.tensor([float(len(x)) for x in rs]))
+        generate = DECODERS["pick"].factory()(Build(plan, longest, plan_configs(plan), None))
+        assert [row["response"] for row in generate(["p", "q"])] == ["ccc", "ccc"]
+    finally:
+        DECODERS.pop("pick", None)
+
+
+def test_the_extending_page_shaping_snippet_runs():
+    from test_decoding_common import PROMPTS, make_models
+
+    policy, reward_model, tokenizer = make_models("gpt2")
+    ns = {"policy": policy, "tokenizer": tokenizer, "reward_model": reward_model, "prompts": PROMPTS}
+    exec(_doc_blocks()[1], ns)
+    res = ns["result"]
+    assert len(res.texts) == len(PROMPTS) and res.meta["shaper"] is not None
+    ranks = ns["rank_shaping"](torch.tensor([[0.5, -1.0, 2.0]]))
+    assert ranks.tolist() == [[1.0, 0.0, 2.0]]
