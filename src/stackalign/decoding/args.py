@@ -318,23 +318,12 @@ def args_generate(
     ids = encode_prompts(tokenizer, prompts, max_new_tokens=generation.max_new_tokens, models=models)
     if config.k > len(tokenizer):
         raise ValueError(f"k: {config.k} candidates but the vocabulary has only {len(tokenizer)} tokens")
-    m_all = None
     cost = Cost()
     if thresholds is None and config.threshold != "step" and shaper is not None:
         thresholds = _prompt_thresholds(
             policy, tokenizer, rm, prompts, config, generation, shaper, predictor, mc_cache_dir, cost
         )
-    if thresholds is not None:
-        if shaper is None or not getattr(shaper, "uses_threshold", True):
-            raise ValueError(
-                f"thresholds: per-prompt thresholds need a shaper that uses them ('srs', 'hard' or a preset), "
-                f"got {describe_shaper(shaper)!r}"
-            )
-        m_all = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
-        if m_all.numel() != len(prompts):
-            raise ValueError(f"thresholds: got {m_all.numel()} values for {len(prompts)} prompts")
-        if not torch.isfinite(m_all).all():
-            raise ValueError("thresholds: contain NaN or infinite values")
+    m_all = None if thresholds is None else checked_thresholds(thresholds, shaper, len(prompts))
     w = config.w if config.w is not None else 1.0 / float(getattr(shaper, "beta", 2.0))
     device = model_device(policy)
     stop = StopChecker(
@@ -383,6 +372,22 @@ def args_generate(
         "generation": generation.to_dict(),
     }
     return DecodeResult(prompts, texts, token_ids, cost, meta)
+
+
+def checked_thresholds(thresholds: Tensor | Sequence[float], shaper: Any, n_prompts: int) -> Tensor:
+    """Per-prompt thresholds as float64 [P], checked: one finite value per prompt, for a shaper that uses
+    them (ValueError naming ``thresholds`` otherwise)."""
+    if shaper is None or not getattr(shaper, "uses_threshold", True):
+        raise ValueError(
+            f"thresholds: per-prompt thresholds need a shaper that uses them ('srs', 'hard' or a preset), "
+            f"got {describe_shaper(shaper)!r}"
+        )
+    m_all = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    if m_all.numel() != n_prompts:
+        raise ValueError(f"thresholds: got {m_all.numel()} values for {n_prompts} prompts")
+    if not torch.isfinite(m_all).all():
+        raise ValueError("thresholds: contain NaN or infinite values")
+    return m_all
 
 
 def mc_generation(generation: GenerationConfig) -> GenerationConfig:
