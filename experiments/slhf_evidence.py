@@ -77,7 +77,7 @@ def evidence(
     # in a run recipe, the reward weight w is 1/beta and SRS's threshold uses the same beta.
     from stackalign.shaping import get_preset
 
-    args_cfg = ARGSConfig(k=10, beta=1.0 / args_w)
+    args_cfg = ARGSConfig(k=10, w=args_w)
     guided = {
         name: args_generate(base, tok, rm, xs, args_cfg, gen, shaper=shaper).texts
         for name, shaper in (("args", None), ("srs_args", get_preset("official-args", beta=1.0 / args_w)))

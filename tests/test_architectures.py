@@ -84,6 +84,6 @@ def test_shared_prefill_equals_hf_greedy_and_args_in_generate(family):
         **enc, logits_processor=[proc], do_sample=False, max_new_tokens=T, eos_token_id=NO_EOS[0]
     )
     gen = GenerationConfig(max_new_tokens=T, eos_token_ids=NO_EOS)
-    ref = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=5, beta=2.0), gen, shaper="official-args")
+    ref = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=5, w=0.5), gen, shaper="official-args")
     assert out[:, n0:].tolist() == ref.token_ids
     assert proc.meta["scorer"] == ref.meta["scorer"]

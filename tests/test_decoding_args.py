@@ -177,12 +177,12 @@ def test_per_prompt_threshold_is_used():
 
 
 def test_reward_weight_steers_decoding():
-    """With a text reward that loves one character, larger w = 1/beta produces more of it."""
+    """With a text reward that loves one character, a larger reward weight w produces more of it."""
     policy, _, tok = make_models("gpt2")
     rm = CallableReward(lambda p, r: float(r.count("a")), name="count_a")
     counts = []
-    for beta in (1e6, 0.05):
-        res = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=8, beta=beta), GEN)
+    for w in (1e-6, 20.0):
+        res = args_generate(policy, tok, rm, PROMPTS, ARGSConfig(k=8, w=w), GEN)
         assert res.meta["scorer"] == "text"
         counts.append(sum(t.count("a") for t in res.texts))
     assert counts[1] > counts[0]
@@ -245,7 +245,7 @@ def test_mismatched_tokenizers_fall_back_to_text_or_fail_clearly():
 
 @pytest.mark.parametrize(
     "kw, msg",
-    [(dict(k=0), "k:"), (dict(beta=0), "beta"), (dict(mode="beam"), "mode"), (dict(rm_mode="x"), "rm_mode"),
+    [(dict(k=0), "k:"), (dict(w=0), "w:"), (dict(mode="beam"), "mode"), (dict(rm_mode="x"), "rm_mode"),
      (dict(rm_cache="x"), "rm_cache"), (dict(batch_size=0), "batch_size")],
 )  # fmt: skip
 def test_config_validation(kw, msg):
@@ -255,9 +255,9 @@ def test_config_validation(kw, msg):
 
 def test_w_defaults_to_the_shapers_beta():
     res = _run("gpt2", "fast", shaper=get_preset("official-args"), gen=GenerationConfig(max_new_tokens=2))
-    assert res.meta["beta"] == 2.0 and res.meta["w"] == 0.5
+    assert res.meta["w"] == 0.5  # 1 / the preset's beta 2.0
     res = _run("gpt2", "fast", shaper=get_preset("official-cd"), gen=GenerationConfig(max_new_tokens=2))
-    assert res.meta["beta"] == pytest.approx(0.667)
+    assert res.meta["w"] == pytest.approx(1 / 0.667)
 
 
 # ------------------------------------------------------------------------------------------ micro world

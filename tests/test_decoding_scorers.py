@@ -134,14 +134,14 @@ def test_same_tokenizer_scorers_agree_on_eos_special_and_partial_tokens(smol, sm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("beta", [2.0, 0.5])  # w = 0.5 and w = 2
-def test_args_tree_and_text_scorers_choose_identical_tokens(smol, smol_rm, beta):
+@pytest.mark.parametrize("w", [0.5, 2.0])
+def test_args_tree_and_text_scorers_choose_identical_tokens(smol, smol_rm, w):
     policy, tok = smol
     prompts = chat_prompts(tok)
     gen = GenerationConfig(max_new_tokens=32)
     runs = {}
     for mode in ("fast", "text"):
-        out = args_generate(policy, tok, smol_rm, prompts, ARGSConfig(k=10, beta=beta, rm_mode=mode), gen)
+        out = args_generate(policy, tok, smol_rm, prompts, ARGSConfig(k=10, w=w, rm_mode=mode), gen)
         runs[mode] = out
     assert runs["fast"].meta["scorer"] == "tree" and runs["text"].meta["scorer"] == "text"
     assert runs["fast"].token_ids == runs["text"].token_ids
@@ -207,7 +207,7 @@ def test_args_with_bridge_and_full_reencode_choose_identical_tokens(smol, which,
     gen = GenerationConfig(max_new_tokens=32)
     runs = {}
     for mode in ("bridge", "text"):
-        runs[mode] = args_generate(policy, tok, rm, prompts, ARGSConfig(k=10, beta=0.5, rm_mode=mode), gen)
+        runs[mode] = args_generate(policy, tok, rm, prompts, ARGSConfig(k=10, w=2.0, rm_mode=mode), gen)
     assert runs["bridge"].meta["scorer"] == "bridge"
     assert runs["bridge"].token_ids == runs["text"].token_ids
     # the bridge feeds the reward model far fewer tokens than the full re-encode
@@ -239,7 +239,7 @@ def test_bridge_matches_full_reencode_on_tiny_models(minilm_rm):
     policy, tok, _, prompts = tiny_models()
     prompts = prompts[:3]
     gen = GenerationConfig(max_new_tokens=12, ignore_eos=True)
-    a = args_generate(policy, tok, minilm_rm, prompts, ARGSConfig(k=5, beta=0.1, rm_mode="bridge"), gen)
-    b = args_generate(policy, tok, minilm_rm, prompts, ARGSConfig(k=5, beta=0.1, rm_mode="text"), gen)
+    a = args_generate(policy, tok, minilm_rm, prompts, ARGSConfig(k=5, w=10.0, rm_mode="bridge"), gen)
+    b = args_generate(policy, tok, minilm_rm, prompts, ARGSConfig(k=5, w=10.0, rm_mode="text"), gen)
     assert a.token_ids == b.token_ids
     assert a.cost.rm_tokens < b.cost.rm_tokens

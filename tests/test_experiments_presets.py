@@ -79,7 +79,7 @@ def test_recording_does_not_change_the_decoding(preset):
     policy, rm, tok = make_models("gpt2")
     gen = GenerationConfig(max_new_tokens=8, eos_token_ids=(9999,))
     shaper = None if preset is None else get_preset(preset, beta=1.0)
-    cfg = ARGSConfig(k=5, beta=1.0)
+    cfg = ARGSConfig(k=5, w=1.0)
     plain = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=shaper)
     rec = StepRecorder(shaper, w=1.0)
     recorded = args_generate(policy, tok, rm, PROMPTS, cfg, gen, shaper=rec)

@@ -145,3 +145,14 @@ def test_no_cycle_between_subpackages():
 @pytest.mark.xfail(strict=True, reason=f"training imports runner: {sorted(KNOWN_UPWARD)}")
 def test_training_does_not_import_runner():
     assert upward_imports(import_edges()) == set()
+
+
+def test_recipe_and_methods_are_in_no_module_cycle():
+    """The recipe validates its methods (recipe -> methods -> decoders); nothing the methods import leads back
+    to the recipe, not even through another module (prompts) or a function-level import."""
+    graph: dict[str, set[str]] = {}
+    for a, b in import_edges():
+        graph.setdefault(a, set()).add(b)
+    mine = {f"stackalign.runner.{m}" for m in ("recipe", "methods", "decoders", "prompts")}
+    assert [c for c in cycles(graph) if mine & set(c)] == []
+    assert ("stackalign.runner.recipe", "stackalign.runner.methods") in import_edges()  # the graph is read

@@ -37,7 +37,7 @@ def _hf(policy, tok, proc, prompts, eos, max_new_tokens=T, **kw):
 def _args(policy, tok, rm, prompts, eos, shaper=None, rm_cache="auto", k=10):
     gen = GenerationConfig(max_new_tokens=T, eos_token_ids=(eos,))
     return args_generate(
-        policy, tok, rm, prompts, ARGSConfig(k=k, beta=2.0, rm_cache=rm_cache), gen, shaper=shaper
+        policy, tok, rm, prompts, ARGSConfig(k=k, w=0.5, rm_cache=rm_cache), gen, shaper=shaper
     )
 
 
@@ -190,7 +190,7 @@ def test_micro_world_generate_equals_args_generate(micro):
             tok,
             rm,
             prompts,
-            ARGSConfig(k=10, beta=2.0),
+            ARGSConfig(k=10, w=0.5),
             GenerationConfig(max_new_tokens=48),
             shaper=shaper,
         )

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from stackalign.config import ConfigError, build
+from stackalign.config import ConfigError, build, type_name
 from stackalign.runner import methods as M
-from stackalign.runner.recipe import RecipeError, recipe_from_dict
+from stackalign.runner.decoders import DECODERS, SHAPING_KEYS, Settings
+from stackalign.runner.recipe import MethodConfig, RecipeError, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,7 @@ def test_resolved_recipe_records_what_runs():
 
 def _non_default(tp_default):
     tp, default = tp_default
-    name = M.type_name(tp)
+    name = type_name(tp)
     if name.startswith("'"):  # a Literal: take another allowed value
         choices = [c.strip().strip("'") for c in name.split("|")]
         return next(c for c in choices if c != default)
@@ -103,9 +104,9 @@ def _non_default(tp_default):
     raise AssertionError(f"no probe value for {name}")
 
 
-@pytest.mark.parametrize("decoder", [d for d in M.DECODERS])
+@pytest.mark.parametrize("decoder", [d for d in DECODERS])
 def test_every_param_reaches_its_config(decoder):
-    spec = M.DECODERS[decoder]
+    spec = DECODERS[decoder]
     for p in spec.params:
         tp, default, text = p.spec()
         assert text, f"{decoder}.{p.key} has no help text"
@@ -113,13 +114,13 @@ def test_every_param_reaches_its_config(decoder):
         # a threshold source other than "step" needs a threshold shaping
         shaping = "srs" if p.key == "threshold" else "vanilla"
         plan = M.resolve_method(
-            M.MethodConfig(name="M", decoder=decoder, shaping=shaping, params={p.key: value}), 0
+            MethodConfig(name="M", decoder=decoder, shaping=shaping, params={p.key: value}), 0
         )
-        configs = M._configs(plan, batch_size=3, max_new_tokens=5, seed=9)
+        configs = M.plan_configs(plan, Settings(batch_size=3, max_new_tokens=5, seed=9))
         if p.source is None:
             assert plan.decoder_params[p.key] == value
             if decoder == "args" and p.key == "w":
-                assert configs["args"].beta == pytest.approx(1.0 / value)
+                assert configs["args"].w == value
             continue
         cls, name = p.source
         held = [c for c in configs.values() if isinstance(c, cls)]
@@ -128,18 +129,16 @@ def test_every_param_reaches_its_config(decoder):
     if decoder in ("args",) or decoder.startswith("cd_"):
         cfg = next(
             iter(
-                M._configs(
-                    M.resolve_method(M.MethodConfig(decoder=decoder), 0),
-                    batch_size=3,
-                    max_new_tokens=5,
-                    seed=9,
+                M.plan_configs(
+                    M.resolve_method(MethodConfig(decoder=decoder), 0),
+                    Settings(batch_size=3, max_new_tokens=5, seed=9),
                 ).values()
             )
         )
         assert cfg.batch_size == 3  # the recipe's generation.batch_size reaches the decoder
 
 
-@pytest.mark.parametrize("key", M.SHAPING_KEYS)
+@pytest.mark.parametrize("key", SHAPING_KEYS)
 def test_every_shaping_param_reaches_the_shaper(key):
     import dataclasses
 
@@ -150,7 +149,7 @@ def test_every_shaping_param_reaches_the_shaper(key):
     if value is None:
         value = default * 2
     shaping = "cap" if key == "cap" else "srs"
-    plan = M.resolve_method(M.MethodConfig(name="M", decoder="bon", shaping=shaping, params={key: value}), 0)
+    plan = M.resolve_method(MethodConfig(name="M", decoder="bon", shaping=shaping, params={key: value}), 0)
     assert getattr(plan.shaper, key) == value
 
 

@@ -216,7 +216,7 @@ def test_slhf_evidence_refines_args_and_srs_args_answers_with_intervals(micro, t
     from stackalign.shaping import get_preset
 
     shaper = get_preset("official-args", beta=0.5)
-    cfg = ARGSConfig(k=10, beta=0.5)
+    cfg = ARGSConfig(k=10, w=2.0)
     srs = args_generate(policy, tok, micro.load_reward_model(), xs, cfg, gen, shaper=shaper)
     want = [micro.gold(x, y) for x, y in zip(xs, srs.texts)]
     assert res["mean_gold"]["srs_args"] == pytest.approx(sum(want) / 4, abs=1e-4)

@@ -2,7 +2,7 @@
 
 A config is a stdlib ``@dataclass`` whose fields all have defaults and help text
 (``field(default=..., metadata={"help": "..."})``, TRL's style): the library constructs it directly
-(``ARGSConfig(k=10, beta=2.0)``) and checks value ranges in ``__post_init__``. Recipes (YAML) reach the same
+(``ARGSConfig(k=10, w=0.5)``) and checks value ranges in ``__post_init__``. Recipes (YAML) reach the same
 dataclasses through :func:`build`, which validates the data with a pydantic v2 model generated from the
 dataclass — strict types (``k: 2.7``, ``k: true`` and ``k: "3"`` are errors, not 2, 1 and 3), no unknown keys
 (with a "did you mean" suggestion), finite numbers only — and reports every problem with its path
@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field
 __all__ = [
     "ConfigError",
     "FieldDoc",
+    "RecipeError",
     "build",
     "clip",
     "clip_message",
@@ -51,6 +52,10 @@ class ConfigError(ValueError):
 
     def __init__(self, message: object = "", *args: object) -> None:
         super().__init__(clip_message(str(message)), *args)
+
+
+class RecipeError(ConfigError):
+    """A recipe problem; the message names the key."""
 
 
 MAX_ECHO = 200  # characters of a bad value that an error message repeats

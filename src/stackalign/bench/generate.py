@@ -45,7 +45,7 @@ def bench_generate(
         best = {"args_generate": [float("inf")] * 2, "generate": [float("inf")] * 2}
         for _ in range(repeats + 1):  # the first round warms up
             c0, t0 = time.process_time(), time.perf_counter()
-            ref = args_generate(policy, tok, rm, prompts, ARGSConfig(k=k, beta=2.0), gen, shaper=shaper)
+            ref = args_generate(policy, tok, rm, prompts, ARGSConfig(k=k, w=0.5), gen, shaper=shaper)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             best["args_generate"] = [min(best["args_generate"][0], wall), min(best["args_generate"][1], cpu)]
             proc = ARGSLogitsProcessor(rm, k=k, w=0.5, shaper=shaper)

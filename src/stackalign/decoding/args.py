@@ -11,8 +11,8 @@ At every step, for every row:
    shaper computes its threshold over the k candidates, weighted by their base probabilities (the
    ``official-args`` preset); with ``thresholds=`` (one per prompt, e.g. a Monte Carlo estimate from
    :mod:`stackalign.decoding.mc`) it uses that m instead. No shaper = vanilla ARGS (raw r);
-4. fuse ``l_j + w * s_j`` with ``w = 1/beta``; greedy takes the argmax, stochastic samples from
-   ``softmax(fused / temperature)`` over the k candidates;
+4. fuse ``l_j + w * s_j`` with the reward weight ``w`` (= 1/beta, beta the follower's KL strength); greedy
+   takes the argmax, stochastic samples from ``softmax(fused / temperature)`` over the k candidates;
 5. the row ends at an EOS / end-of-turn id or a stop string (unless ``ignore_eos``); finished rows leave the
    batch (their caches are dropped with ``batch_select_indices``). Steps 1-5 run on the step loop every
    decoder shares (:func:`stackalign.decoding.common.run_steps`).
@@ -90,11 +90,11 @@ class ARGSConfig:
     Each field is documented where it is declared; the help texts feed `stackalign recipe schema`."""
 
     k: int = field(default=10, metadata={"help": "candidates per step (top-k of the policy's logits)"})
-    beta: float | None = field(
+    w: float | None = field(
         default=None,
         metadata={
-            "help": "follower KL strength; the reward weight is w = 1/beta. None = the shaper's beta when it "
-            "has one (so SRS's gamma and the fusion weight agree), else 2.0 (w = 0.5, the official value)"
+            "help": "reward weight w = 1/beta (beta: the follower's KL strength). None = 1/the shaper's beta "
+            "when it has one (so SRS's gamma and the fusion weight agree), else 0.5 (the official value)"
         },
     )
     mode: Literal["greedy", "stochastic"] = field(
@@ -145,8 +145,8 @@ class ARGSConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.k, int) and self.k >= 1):
             raise ValueError(f"k: must be an integer >= 1, got {self.k!r}")
-        if self.beta is not None and not (isinstance(self.beta, int | float) and self.beta > 0):
-            raise ValueError(f"beta: must be > 0 (the reward weight is w = 1/beta), got {self.beta!r}")
+        if self.w is not None and not (isinstance(self.w, int | float) and self.w > 0):
+            raise ValueError(f"w: must be > 0 (the reward weight 1/beta), got {self.w!r}")
         if self.mode not in ("greedy", "stochastic"):
             raise ValueError(f"mode: expected 'greedy' or 'stochastic', got {self.mode!r}")
         if not self.temperature > 0:
@@ -292,7 +292,7 @@ def args_generate(
         policy, tokenizer: the base causal LM and its tokenizer.
         rm: a :class:`stackalign.models.RewardModel`, a ``CallableReward`` or any fn(prompt, response) -> float.
         prompts: P prompt strings.
-        config: :class:`ARGSConfig` (k, beta, greedy/stochastic, RM mode).
+        config: :class:`ARGSConfig` (k, w, greedy/stochastic, RM mode).
         generation: :class:`GenerationConfig`; uses ``max_new_tokens``, ``eos_token_ids``, ``stop_strings``,
             ``seed`` and ``ignore_eos`` (its temperature/top-p/top-k are not used: ARGS samples over its k
             candidates with ``config.temperature``).
@@ -318,25 +318,13 @@ def args_generate(
     ids = encode_prompts(tokenizer, prompts, max_new_tokens=generation.max_new_tokens, models=models)
     if config.k > len(tokenizer):
         raise ValueError(f"k: {config.k} candidates but the vocabulary has only {len(tokenizer)} tokens")
-    m_all = None
     cost = Cost()
     if thresholds is None and config.threshold != "step" and shaper is not None:
         thresholds = _prompt_thresholds(
             policy, tokenizer, rm, prompts, config, generation, shaper, predictor, mc_cache_dir, cost
         )
-    if thresholds is not None:
-        if shaper is None or not getattr(shaper, "uses_threshold", True):
-            raise ValueError(
-                f"thresholds: per-prompt thresholds need a shaper that uses them ('srs', 'hard' or a preset), "
-                f"got {describe_shaper(shaper)!r}"
-            )
-        m_all = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
-        if m_all.numel() != len(prompts):
-            raise ValueError(f"thresholds: got {m_all.numel()} values for {len(prompts)} prompts")
-        if not torch.isfinite(m_all).all():
-            raise ValueError("thresholds: contain NaN or infinite values")
-    beta = config.beta if config.beta is not None else float(getattr(shaper, "beta", 2.0))
-    w = 1.0 / beta
+    m_all = None if thresholds is None else checked_thresholds(thresholds, shaper, len(prompts))
+    w = config.w if config.w is not None else 1.0 / float(getattr(shaper, "beta", 2.0))
     device = model_device(policy)
     stop = StopChecker(
         tokenizer,
@@ -375,7 +363,6 @@ def args_generate(
     meta = {
         "decoder": "args",
         **dataclasses.asdict(config),
-        "beta": beta,
         "w": w,
         "scorer": scorer_name,
         "scorer_reason": scorer_reason,
@@ -385,6 +372,22 @@ def args_generate(
         "generation": generation.to_dict(),
     }
     return DecodeResult(prompts, texts, token_ids, cost, meta)
+
+
+def checked_thresholds(thresholds: Tensor | Sequence[float], shaper: Any, n_prompts: int) -> Tensor:
+    """Per-prompt thresholds as float64 [P], checked: one finite value per prompt, for a shaper that uses
+    them (ValueError naming ``thresholds`` otherwise)."""
+    if shaper is None or not getattr(shaper, "uses_threshold", True):
+        raise ValueError(
+            f"thresholds: per-prompt thresholds need a shaper that uses them ('srs', 'hard' or a preset), "
+            f"got {describe_shaper(shaper)!r}"
+        )
+    m_all = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    if m_all.numel() != n_prompts:
+        raise ValueError(f"thresholds: got {m_all.numel()} values for {n_prompts} prompts")
+    if not torch.isfinite(m_all).all():
+        raise ValueError("thresholds: contain NaN or infinite values")
+    return m_all
 
 
 def mc_generation(generation: GenerationConfig) -> GenerationConfig:

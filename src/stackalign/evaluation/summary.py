@@ -102,7 +102,8 @@ def summarize(
     ``coherence`` (mean of ``coherence.score``; ``None`` without a scorer), ``win_tie`` ``{BASELINE: rate}``
     for every baseline other than the method itself (rates ``None`` without a judge), ``win_tie_counts``
     ``{BASELINE: {win, tie, loss, unparseable, n, rate}}``, ``seconds_per_prompt``,
-    ``lm_tokens_per_prompt``, ``rm_tokens_per_prompt`` (means over the method's rows) and ``n`` (rows).
+    ``lm_tokens_per_prompt``, ``rm_tokens_per_prompt`` (means over the method's rows) and ``n`` (rows); and
+    ``scorer`` (``{name, reason}``) for a method whose rows record one (ARGS: which reward-model scorer ran).
 
     Responses are cut at ``stop_strings`` first (``clean=True``) for diversity, coherence and the judge.
     Win-tie pairs a method's rows with the baseline's rows of the same ``prompt_id``; prompts only one of
@@ -171,6 +172,9 @@ def summarize(
             "n": len(mrows),
             "empty_answers": sum(1 for r in mrows if not text(r).strip()),
         }
+        scorers = [r["scorer"] for r in mrows if r.get("scorer")]
+        if scorers:  # ARGS: the reward-model scorer that ran (the last batch's) and why not a faster one
+            entry["scorer"] = scorers[-1]
         if entry["empty_answers"] > EMPTY_WARN_SHARE * len(mrows):
             warnings.warn(
                 f"{name}: {entry['empty_answers']} of {len(mrows)} answers are empty (> "

@@ -113,7 +113,7 @@ class ARGSLogitsProcessor(_Base):
         if not (isinstance(temperature, int | float) and temperature > 0):
             raise ValueError(f"temperature: must be > 0, got {temperature!r}")
         # ARGSConfig validates k and rm_cache with the same messages as args_generate
-        self.config = ARGSConfig(k=k, beta=1.0 / w if w > 0 else None, rm_cache=rm_cache)
+        self.config = ARGSConfig(k=k, w=w if w > 0 else None, rm_cache=rm_cache)
         self.k, self.w, self.temperature = int(k), float(w), float(temperature)
         self.rm = as_reward(reward_model)
         self.shaper = resolve_shaper(shaper)

@@ -22,6 +22,7 @@ from pathlib import Path
 from stackalign.runner.recipe import load_recipe
 
 QUICK_OVERRIDES = ["prompts.limit=24"]
+QUICK_PARAMS = {"train_prompts": 60, "max_epochs": 5}  # --quick: of every method whose decoder has them
 SWEEP_VALUES = [0.25, 1.0, 4.0, 16.0]
 QUICK_SWEEP_VALUES = [0.25, 1.0, 4.0, 16.0]
 SWEEP_PROMPTS = 24
@@ -66,9 +67,10 @@ def own_best_protocol(recipe, sweep: dict, out: Path, world) -> list[dict]:
     row per method: name, own value, test gold mean, and the paired gold difference (mean, lo, hi) against
     the vanilla method at its own best, which is the chosen value by construction."""
     from stackalign.evaluation.intervals import bootstrap_ci, paired_diff_ci
+    from stackalign.runner.decoders import weight_key
     from stackalign.runner.recipe import recipe_from_dict
     from stackalign.runner.run import execute
-    from stackalign.runner.sweep import WEIGHT_KEYS, choose_value
+    from stackalign.runner.sweep import choose_value
     from stackalign.store import JsonlStore
 
     per_value = {float(v): entry for v, entry in sweep["per_value"].items()}
@@ -87,7 +89,7 @@ def own_best_protocol(recipe, sweep: dict, out: Path, world) -> list[dict]:
     if keep:
         data = recipe.to_dict()
         data["methods"] = [
-            {**m, "params": {**m["params"], WEIGHT_KEYS[m["decoder"]]: own[m["name"]]}}
+            {**m, "params": {**m["params"], weight_key(m["decoder"]): own[m["name"]]}}
             for m in data["methods"]
             if m["name"] in keep
         ]
@@ -173,14 +175,15 @@ def main(args: argparse.Namespace) -> int:
     )
 
     # 2. fix it for every method, run the comparison on the test prompts
+    from stackalign.runner.decoders import get_decoder, weight_key
+
     fixed = []
     for i, m in enumerate(recipe.methods):
-        if m.decoder == "args":
-            fixed.append(f"methods.{i}.params.w={chosen}")
-        elif m.decoder.startswith("cd_"):
-            fixed.append(f"methods.{i}.params.lam={chosen}")
-            if args.quick:  # a smaller offline set and fewer epochs for the value heads
-                fixed += [f"methods.{i}.params.train_prompts=60", f"methods.{i}.params.max_epochs=5"]
+        if weight_key(m.decoder) is not None:
+            fixed.append(f"methods.{i}.params.{weight_key(m.decoder)}={chosen}")
+        if args.quick:  # a smaller offline set and fewer epochs for the value heads (CD)
+            keys = {p.key for p in get_decoder(m.decoder).params}
+            fixed += [f"methods.{i}.params.{k}={v}" for k, v in QUICK_PARAMS.items() if k in keys]
     recipe = recipe_from_dict(recipe.to_dict(), fixed)
     summary = execute(recipe, out, world=world)
     print()

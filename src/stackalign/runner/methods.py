@@ -1,215 +1,35 @@
 """Recipe methods -> generate functions: a method is a *configuration* of a decoder and a shaping.
 
-Each decoder's recipe `params` schema is built from the library's own config dataclasses (`ARGSConfig`,
-`CDConfig`, `CDDataConfig`, `ValueTrainConfig`, `Shaper`), so a default or a help text is written once, where
-the field is declared. `resolve_method` validates a method completely (no model is touched) and returns a
-`MethodPlan`: the resolved params (every default filled in, as `config.json` records them) and the constructed
-configs. `make_method(plan, ctx)` turns a plan into `generate(prompts) -> [{"response", "lm_tokens",
-"rm_tokens"}]`. Decoders know nothing about which shaping they get, and shapings know nothing about models:
-SRS-ARGS = ARGS x the `srs` shaper (with a preset), SRS-CD = CD x a value head trained on SRS-shaped targets.
+Each decoder's recipe `params` schema, the configs built from them and its factory are one entry of the
+decoder registry (:mod:`stackalign.runner.decoders`). `resolve_method` validates a method completely (no model
+is touched) and returns a `MethodPlan`: the resolved params (every default filled in, as `config.json` records
+them) and the constructed shaper. `make_method(plan, ctx)` turns a plan into `generate(prompts) ->
+[{"response", "lm_tokens", "rm_tokens"}]` through the decoder's factory. Decoders know nothing about which
+shaping they get, and shapings know nothing about models: SRS-ARGS = ARGS x the `srs` shaper (with a preset),
+SRS-CD = CD x a value head trained on SRS-shaped targets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any
 
-import pydantic
-from pydantic import Field
-
-from stackalign.config import STRICT, ConfigError, help_of, type_name, validate_with
-from stackalign.decoding.args import ARGSConfig
-from stackalign.decoding.bon import BoNConfig
-from stackalign.decoding.cd import CDConfig
-from stackalign.decoding.cd_data import CDDataConfig
-from stackalign.decoding.refine import RefineConfig
+from stackalign.config import ConfigError, RecipeError, validate_with
 from stackalign.decoding.threshold_predictor import PredictorConfig
-from stackalign.decoding.value_head import ValueTrainConfig
-from stackalign.runner.recipe import DECODER_NAMES, MethodConfig, RecipeError
+from stackalign.runner.decoders import SHAPING_KEYS, Build, Settings, get_decoder, params_model
 from stackalign.shaping import PARAMS_USED, Shaper, get_shaper, make_shaper
 
 Generate = Callable[[list[str]], list[dict]]
 
 
-@dataclass(frozen=True)
-class Param:
-    """One key of a decoder's recipe params: a field of a library config (`source=(Class, "field")`, whose
-    default and help text are used), or a setting of the runner's own (`type`, `default`, `help`)."""
-
-    key: str
-    source: tuple[type, str] | None = None
-    type: Any = None
-    default: Any = None
-    help: str = ""
-
-    def spec(self) -> tuple[Any, Any, str]:
-        """(type, default, help) of this key."""
-        if self.source is None:
-            return self.type, self.default, self.help
-        cls, name = self.source
-        f = next(f for f in dataclasses.fields(cls) if f.name == name)
-        hints = get_type_hints(cls)
-        return hints[name], f.default, help_of(cls, name)
-
-
-@dataclass(frozen=True)
-class DecoderSpec:
-    name: str
-    help: str
-    params: tuple[Param, ...] = ()
-    shaped: bool = True  # takes a reward shaping (and its parameters)
-
-
-def _cd_params(tokenwise: bool) -> tuple[Param, ...]:
-    mode = (
-        (
-            Param("k", (CDConfig, "top_k")),
-            Param("temperature", (CDConfig, "score_temperature")),
-            Param("do_sample", (CDConfig, "do_sample")),
-            Param("lookahead", (CDConfig, "lookahead")),
-        )
-        if tokenwise
-        else (Param("num_blocks", (CDConfig, "num_blocks")), Param("block_size", (CDConfig, "block_size")))
-    )
-    return (
-        Param("lam", (CDConfig, "lam")),
-        *mode,
-        Param("n_samples", (CDDataConfig, "n_samples")),
-        Param("sample_temperature", (CDDataConfig, "temperature")),
-        Param("sample_top_p", (CDDataConfig, "top_p")),
-        Param("train_prompts", type=int, default=200, help="training prompts of the offline data (a count)"),
-        _TRAIN_SOURCE,
-        Param("width", (ValueTrainConfig, "width")),
-        Param("objective", (ValueTrainConfig, "objective")),
-        Param("pairwise_coef", (ValueTrainConfig, "pairwise_coef")),
-        Param("value_lr", (ValueTrainConfig, "lr")),
-        Param("value_batch_size", (ValueTrainConfig, "batch_size")),
-        Param("max_epochs", (ValueTrainConfig, "max_epochs")),
-        Param("patience", (ValueTrainConfig, "patience")),
-        Param("val_fraction", (ValueTrainConfig, "val_fraction")),
-        Param("value_grad_clip", (ValueTrainConfig, "grad_clip")),
-        Param("value_seed", (ValueTrainConfig, "seed")),
-    )
-
-
-_TRAIN_SOURCE = Param(
-    "train_source",
-    type=str,
-    default="world:train",
-    help="training prompts: world:train (the world's) or a .jsonl file with a 'prompt' field; formatted like "
-    "the run's prompts (template, chat template)",
-)
-_N = Param("n", (BoNConfig, "n"))
-_PREDICTOR = (
-    Param(
-        "predictor",
-        type=str | None,
-        default=None,
-        help="threshold: predicted: directory of a trained threshold predictor; null = train one on the "
-        "world's training prompts and cache it in the run directory (threshold_predictors/<method>)",
-    ),
-    Param("predictor_train_prompts", (PredictorConfig, "train_prompts")),
-    Param(
-        "predictor_train_source",
-        type=str,
-        default="world:train",
-        help="threshold: predicted: training prompts, world:train or a .jsonl file ('prompt' field)",
-    ),
-    Param("predictor_samples", (PredictorConfig, "n_samples")),
-)
-DECODERS: dict[str, DecoderSpec] = {
-    "base": DecoderSpec(
-        "base", "one sample per prompt from the policy at the recipe's temperature", shaped=False
-    ),
-    "greedy": DecoderSpec("greedy", "greedy decoding of the policy", shaped=False),
-    "bon": DecoderSpec(
-        "bon",
-        "Best-of-N: the sample with the highest (shaped) reward",
-        (_N, Param("threshold", (BoNConfig, "threshold")), Param("mc_samples", (BoNConfig, "mc_samples")))
-        + _PREDICTOR,
-    ),
-    "soft_bon": DecoderSpec(
-        "soft_bon",
-        "soft Best-of-N: resample from softmax(shaped / beta_select) over the N samples",
-        (
-            _N,
-            Param("beta_select", (BoNConfig, "beta_select")),
-            Param("threshold", (BoNConfig, "threshold")),
-            Param("mc_samples", (BoNConfig, "mc_samples")),
-        )
-        + _PREDICTOR,
-    ),
-    "args": DecoderSpec(
-        "args",
-        "ARGS (Khanov et al. 2024): top-k candidates scored by logit + w * (shaped) reward",
-        (
-            Param("k", (ARGSConfig, "k")),
-            Param(
-                "w", type=float, default=0.5, help="reward weight w = 1/beta (the official ARGS value: 0.5)"
-            ),
-            Param("mode", (ARGSConfig, "mode")),
-            Param("temperature", (ARGSConfig, "temperature")),
-            Param("rm_mode", (ARGSConfig, "rm_mode")),
-            Param("rm_cache", (ARGSConfig, "rm_cache")),
-            Param("reference_chunk_size", (ARGSConfig, "reference_chunk_size")),
-            Param("text_batch_size", (ARGSConfig, "text_batch_size")),
-            Param("threshold", (ARGSConfig, "threshold")),
-            Param("mc_samples", (ARGSConfig, "mc_samples")),
-        )
-        + _PREDICTOR,
-    ),
-    "cd_tokenwise": DecoderSpec(
-        "cd_tokenwise", "controlled decoding, tokenwise: top-k lookahead by log p + lam * V", _cd_params(True)
-    ),
-    "cd_blockwise": DecoderSpec(
-        "cd_blockwise",
-        "controlled decoding, blockwise: K blocks of M tokens, keep the best by V",
-        _cd_params(False),
-    ),
-    "refine": DecoderSpec(
-        "refine",
-        "SLHF refinement (arXiv 2512.16626, Sec. 5): a first answer from another decoder (with this method's "
-        "shaping), then `steps` follower steps on the world's follower prompt; the last answer is returned",
-        (
-            Param(
-                "first",
-                type=Literal["base", "greedy", "bon", "soft_bon", "args"],
-                default="base",
-                help="decoder of the first answer: base | greedy | bon | soft_bon | args",
-            ),
-            Param("first_params", type=dict, default={}, help="the first decoder's params (its own schema)"),
-            Param("steps", (RefineConfig, "steps")),
-            Param(
-                "follower",
-                type=str | None,
-                default=None,
-                help="follower model (dir or Hub name; null: the recipe's policy, e.g. an SLHF run's final/)",
-            ),
-        ),
-    ),
-}
-assert tuple(DECODERS) == DECODER_NAMES
-
-# Shaping parameters (a field of `Shaper`), accepted by every shaped decoder; null = the preset's / shaper's value.
-SHAPING_KEYS = tuple(f.name for f in dataclasses.fields(Shaper) if f.name != "kind")
-
-
-def shaping_param(key: str) -> Param:
-    tp, default, text = Param(key, (Shaper, key)).spec()
-    return Param(
-        key, type=tp | None, default=None, help=f"{text} (null = the preset's value, else {default!r})"
-    )
-
-
 @dataclass
 class MethodPlan:
-    """A validated method: its resolved params and the configs built from them (no model touched)."""
+    """A validated method: its resolved params and the shaper built from them (no model touched)."""
 
     name: str
     decoder: str
@@ -221,46 +41,40 @@ class MethodPlan:
     shaper: Shaper | None = None
 
 
-@functools.cache
-def params_model(decoder: str) -> type[pydantic.BaseModel]:
-    spec = DECODERS[decoder]
-    fields: dict[str, Any] = {}
-    for p in spec.params:
-        tp, default, text = p.spec()
-        fields[p.key] = (tp, Field(default=default, description=text))
-    if spec.shaped:
-        for key in SHAPING_KEYS:
-            tp, default, text = shaping_param(key).spec()
-            fields[key] = (tp, Field(default=default, description=text))
-    return pydantic.create_model(f"{decoder}_params", __config__=STRICT, **fields)
+def resolve_method(m: Any, index: int) -> MethodPlan:
+    """Validate method `m` (the recipe's `methods[index]`, a `MethodConfig`): params against its decoder's
+    schema, the shaping and preset, and every config's value ranges. Raises RecipeError naming the path."""
+    return _resolve(m.name, m.decoder, m.shaping, m.preset, m.params, index)
 
 
-def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
-    """Validate method `m` (the recipe's `methods[index]`): params against its decoder's schema, the shaping
-    and preset, and every config's value ranges. Raises RecipeError naming the path."""
+def _resolve(
+    name: str, decoder: str, shaping: str, preset: str | None, params: dict, index: int
+) -> MethodPlan:
     where = f"methods[{index}]"
-    spec = DECODERS[m.decoder]
-    model = params_model(m.decoder)
     try:
-        values = validate_with(model, m.params, f"{where}.params")
+        spec = get_decoder(decoder)
+    except ValueError as e:
+        raise RecipeError(f"{where}.decoder: {e}") from None
+    try:
+        values = validate_with(params_model(decoder), params, f"{where}.params")
     except ConfigError as e:
         raise RecipeError(str(e)) from None
     dec = {p.key: values[p.key] for p in spec.params}
     shp = {k: values[k] for k in SHAPING_KEYS if k in values and values[k] is not None}
-    if not spec.shaped and (m.shaping != "vanilla" or m.preset is not None):
-        raise RecipeError(f"{where}.shaping: decoder {m.decoder!r} takes no reward, so no shaping or preset")
-    if m.preset is not None and m.shaping not in ("srs", "hard"):
-        raise RecipeError(f"{where}.preset: presets configure srs or hard shaping, not {m.shaping!r}")
-    unused = sorted(set(shp) - set(PARAMS_USED[m.shaping]))  # with or without a preset
+    if not spec.shaped and (shaping != "vanilla" or preset is not None):
+        raise RecipeError(f"{where}.shaping: decoder {decoder!r} takes no reward, so no shaping or preset")
+    if preset is not None and shaping not in ("srs", "hard"):
+        raise RecipeError(f"{where}.preset: presets configure srs or hard shaping, not {shaping!r}")
+    unused = sorted(set(shp) - set(PARAMS_USED[shaping]))  # with or without a preset
     if unused:
         raise RecipeError(
-            f"{where}.params.{unused[0]}: not used by shaping {m.shaping!r} "
-            f"(it reads: {', '.join(PARAMS_USED[m.shaping]) or 'nothing'})"
+            f"{where}.params.{unused[0]}: not used by shaping {shaping!r} "
+            f"(it reads: {', '.join(PARAMS_USED[shaping]) or 'nothing'})"
         )
-    plan = MethodPlan(m.name, m.decoder, m.shaping, m.preset, {**dec, **shp}, dec, shp)
-    if m.decoder == "refine":
+    plan = MethodPlan(name, decoder, shaping, preset, {**dec, **shp}, dec, shp)
+    if spec.wraps:  # the shaping goes to the wrapped decoder, which validates it
         try:
-            _configs(plan, batch_size=1, max_new_tokens=1, seed=0)
+            spec.build_configs(dec)
         except ValueError as e:
             raise RecipeError(f"{where}.params.{e}") from None
         first_method(plan, index)  # validates the first decoder's params (errors name methods[i].params...)
@@ -269,14 +83,14 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
         if spec.shaped:
             plan.shaper = (
                 None
-                if m.shaping == "vanilla"
-                else make_shaper(m.shaping, shp, preset=m.preset, w=dec.get("w"))
+                if plan.shaping == "vanilla"
+                else make_shaper(plan.shaping, plan.shaper_params, preset=plan.preset, w=dec.get("w"))
             )
-        _configs(plan, batch_size=1, max_new_tokens=1, seed=0)  # value-range checks of every config
+        spec.build_configs(dec)  # value-range checks of every config
         if dec.get("threshold", "step") != "step" and not getattr(plan.shaper, "uses_threshold", False):
             raise ValueError(
                 f"threshold: {dec['threshold']!r} gives a per-prompt threshold to a threshold shaping "
-                f"(srs or hard), but this method's shaping is {m.shaping!r}"
+                f"(srs or hard), but this method's shaping is {shaping!r}"
             )
     except ValueError as e:
         msg = str(e)
@@ -285,127 +99,28 @@ def resolve_method(m: MethodConfig, index: int) -> MethodPlan:
 
 
 def first_method(plan: MethodPlan, index: int = 0) -> MethodPlan:
-    """The plan of a refine method's first answer: its ``first`` decoder with ``first_params`` and the refine
-    method's own shaping/preset (so SRS-ARGS + refinement is ``decoder: refine, shaping: srs, first: args``)."""
+    """The plan of a wrapping method's first answer (refine's): its ``first`` decoder with ``first_params`` and
+    the method's own shaping/preset (so SRS-ARGS + refinement is ``decoder: refine, shaping: srs, first:
+    args``)."""
+    key = get_decoder(plan.decoder).wraps
     d = plan.decoder_params
-    sub = MethodConfig(
-        name=f"{plan.name}/first",
-        decoder=d["first"],
-        shaping=plan.shaping,
-        preset=plan.preset,
-        params={**d["first_params"], **plan.shaper_params},
-    )
     try:
-        return resolve_method(sub, index)
+        params = {**d[f"{key}_params"], **plan.shaper_params}
+        return _resolve(f"{plan.name}/{key}", d[key], plan.shaping, plan.preset, params, index)
     except RecipeError as e:
         raise RecipeError(
-            str(e).replace(f"methods[{index}].params", f"methods[{index}].params.first_params")
+            str(e).replace(f"methods[{index}].params", f"methods[{index}].params.{key}_params")
         ) from None
 
 
-def _predictor_config(d: dict, seed: int) -> PredictorConfig:
-    """The threshold predictor's config; its errors name the recipe's keys (`predictor_*`)."""
-    try:
-        return PredictorConfig(
-            n_samples=d["predictor_samples"], train_prompts=d["predictor_train_prompts"], seed=seed
-        )
-    except ValueError as e:
-        msg = str(e)
-        for field_name, key in (
-            ("n_samples", "predictor_samples"),
-            ("train_prompts", "predictor_train_prompts"),
-        ):
-            if msg.startswith(field_name + ":"):
-                msg = key + msg[len(field_name) :]
-        raise ValueError(msg) from None
+def plan_configs(plan: MethodPlan, settings: Settings | None = None) -> dict[str, Any]:
+    """The library configs of a plan's decoder params (`settings`: the recipe's batch size, length, seed)."""
+    return get_decoder(plan.decoder).build_configs(plan.decoder_params, settings)
 
 
-def _configs(plan: MethodPlan, *, batch_size: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
-    """The library configs of a plan (ARGSConfig, CDConfig, CDDataConfig, ValueTrainConfig)."""
-    d = plan.decoder_params
-    if plan.decoder == "args":
-        return {
-            "args": ARGSConfig(
-                k=d["k"],
-                beta=1.0 / d["w"] if d["w"] > 0 else _bad("w", "must be > 0", d["w"]),
-                mode=d["mode"],
-                temperature=d["temperature"],
-                rm_mode=d["rm_mode"],
-                rm_cache=d["rm_cache"],
-                reference_chunk_size=d["reference_chunk_size"],
-                batch_size=batch_size,
-                text_batch_size=d["text_batch_size"],
-                threshold=d["threshold"],
-                mc_samples=d["mc_samples"],
-            ),
-            "predictor": _predictor_config(d, seed),
-        }
-    if plan.decoder == "refine":
-        return {"refine": RefineConfig(steps=d["steps"])}
-    if plan.decoder in ("bon", "soft_bon"):
-        return {
-            "bon": BoNConfig(
-                n=d["n"],
-                beta_select=d.get("beta_select"),
-                threshold=d["threshold"],
-                mc_samples=d["mc_samples"],
-            ),
-            "predictor": _predictor_config(d, seed),
-        }
-    if plan.decoder.startswith("cd_"):
-        tokenwise = plan.decoder == "cd_tokenwise"
-        if d["train_prompts"] < 1:
-            _bad("train_prompts", "must be >= 1", d["train_prompts"])
-        kw = dict(mode="tokenwise" if tokenwise else "blockwise", lam=d["lam"], batch_size=batch_size)
-        if tokenwise:
-            kw.update(
-                top_k=d["k"],
-                score_temperature=d["temperature"],
-                do_sample=d["do_sample"],
-                lookahead=d["lookahead"],
-            )
-        else:
-            kw.update(num_blocks=d["num_blocks"], block_size=d["block_size"])
-        return {
-            "cd": CDConfig(**kw),
-            "data": CDDataConfig(
-                n_samples=d["n_samples"],
-                max_new_tokens=max_new_tokens,
-                temperature=d["sample_temperature"],
-                top_p=d["sample_top_p"],
-                seed=seed,
-            ),
-            "value": ValueTrainConfig(
-                width=d["width"],
-                objective=d["objective"],
-                pairwise_coef=d["pairwise_coef"],
-                lr=d["value_lr"],
-                batch_size=d["value_batch_size"],
-                max_epochs=d["max_epochs"],
-                patience=d["patience"],
-                val_fraction=d["val_fraction"],
-                grad_clip=d["value_grad_clip"],
-                seed=d["value_seed"],
-            ),
-        }
-    return {}
-
-
-def _bad(key: str, why: str, value: Any):
-    raise ValueError(f"{key}: {why}, got {value!r}")
-
-
-def schema_rows() -> list[tuple[str, str, Any, str]]:
-    """(decoder, key, type, default, help) of every method param, for `stackalign recipe schema`."""
-    rows = []
-    for name, spec in DECODERS.items():
-        for p in spec.params:
-            tp, default, text = p.spec()
-            rows.append((name, p.key, type_name(tp), default, text))
-    for key in SHAPING_KEYS:
-        tp, default, text = shaping_param(key).spec()
-        rows.append(("(any shaped decoder)", key, type_name(tp), default, text))
-    return rows
+def recipe_settings(recipe) -> Settings:
+    g = recipe.generation
+    return Settings(batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=recipe.seed)
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -434,111 +149,135 @@ Thresholds = Callable[[list[str]], tuple[Any, Any]]
 def make_method(
     plan: MethodPlan, ctx, *, head=None, predictor=None, thresholds: Thresholds | None = None
 ) -> Generate:
-    """`generate(prompts)` of a plan; for CD, `head` (a trained value head) skips the offline phases. For an
-    SRS method, `predictor` (a trained ThresholdPredictor, `threshold: predicted`) skips finding or training
-    one, and `thresholds` (`threshold: mc`) replaces sampling the thresholds in the decoder; the Ray workers
-    get both from the driver (a refine method passes them to its first decoder)."""
-    g = ctx.recipe.generation
+    """`generate(prompts)` of a plan, made by its decoder's factory; for CD, `head` (a trained value head)
+    skips the offline phases. For an SRS method, `predictor` (a trained ThresholdPredictor, `threshold:
+    predicted`) skips finding or training one, and `thresholds` (`threshold: mc`) replaces sampling the
+    thresholds in the decoder; the Ray workers get both from the driver (a refine method passes them to its
+    first decoder)."""
+    configs = plan_configs(plan, recipe_settings(ctx.recipe))
     gen = run_generation(ctx.recipe, ctx.stop_strings)
-    configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=ctx.recipe.seed)
-    if plan.decoder in ("base", "greedy"):
-        from stackalign.decoding.sampling import sample
-
-        cfg = dataclasses.replace(gen, temperature=0.0) if plan.decoder == "greedy" else gen
-
-        def run(prompts: list[str]) -> list[dict]:
-            res = sample(ctx.policy, ctx.tokenizer, prompts, 1, cfg)
-            return _rows([t[0] for t in res.texts], res.cost, len(prompts))
-
-        return run
-
-    if plan.decoder in ("bon", "soft_bon"):
-        from stackalign.decoding.bon import best_of_n
-
-        bcfg = configs["bon"]
-        if predictor is None:
-            predictor = _threshold_predictor(plan, configs, ctx, gen)
-
-        def run(prompts: list[str]) -> list[dict]:
-            m, m_cost = thresholds(prompts) if thresholds is not None else (None, None)
-            res = best_of_n(
-                ctx.policy,
-                ctx.tokenizer,
-                ctx.reward,
-                prompts,
-                bcfg.n,
-                gen,
-                shaper=plan.shaper,
-                soft=plan.decoder == "soft_bon",
-                beta=bcfg.beta_select,
-                thresholds=m,
-                threshold_source=bcfg.threshold,
-                mc_samples=bcfg.mc_samples,
-                predictor=predictor,
-                mc_cache_dir=ctx.out_dir / "mc_cache",
-            )
-            if m_cost is not None:
-                res.cost.merge(m_cost)
-            return _rows(res.texts, res.cost, len(prompts))
-
-        return run
-
-    if plan.decoder == "args":
-        from stackalign.decoding.args import args_generate
-
-        cfg = configs["args"]
-        if predictor is None:
-            predictor = _threshold_predictor(plan, configs, ctx, gen)
-
-        def run(prompts: list[str]) -> list[dict]:
-            m, m_cost = thresholds(prompts) if thresholds is not None else (None, None)
-            res = args_generate(
-                ctx.policy,
-                ctx.tokenizer,
-                ctx.reward,
-                prompts,
-                cfg,
-                gen,
-                shaper=plan.shaper,
-                thresholds=m,
-                predictor=predictor,
-                mc_cache_dir=ctx.out_dir / "mc_cache",
-            )
-            # which ARGS scorer ran (tree, repeat, reference, bridge or text) and why it was not a faster one
-            run.scorer = {"name": res.meta.get("scorer"), "reason": res.meta.get("scorer_reason")}
-            if m_cost is not None:
-                res.cost.merge(m_cost)
-            return _rows(res.texts, res.cost, len(prompts))
-
-        run.scorer = None  # set by the first call: the runner can copy it into summary.json
-        return run
-
-    if plan.decoder in ("cd_tokenwise", "cd_blockwise"):
-        return _make_cd(plan, configs, ctx, gen, head)
-    if plan.decoder == "refine":
-        return _make_refine(plan, ctx, gen, predictor=predictor, thresholds=thresholds)
-    raise RecipeError(f"methods[{plan.name}].decoder: unknown {plan.decoder!r}")  # pragma: no cover
+    build = Build(plan, ctx, configs, gen, head=head, predictor=predictor, thresholds=thresholds)
+    return get_decoder(plan.decoder).factory()(build)
 
 
-def _make_refine(plan: MethodPlan, ctx, gen, *, predictor=None, thresholds=None) -> Generate:
+def make_base(b: Build) -> Generate:
+    """One sample per prompt at the recipe's sampling settings."""
+    return _sampler(b, b.generation)
+
+
+def make_greedy(b: Build) -> Generate:
+    return _sampler(b, dataclasses.replace(b.generation, temperature=0.0))
+
+
+def _sampler(b: Build, cfg) -> Generate:
+    from stackalign.decoding.sampling import sample
+
+    def run(prompts: list[str]) -> list[dict]:
+        res = sample(b.ctx.policy, b.ctx.tokenizer, prompts, 1, cfg)
+        return _rows([t[0] for t in res.texts], res.cost, len(prompts))
+
+    return run
+
+
+def _thresholds_of(b: Build, prompts: list[str]) -> tuple[Any, Any]:
+    """The per-prompt thresholds handed in by the Ray workers (and their cost), else (None, None)."""
+    return b.thresholds(prompts) if b.thresholds is not None else (None, None)
+
+
+def _predictor(b: Build) -> Any:
+    """The threshold predictor handed in by the Ray workers, else the method's own (None unless predicted)."""
+    return (
+        b.predictor
+        if b.predictor is not None
+        else _threshold_predictor(b.plan, b.configs, b.ctx, b.generation)
+    )
+
+
+def make_bon(b: Build, *, soft: bool = False) -> Generate:
+    from stackalign.decoding.bon import best_of_n
+
+    ctx, plan, bcfg = b.ctx, b.plan, b.configs["bon"]
+    predictor = _predictor(b)
+
+    def run(prompts: list[str]) -> list[dict]:
+        m, m_cost = _thresholds_of(b, prompts)
+        res = best_of_n(
+            ctx.policy,
+            ctx.tokenizer,
+            ctx.reward,
+            prompts,
+            bcfg.n,
+            b.generation,
+            shaper=plan.shaper,
+            soft=soft,
+            beta=bcfg.beta_select,
+            thresholds=m,
+            threshold_source=bcfg.threshold,
+            mc_samples=bcfg.mc_samples,
+            predictor=predictor,
+            mc_cache_dir=ctx.out_dir / "mc_cache",
+        )
+        if m_cost is not None:
+            res.cost.merge(m_cost)
+        return _rows(res.texts, res.cost, len(prompts))
+
+    return run
+
+
+def make_soft_bon(b: Build) -> Generate:
+    return make_bon(b, soft=True)
+
+
+def make_args(b: Build) -> Generate:
+    """ARGS; `run.scorer` records which scorer ran (tree, repeat, reference, bridge or text) and why it was not
+    a faster one: the rows carry it into summary.json."""
+    from stackalign.decoding.args import args_generate
+
+    ctx, plan, cfg = b.ctx, b.plan, b.configs["args"]
+    predictor = _predictor(b)
+
+    def run(prompts: list[str]) -> list[dict]:
+        m, m_cost = _thresholds_of(b, prompts)
+        res = args_generate(
+            ctx.policy,
+            ctx.tokenizer,
+            ctx.reward,
+            prompts,
+            cfg,
+            b.generation,
+            shaper=plan.shaper,
+            thresholds=m,
+            predictor=predictor,
+            mc_cache_dir=ctx.out_dir / "mc_cache",
+        )
+        run.scorer = {"name": res.meta.get("scorer"), "reason": res.meta.get("scorer_reason")}
+        if m_cost is not None:
+            res.cost.merge(m_cost)
+        return _rows(res.texts, res.cost, len(prompts))
+
+    run.scorer = None  # set by each call
+    return run
+
+
+def make_refine(b: Build) -> Generate:
     """First answers from the sub-method, then ``steps`` follower steps (``decoding.refine.refine_chain``)."""
     from stackalign.decoding.common import Cost
     from stackalign.decoding.refine import follower_prompt_for, refine_chain
 
+    ctx, plan, cfg = b.ctx, b.plan, b.configs["refine"]
     d = plan.decoder_params
     chat = ctx.recipe.prompts.chat_template
     try:
         follower_prompt_for(ctx.world, ctx.tokenizer, chat)  # checked before the first answers are decoded
     except ValueError as e:
         raise RecipeError(f"methods[{plan.name}]: refine: {e}") from None
-    first = make_method(first_method(plan), ctx, predictor=predictor, thresholds=thresholds)
+    first = make_method(first_method(plan), ctx, predictor=b.predictor, thresholds=b.thresholds)
     if d["follower"] is None:
         follower, ftok = ctx.policy, ctx.tokenizer
     else:
         from stackalign.models import load_policy
 
         follower, ftok = load_policy(d["follower"])
-    cfg = RefineConfig(steps=d["steps"])
     try:
         follower_prompt = follower_prompt_for(ctx.world, ftok, chat)  # the follower's own template
     except ValueError as e:
@@ -546,9 +285,10 @@ def _make_refine(plan: MethodPlan, ctx, gen, *, predictor=None, thresholds=None)
 
     def run(prompts: list[str]) -> list[dict]:
         rows = first(prompts)
+        run.scorer = getattr(first, "scorer", None)  # an ARGS first answer's scorer
         cost = Cost()
         chains = refine_chain(
-            follower, ftok, prompts, [r["response"] for r in rows], follower_prompt, cfg, gen, cost
+            follower, ftok, prompts, [r["response"] for r in rows], follower_prompt, cfg, b.generation, cost
         )
         extra = cost.lm_tokens / len(prompts)
         return [
@@ -556,6 +296,7 @@ def _make_refine(plan: MethodPlan, ctx, gen, *, predictor=None, thresholds=None)
             for c, r in zip(chains, rows)
         ]
 
+    run.scorer = None
     return run
 
 
@@ -580,24 +321,23 @@ class SRSPlan:
 
 def threshold_plan(plan: MethodPlan) -> MethodPlan:
     """The plan whose decoder takes the per-prompt thresholds: `plan`, or a refine method's first decoder."""
-    return first_method(plan) if plan.decoder == "refine" else plan
+    return first_method(plan) if get_decoder(plan.decoder).wraps else plan
 
 
 def srs_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: Path) -> SRSPlan | None:
     """The threshold phases of `plan` (a decoding plan: `threshold_plan` of a method), None for a method
     without per-prompt thresholds. Mirrors what `make_method` does serially, so both find the same files."""
     from stackalign.decoding.args import mc_generation
-    from stackalign.decoding.bon import bon_threshold_generation
 
     source = plan.decoder_params.get("threshold", "step")
     if source == "step" or plan.shaper is None:
         return None
-    g = recipe.generation
-    configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=recipe.seed)
+    configs = plan_configs(plan, recipe_settings(recipe))
     gen = run_generation(recipe, stop_strings)
     if source == "mc":
-        if plan.decoder in ("bon", "soft_bon"):
-            gen = bon_threshold_generation(gen)
+        to_mc = get_decoder(plan.decoder).mc_generation
+        if to_mc is not None:
+            gen = to_mc(gen)
         return SRSPlan(
             plan.name, "mc", plan.shaper, plan.decoder_params["mc_samples"], mc_generation(gen), None
         )
@@ -709,8 +449,7 @@ class CDPlan:
 def cd_plan(plan: MethodPlan, recipe, world, stop_strings: list[str], out_dir: Path) -> CDPlan:
     """The CD phases of `plan`: the offline data is shared by every CD method of the run with the same
     sampling settings (keyed by them), the value head is the method's own."""
-    g = recipe.generation
-    configs = _configs(plan, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, seed=recipe.seed)
+    configs = plan_configs(plan, recipe_settings(recipe))
     n_train = plan.decoder_params["train_prompts"]
     data_cfg = configs["data"]
     data_key = hashlib.sha256(
@@ -759,17 +498,16 @@ def cd_shaper(plan: MethodPlan) -> Shaper:
     return plan.shaper or get_shaper("vanilla")
 
 
-def _make_cd(plan: MethodPlan, configs: dict, ctx, gen, head=None) -> Generate:
+def make_cd(b: Build) -> Generate:
     """Controlled decoding: offline base samples, a value head trained on this method's shaped targets (both
-    cached in the run directory), decoding. With `head` given, the first two are skipped."""
+    cached in the run directory), decoding. With `b.head` given, the first two are skipped."""
     from stackalign.decoding.cd import controlled_decode
 
-    if head is None:
-        head = _cd_head(plan, ctx)
-    cfg = configs["cd"]
+    ctx, cfg = b.ctx, b.configs["cd"]
+    head = b.head if b.head is not None else _cd_head(b.plan, ctx)
 
     def run(prompts: list[str]) -> list[dict]:
-        res = controlled_decode(ctx.policy, ctx.tokenizer, prompts, head, cfg, gen)
+        res = controlled_decode(ctx.policy, ctx.tokenizer, prompts, head, cfg, b.generation)
         return _rows(res.texts, res.cost, len(prompts))
 
     return run

@@ -5,15 +5,16 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
-from stackalign.config import clip
-from stackalign.runner.recipe import PromptsConfig, RecipeError
+from stackalign.config import RecipeError, clip
 
 PROMPT_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-def load_prompts(cfg: PromptsConfig, world=None, tokenizer=None) -> list[str]:
-    """Resolve `cfg` into a list of prompt strings (template applied, limit respected, order deterministic).
+def load_prompts(cfg: Any, world=None, tokenizer=None) -> list[str]:
+    """Resolve `cfg` (the recipe's `prompts` section, a `PromptsConfig`) into a list of prompt strings
+    (template applied, limit respected, order deterministic).
 
     With ``cfg.chat_template`` the prompts are :class:`stackalign.models.chat.ChatPrompt` rendered with
     ``tokenizer``'s chat template (the policy's)."""
@@ -23,7 +24,7 @@ def load_prompts(cfg: PromptsConfig, world=None, tokenizer=None) -> list[str]:
     return format_prompts(raw, cfg, tokenizer)
 
 
-def format_prompts(raw: list[str], cfg: PromptsConfig, tokenizer=None) -> list[str]:
+def format_prompts(raw: list[str], cfg: Any, tokenizer=None) -> list[str]:
     """``cfg.template`` applied to each raw prompt, then the chat template when ``cfg.chat_template``."""
     if not raw:
         raise RecipeError(f"prompts: the source {cfg.source!r} gave no prompts")
@@ -58,9 +59,10 @@ def source_prompts(
         if attr is None:
             raise RecipeError(f"{what}: unknown world split {name!r} (train, val or test)")
         return list(getattr(world, attr))
-    cfg = PromptsConfig(source=source, field=field, split=split)
+    if not source:
+        raise RecipeError(f"{what}: must not be empty")
     try:
-        return _load_dataset_prompts(cfg)
+        return _load_dataset_prompts(source, field, split)
     except (RecipeError, FileNotFoundError) as e:
         if what == "prompts.source":
             raise
@@ -100,39 +102,35 @@ def _cached_tokenizer(path: str):
         raise RecipeError(f"policy: {e}") from None
 
 
-def _load_dataset_prompts(cfg: PromptsConfig) -> list[str]:
+def _load_dataset_prompts(source: str, field: str, split: str) -> list[str]:
     import datasets
 
-    path = Path(cfg.source)
+    path = Path(source)
     if path.suffix and path.suffix not in PROMPT_FILE_SUFFIXES and path.is_file():
         raise RecipeError(
-            f"prompts.source: {clip(cfg.source)} is a {path.suffix} file; prompts files are "
-            f"{', '.join(PROMPT_FILE_SUFFIXES)} (one object with a {cfg.field!r} field per prompt)"
+            f"prompts.source: {clip(source)} is a {path.suffix} file; prompts files are "
+            f"{', '.join(PROMPT_FILE_SUFFIXES)} (one object with a {field!r} field per prompt)"
         )
     if path.suffix == ".jsonl":
-        return _read_jsonl_prompts(path, cfg.field)
+        return _read_jsonl_prompts(path, field)
     try:
         if path.suffix == ".json":
             if not path.is_file():
-                raise FileNotFoundError(f"prompts.source: no such file {cfg.source!r}")
+                raise FileNotFoundError(f"prompts.source: no such file {source!r}")
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         elif path.suffix == ".parquet":
             if not path.is_file():
-                raise FileNotFoundError(f"prompts.source: no such file {cfg.source!r}")
+                raise FileNotFoundError(f"prompts.source: no such file {source!r}")
             ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
         else:
-            ds = datasets.load_dataset(cfg.source, split=cfg.split)
+            ds = datasets.load_dataset(source, split=split)
     except FileNotFoundError:
         raise
     except Exception as e:  # datasets raises many types; surface one clear message
-        raise RecipeError(
-            f"prompts.source: could not load {cfg.source!r} ({type(e).__name__}: {e})"
-        ) from None
-    if cfg.field not in ds.column_names:
-        raise RecipeError(
-            f"prompts.field: {cfg.field!r} is not a column of {cfg.source!r} ({ds.column_names})"
-        )
-    return [str(x) for x in ds[cfg.field]]
+        raise RecipeError(f"prompts.source: could not load {source!r} ({type(e).__name__}: {e})") from None
+    if field not in ds.column_names:
+        raise RecipeError(f"prompts.field: {field!r} is not a column of {source!r} ({ds.column_names})")
+    return [str(x) for x in ds[field]]
 
 
 def _read_jsonl_prompts(path: Path, field: str) -> list[str]:

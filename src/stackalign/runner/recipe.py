@@ -3,7 +3,7 @@
 A recipe names the models, the prompts, the methods (decoder x shaping x parameters), the evaluation and the
 seed. Every section is a config dataclass (help text on each field); `stackalign.config.build` validates the
 YAML against it — strict types, no unknown keys, finite numbers — and each method's `params` against the schema
-of its decoder (`stackalign.runner.methods.DECODERS`). Errors name the path with a suggestion
+of its decoder (the decoder registry, `stackalign.runner.decoders`). Errors name the path with a suggestion
 (`methods[1].params.temprature: unknown key; did you mean 'temperature'?`). `key=value` overrides from the
 command line use dotted paths (`generation.max_new_tokens=64`, `methods.1.params.w=2`).
 
@@ -30,9 +30,8 @@ from typing import Any, Literal
 
 import yaml
 
-from stackalign.config import ConfigError, build, clip
+from stackalign.config import ConfigError, RecipeError, build, clip
 
-DECODER_NAMES = ("base", "greedy", "bon", "soft_bon", "args", "cd_tokenwise", "cd_blockwise", "refine")
 SHAPING_NAMES = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")
 PRESET_NAMES = ("paper", "official-args", "official-cd")
 DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
@@ -41,10 +40,6 @@ METHOD_NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-@=,() ]{1,100}$")
 
 
 log = logging.getLogger("stackalign")
-
-
-class RecipeError(ConfigError):
-    """A recipe problem; the message names the key."""
 
 
 def _help(text: str, default: Any = None, factory: Any = None):
@@ -115,8 +110,10 @@ class GenerationSettings:
 @dataclass
 class MethodConfig:
     name: str = _help("the method's name in tables (default: derived from decoder and shaping)", "")
-    decoder: Literal[DECODER_NAMES] = _help(  # type: ignore[valid-type]
-        "base | greedy | bon | soft_bon | args | cd_tokenwise | cd_blockwise | refine", "base"
+    decoder: str = _help(
+        "a registered decoder (each with its params below, under 'Method params, by decoder'); a new one is "
+        "added with `stackalign.runner.decoders.register_decoder`",
+        "base",
     )
     shaping: Literal[SHAPING_NAMES] = _help(  # type: ignore[valid-type]
         "the reward shaping handed to the decoder: vanilla (raw reward), meanstd, minmax, cap, meansoft, "

@@ -29,7 +29,7 @@ def _row(name, tp, default, text) -> str:
 
 def schema_markdown() -> str:
     """The recipe reference: every top-level field, then every method param by decoder."""
-    from stackalign.runner.methods import DECODERS, schema_rows
+    from stackalign.runner.decoders import DECODERS, schema_rows
 
     lines = [
         "# Recipe reference",
@@ -115,7 +115,7 @@ def schema_main(args: argparse.Namespace) -> int:
     if args.markdown:
         print(schema_markdown(), end="")
         return 0
-    from stackalign.runner.methods import schema_rows
+    from stackalign.runner.decoders import schema_rows
 
     for d in describe(Recipe):
         if not d.path.startswith("methods"):

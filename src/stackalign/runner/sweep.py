@@ -5,9 +5,9 @@ method: sweep 1/β, take the best value before reward hacking, then fix it for e
 
 1. For each value v, build a sub-recipe from the recipe: the named vanilla method plus every method of the
    recipe that uses the same decoder (sweeping ARGS also runs SRS-ARGS, Minmax-ARGS, ...), each with its
-   reward weight set to v (`w` for `args`, `lam` for `cd_tokenwise` / `cd_blockwise`), on the validation
-   prompts (`prompts.source=<split>`), win-tie judged against the vanilla method, coherence off (it does not
-   enter the choice and costs an encoder pass). Methods of other decoders do not depend on v and are left
+   reward weight set to v (the decoder's registered `weight`: `w` for `args`, `lam` for `cd_tokenwise` /
+   `cd_blockwise`), on the validation prompts (`prompts.source=<split>`), win-tie judged against the vanilla
+   method, coherence off (it does not enter the choice and costs an encoder pass). Methods of other decoders do not depend on v and are left
    out. Each sub-run is an ordinary, resumable run directory `OUT/<key>=<v>` (`stackalign.runner.run`).
 2. Choose v from the vanilla method's numbers only (the other methods are shown, not used):
    - with a gold judge: the v with the highest **gold** reward. Reward hacking is the regime where the
@@ -41,11 +41,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stackalign.runner.decoders import DECODERS, get_decoder, weight_key
 from stackalign.runner.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
 from stackalign.store import write_json_atomic
 
-# decoder -> the name of its reward-weight parameter (1/β); decoders not listed have none to sweep
-WEIGHT_KEYS = {"args": "w", "cd_tokenwise": "lam", "cd_blockwise": "lam"}
+# where a sweep keeps the folders its values share (the decoder's `shares`; named when only CD had some)
+SHARED_DIR = "cd_shared"
 
 
 def parse_values(text: str | Sequence[float]) -> list[float]:
@@ -81,16 +82,17 @@ def sweep_recipes(recipe: Recipe, method_name: str, values: Sequence[float], *, 
     if method_name not in by_name:
         raise ValueError(f"method: {method_name!r} is not a method of the recipe ({sorted(by_name)})")
     target = by_name[method_name]
-    if target.decoder not in WEIGHT_KEYS:
+    key = weight_key(target.decoder)
+    if key is None:
+        sweepable = sorted(name for name, d in DECODERS.items() if d.weight is not None)
         raise ValueError(
             f"method: {method_name!r} uses decoder {target.decoder!r}, which has no reward weight 1/beta to "
-            f"sweep (sweepable decoders: {sorted(WEIGHT_KEYS)})"
+            f"sweep (sweepable decoders: {sweepable})"
         )
     if target.shaping != "vanilla":
         raise ValueError(
             f"method: {method_name!r} has shaping {target.shaping!r}; the protocol sweeps the vanilla method"
         )
-    key = WEIGHT_KEYS[target.decoder]
     data = recipe.to_dict()
     # the vanilla method first, then the others of the same decoder in recipe order
     kept = [target.name] + [
@@ -149,10 +151,11 @@ def hacking_values(per_value: dict[float, dict], method_name: str) -> list[float
     return out
 
 
-def _link_cd_cache(sub: Path, shared: Path) -> None:
-    """Make the sub-run's CD caches links to the sweep's shared ones (offline data and value heads do not
-    depend on λ, so training them once per value would waste minutes for identical results)."""
-    for name in ("cd_offline", "cd_heads"):
+def _link_shared(sub: Path, shared: Path, names: Sequence[str]) -> None:
+    """Make the sub-run's folders `names` links to the sweep's shared ones: what the decoder keeps there does
+    not depend on the weight (CD's offline data and value heads do not depend on λ, so training them once
+    per value would waste minutes for identical results)."""
+    for name in names:
         target = shared / name
         target.mkdir(parents=True, exist_ok=True)
         link = sub / name
@@ -245,8 +248,9 @@ def run_sweep(
             if progress:
                 print(f"[sweep] {method_name}: {key}={_label(v)} -> {sub}", flush=True)
             sub.mkdir(parents=True, exist_ok=True)
-            if plan["decoder"].startswith("cd_"):
-                _link_cd_cache(sub, out / "cd_shared")
+            shares = get_decoder(plan["decoder"]).shares
+            if shares:
+                _link_shared(sub, out / SHARED_DIR, shares)
             per_value[v] = execute(plan["recipes"][v], sub, world=world, progress=progress, workers=workers)
 
     chosen, criterion = choose_value(per_value, method_name)

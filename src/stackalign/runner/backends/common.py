@@ -52,13 +52,15 @@ def decode_rows(ctx, method: str, generate, ids: list[int]) -> list[dict]:
     """Decode prompts `ids` of `ctx.prompts` with `generate` and score them: one row per prompt.
 
     Row: prompt_id, method, prompt, response, proxy_reward, gold_reward (or None), seconds (the batch's wall
-    time shared equally by its prompts), lm_tokens, rm_tokens."""
+    time shared equally by its prompts), lm_tokens, rm_tokens; and `scorer` ({name, reason}) when the
+    decoder records one (ARGS: which reward-model scorer ran, and why not a faster one)."""
     prompts = [ctx.prompts[i] for i in ids]
     t0 = time.perf_counter()
     outs = generate(prompts)
     elapsed = time.perf_counter() - t0
     responses = [o["response"] for o in outs]
     proxy = ctx.reward(prompts, responses).tolist()
+    scorer = getattr(generate, "scorer", None)
     return [
         {
             "prompt_id": i,
@@ -70,6 +72,7 @@ def decode_rows(ctx, method: str, generate, ids: list[int]) -> list[dict]:
             "seconds": elapsed / len(ids),
             "lm_tokens": int(o.get("lm_tokens", 0)),
             "rm_tokens": int(o.get("rm_tokens", 0)),
+            **({"scorer": scorer} if scorer else {}),
         }
         for j, (i, o) in enumerate(zip(ids, outs))
     ]
