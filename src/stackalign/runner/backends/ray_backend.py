@@ -64,8 +64,8 @@ def connect(backend) -> bool:
         need = backend.workers * backend.cpus_per_worker
         kwargs["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
     else:
+        from stackalign.recipe_base import RecipeError
         from stackalign.runner.preflight import ray_address_problem
-        from stackalign.runner.recipe import RecipeError
 
         why = ray_address_problem(address)  # ray.init would wait for minutes
         if why is not None:
@@ -440,7 +440,7 @@ class PrecomputedCoherence:
     def score(self, prompts: list[str], texts: list[str]) -> list[float]:
         missing = [(p, t) for p, t in zip(prompts, texts) if (p, t) not in self.scores]
         if missing:  # not expected: the workers scored every row; computed here rather than failing
-            from stackalign.runner.run import coherence_scorer
+            from stackalign.runner.context import coherence_scorer
 
             values = coherence_scorer(self.recipe).score([p for p, _ in missing], [t for _, t in missing])
             self.scores.update(zip(missing, map(float, values)))
@@ -450,7 +450,7 @@ class PrecomputedCoherence:
 def _coherence_on(pool, job: Job, workers: int, call) -> PrecomputedCoherence:
     """Score the coherence of every row (prompt, response cut at the evaluation's stop strings) on the pool."""
     from stackalign.evaluation.metrics import clean_response
-    from stackalign.runner.run import eval_stop_strings
+    from stackalign.runner.context import eval_stop_strings
 
     stops = eval_stop_strings(job.recipe)
     pairs = sorted({(r["prompt"], clean_response(r["response"], stops)) for r in job.store.rows})
