@@ -42,7 +42,8 @@ class Context:
 
 def load_world_and_prompts(recipe: Recipe, world=None) -> tuple[Any, list[str], list[str]]:
     """The world (or None), the prompts and the stop strings: everything but the models."""
-    from stackalign.runner.prompts import load_prompts, policy_tokenizer
+    from stackalign.prompt_sources import policy_tokenizer
+    from stackalign.runner.prompts import load_prompts
 
     if world is None and recipe.world is not None:
         world = load_recipe_world(recipe.world)
