@@ -47,9 +47,9 @@ from stackalign.decoding.sampling import sample
 from stackalign.decoding.value_head import train_value_head
 from stackalign.evaluation.intervals import paired_diff_ci
 from stackalign.runner.backends.common import decode_rows
+from stackalign.runner.context import build_context, load_world_and_prompts
 from stackalign.runner.methods import cd_plan, make_method, resolve_method
 from stackalign.runner.recipe import load_recipe
-from stackalign.runner.run import build_context, load_world_and_prompts
 from stackalign.shaping import get_preset, get_shaper
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "cd-vs-srs-cd.yaml"

@@ -121,11 +121,12 @@ def table(runs: list[Path]) -> str:
 def _run_context(run: Path, world=None):
     """The ``TrainContext`` of a finished run from its ``config.json`` (its world loaded unless given): the
     evaluation prompts come from the same code as during training."""
+    from stackalign.recipe_base import load_recipe_world
     from stackalign.training.recipe import train_recipe_from_dict
-    from stackalign.training.run import TrainContext, _load_world
+    from stackalign.training.run import TrainContext
 
     recipe = train_recipe_from_dict(json.loads((run / "config.json").read_text()))
-    return TrainContext(recipe, run, world if world is not None else _load_world(recipe.common))
+    return TrainContext(recipe, run, world if world is not None else load_recipe_world(recipe.common.world))
 
 
 def _final_gold(ctx) -> tuple[list[str], list[float]]:

@@ -124,9 +124,9 @@ def diagnose(recipe_path: str | Path, overrides: list[str] | None = None) -> lis
     method's name, preset, shaping, w, gold mean (if the recipe has a gold) and the :data:`STATS` means."""
     import tempfile
 
+    from stackalign.runner.context import build_context
     from stackalign.runner.methods import make_method, resolve_method
     from stackalign.runner.recipe import load_recipe
-    from stackalign.runner.run import build_context
 
     recipe = load_recipe(recipe_path, overrides or [])
     out: list[dict[str, Any]] = []

@@ -400,7 +400,7 @@ def test_run_dir_holds_one_recipe(micro_world, tmp_path, monkeypatch):
     def no_models(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(R, "build_context", no_models)
+    monkeypatch.setattr("stackalign.runner.context.build_context", no_models)
     other = _run_recipe(micro_world, [base, greedy])
     with pytest.raises(RecipeError, match=r"(?s)'Greedy' is new.*--restart-changed"):
         R.execute(other, out, progress=False)

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from stackalign.cli import main as cli_main
+from stackalign.recipe_base import RecipeError, read_yaml
 from stackalign.rundir import LOCK_NAME, DirBusy, DirLock
-from stackalign.runner.recipe import RecipeError, read_yaml, recipe_from_dict
+from stackalign.runner.recipe import recipe_from_dict
 
 # A recipe that passes validation and the machine checks without loading anything: the run stops at the
 # first step that needs the world or a model, after the run directory is locked.
@@ -409,7 +410,7 @@ def test_train_values_checked_at_load(data, needle):
     ],
 )
 def test_train_input_files_checked_before_loading(data, needle, tmp_path):
-    from stackalign.runner.preflight import preflight_train
+    from stackalign.training.preflight import preflight_train
     from stackalign.training.recipe import train_recipe_from_dict
 
     with pytest.raises(RecipeError, match=needle):
@@ -422,14 +423,15 @@ def test_train_input_files_checked_before_loading(data, needle, tmp_path):
 
 
 def _absent(kind: str) -> bool:
-    from stackalign.runner.preflight import device_problem
+    from stackalign.recipe_base import device_problem
 
     return device_problem(kind) is not None
 
 
 @pytest.mark.parametrize("device", [d for d in ("xpu", "mps", "cuda:99") if _absent(d)])
 def test_unavailable_device_is_a_preflight_error(device, tmp_path):
-    from stackalign.runner.preflight import preflight, preflight_train
+    from stackalign.runner.preflight import preflight
+    from stackalign.training.preflight import preflight_train
     from stackalign.training.recipe import train_recipe_from_dict
 
     with pytest.raises(RecipeError, match=rf"device: '{device}': this machine has"):
@@ -520,7 +522,7 @@ def test_top_k_above_the_vocabulary_stops_before_generation(tmp_path, monkeypatc
     from types import SimpleNamespace
 
     import stackalign.models as models
-    from stackalign.runner.run import build_context
+    from stackalign.runner.context import build_context
 
     def fake_policy(*a, **k):
         return SimpleNamespace(config=SimpleNamespace(vocab_size=50)), None
@@ -744,7 +746,7 @@ def test_cached_mc_samples_are_charged_their_tokens(tmp_path, monkeypatch):
 
 
 def test_train_dir_refuses_a_changed_world(tmp_path):
-    from stackalign.training.run import check_world_identity
+    from stackalign.rundir import check_world_identity
 
     out = tmp_path / "t"
     out.mkdir()

@@ -25,7 +25,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stackalign", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
+    for add in (
+        _add_demo,
+        _add_world,
+        _add_run,
+        _add_recipe,
+        _add_sweep,
+        _add_train,
+        _add_eval,
+        _add_bench,
+        _add_models,
+        _add_games,
+    ):
+        add(sub)
+    return p
 
+
+def _add_demo(sub) -> None:
+    """`stackalign demo`: the paper's main comparison."""
     demo = sub.add_parser("demo", help="the paper's main comparison, end to end, on the sandbox world")
     demo.add_argument("--quick", action="store_true", help="fewer prompts and methods (about 3 minutes)")
     demo.add_argument("--out", default=None, help="results directory (default: runs/demo[-quick])")
@@ -34,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_handler("stackalign.runner.demo:main"))
 
+
+def _add_world(sub) -> None:
+    """`stackalign world build`."""
     world = sub.add_parser("world", help="the sandbox world")
     wsub = world.add_subparsers(dest="world_command", required=True)
     wb = wsub.add_parser("build", help="build a sandbox world deterministically from its seed")
@@ -62,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wb.set_defaults(func=_handler("stackalign.worlds.cli:build"))
 
+
+def _add_run(sub) -> None:
+    """`stackalign run RECIPE`."""
     run = sub.add_parser("run", help="run a recipe")
     run.add_argument("recipe", help="recipe YAML file")
     run.add_argument("--out", default=None, help="results directory")
@@ -80,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_handler("stackalign.runner.run:main"))
 
+
+def _add_recipe(sub) -> None:
+    """`stackalign recipe check|schema`."""
     rc = sub.add_parser("recipe", help="check a recipe, or print the recipe schema")
     rsub = rc.add_subparsers(dest="recipe_command", required=True)
     rck = rsub.add_parser("check", help="validate a recipe (and the machine for it) and print it resolved")
@@ -91,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     rsc.add_argument("--markdown", action="store_true", help="print the README's recipe reference")
     rsc.set_defaults(func=_handler("stackalign.runner.schema:schema_main"))
 
+
+def _add_sweep(sub) -> None:
+    """`stackalign sweep RECIPE --method M`."""
     sw = sub.add_parser(
         "sweep", help="the paper's protocol: sweep the vanilla method's 1/beta on validation prompts"
     )
@@ -104,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
     sw.set_defaults(func=_handler("stackalign.runner.sweep:main"))
 
+
+def _add_train(sub) -> None:
+    """`stackalign train RECIPE --out DIR`."""
     tr = sub.add_parser(
         "train", help="train a policy from a train recipe (rl, rlhf, slhf, selfplay, dpo, ssapo)"
     )
@@ -112,10 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
     tr.set_defaults(func=_handler("stackalign.training.run:main"))
 
+
+def _add_eval(sub) -> None:
+    """`stackalign eval RUN_DIR`."""
     ev = sub.add_parser("eval", help="recompute the evaluation of an existing run directory")
     ev.add_argument("run_dir")
     ev.set_defaults(func=_handler("stackalign.runner.run:eval_main"))
 
+
+def _add_bench(sub) -> None:
+    """`stackalign bench WHICH`."""
     bench = sub.add_parser("bench", help="speed benchmarks (ratios measured in one process)")
     bench.add_argument("which", choices=["args", "cd", "generate", "sample", "ray"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -146,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
+
+def _add_models(sub) -> None:
+    """`stackalign models list|path|reward-from`."""
     models = sub.add_parser("models", help="real pretrained models installable from PyPI, by name")
     msub = models.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", help="the model names stackalign knows, installed and converted or not")
@@ -163,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--layers", type=int, default=None, help="keep only the first N blocks (cheaper)")
     mr.set_defaults(func=_handler("stackalign.models.real:reward_from_main"))
 
+
+def _add_games(sub) -> None:
+    """`stackalign games condorcet|toy`."""
     games = sub.add_parser("games", help="exact finite-game solvers (SRS, SLHF, NLHF, SGPO)")
     gsub = games.add_subparsers(dest="games_command", required=True)
     gc = gsub.add_parser("condorcet", help="RLHF / NLHF / SLHF on the Condorcet example")
@@ -170,7 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(func=_handler("stackalign.games.cli:condorcet"))
     gt = gsub.add_parser("toy", help="the SRS paper's toy example: raw reward vs threshold rewards")
     gt.set_defaults(func=_handler("stackalign.games.toy:main"))
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,11 @@
-"""One writer per directory: the lock that `stackalign run` and `stackalign train` hold on their `--out`.
+"""The output directories of `stackalign run` and `stackalign train`: one writer each, and one configuration.
+
+Both kinds of directory hold ``config.json`` (the resolved recipe) and refuse, once they hold work, a recipe or
+a world that differs from the one the work was done with (:func:`read_config`, :func:`world_identity`,
+:func:`check_world_identity`); a directory whose set-up failed before any work never blocks the corrected
+recipe. What "work" is and which differences matter is each command's own (``runner.run``, ``training.run``).
+
+One writer per directory: the lock that `stackalign run` and `stackalign train` hold on their `--out`.
 
 The lock is a file, `DIR/.stackalign.lock`, created with ``O_CREAT | O_EXCL`` (exactly one process can create
 it) and holding the writer's process id. A second process that finds it, while that process is alive, stops with
@@ -12,10 +19,27 @@ the machine restarted) is stale and taken over. The holder removes it when it is
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LOCK_NAME", "DirBusy", "DirError", "DirLock", "is_disk_full", "no_space_message"]
+from stackalign.recipe_base import RecipeError
+from stackalign.store import write_json_atomic
+
+__all__ = [
+    "LOCK_NAME",
+    "DirBusy",
+    "DirError",
+    "DirLock",
+    "check_world_identity",
+    "holds_work",
+    "is_disk_full",
+    "no_space_message",
+    "read_config",
+    "world_identity",
+]
 
 LOCK_NAME = ".stackalign.lock"
 
@@ -133,3 +157,53 @@ def is_disk_full(e: BaseException) -> bool:
         return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
     text = str(e)
     return isinstance(e, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
+
+
+# ------------------------------------------------------------------------ one configuration per directory
+
+
+def read_config(path: Path, what: str) -> dict:
+    """A directory's ``config.json`` (of a ``what``: "run", "training"); a garbled file is an error naming it."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecipeError(f"{path}: not a readable {what} configuration ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, dict):
+        raise RecipeError(f"{path}: not a {what} configuration (expected a JSON object)")
+    return cfg
+
+
+def holds_work(out: Path, config_files: tuple[str, ...] = ("config.json", "world.json")) -> bool:
+    """Whether a directory holds anything but its configuration files and its lock (rows, metrics, checkpoints,
+    a model...): a directory whose set-up failed holds none, and takes the corrected recipe."""
+    names = {*config_files, LOCK_NAME}
+    return any(p.is_file() and p.name not in names and ".tmp" not in p.name for p in out.rglob("*"))
+
+
+def world_identity(manifest: dict) -> str:
+    """A world's identity: the sha256 of its manifest (its parameters and every file's sha256) without the
+    build's timing, so a world rebuilt in place with other settings is a different world."""
+    content = {k: v for k, v in manifest.items() if k != "build"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_world_identity(out: Path, world: Any, what: str = "training") -> None:
+    """Keep ``DIR/world.json`` (the world's :func:`world_identity`); a directory holding work refuses a world
+    that changed since (a world rebuilt in place with other settings). A world without a manifest is not
+    recorded."""
+    manifest = getattr(world, "manifest", None)
+    if not isinstance(manifest, dict):
+        return
+    path = out / "world.json"
+    new = world_identity(manifest)
+    if path.is_file() and holds_work(out):
+        try:
+            old = json.loads(path.read_text()).get("world_id")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise RecipeError(f"{path}: not a readable world identity ({type(e).__name__})") from None
+        if old != new:
+            raise RecipeError(
+                f"{out} holds {what} on another world (world_id: {str(old)[:12]}... -> {new[:12]}..., "
+                f"{path}): the world at {getattr(world, 'root', '?')} changed; use another --out"
+            )
+    write_json_atomic(path, {"world_id": new, "root": str(getattr(world, "root", ""))})

@@ -39,6 +39,17 @@ from stackalign.bench.common import Clock, load_models, print_table, row
 __all__ = ["main", "bench_args", "bench_sample", "load_models"]
 
 
+# what `bench args` aims for where policy and reward model share a tokenizer (the README's table)
+ARGS_TARGETS = {
+    "reference_over_fast": ">= 8",
+    "srs_args_over_plain": "<= 2.5",
+    "srs_over_vanilla": "<= 1.05",
+    "text_over_fast": "<= 1.5",
+    "identical": "true",
+    "identical_bridge": "true",
+}
+
+
 def bench_args(
     world: str | None = None,
     n_prompts: int = 4,
@@ -54,10 +65,8 @@ def bench_args(
     batch). ``policy`` / ``reward_model``: your own models instead of the world's (see :func:`load_models`);
     when their tokenizers differ, the id-level variants (reference, fast) cannot run and the full re-encode
     (text scoring) is timed against the bridge instead."""
-    from stackalign.decoding.args import ARGSConfig, args_generate
     from stackalign.decoding.common import GenerationConfig
     from stackalign.decoding.rm_cache import supports_incremental
-    from stackalign.decoding.sampling import greedy
 
     policy_m, tok, rm, prompts, desc = load_models(world, device, policy=policy, reward_model=reward_model)
     prompts = prompts[:n_prompts]
@@ -65,65 +74,17 @@ def bench_args(
     k = 10
     bs = batch_size or len(prompts)
     shared = supports_incremental(tok, rm) is None
-    ref_cfg = ARGSConfig(k=k, rm_mode="reference", reference_chunk_size=5, batch_size=bs)
-    fast_cfg = ARGSConfig(k=k, rm_mode="fast", rm_cache="tree", batch_size=bs)
-    bridge_cfg = ARGSConfig(k=k, rm_mode="bridge", batch_size=bs)
-    text_cfg = ARGSConfig(k=k, rm_mode="text", batch_size=bs)
-    variants = {
-        "plain_greedy": lambda g: greedy(policy_m, tok, prompts, g, batch_size=bs),
-        "bridge_args": lambda g: args_generate(policy_m, tok, rm, prompts, bridge_cfg, g),
-    }
-    if shared:
-        variants.update(
-            reference_args=lambda g: args_generate(policy_m, tok, rm, prompts, ref_cfg, g),
-            fast_args=lambda g: args_generate(policy_m, tok, rm, prompts, fast_cfg, g),
-            fast_srs_args=lambda g: args_generate(
-                policy_m, tok, rm, prompts, fast_cfg, g, shaper="official-args"
-            ),
-        )
-        timed, once = ("plain_greedy", "fast_args", "fast_srs_args", "bridge_args"), "reference_args"
-    else:
-        variants["text_args"] = lambda g: args_generate(policy_m, tok, rm, prompts, text_cfg, g)
-        timed, once = ("plain_greedy", "bridge_args"), "text_args"
-    warm = GenerationConfig(max_new_tokens=8, ignore_eos=True)
-    for fn in variants.values():
-        fn(warm)
-    clock = Clock()
-    # Interleave the fast variants' repeats so slow drifts in machine speed hit them alike.
-    for _ in range(repeats):
-        for name in timed:
-            clock.run(name, variants[name], gen)
-    clock.run(once, variants[once], gen)
+    variants, timed, once = _args_variants(policy_m, tok, rm, prompts, k, bs, shared)
+    clock = _time_variants(variants, timed, once, gen, repeats)
     outs = clock.outs
     results = {name: row(outs[name], clock, name) for name in variants}
-
-    def ratios_of(t: dict[str, float]) -> dict[str, float]:
-        if not shared:
-            return {
-                "text_over_bridge": t["text_args"] / t["bridge_args"],
-                "bridge_over_plain": t["bridge_args"] / t["plain_greedy"],
-            }
-        return {
-            "reference_over_fast": t["reference_args"] / t["fast_args"],
-            "srs_args_over_plain": t["fast_srs_args"] / t["plain_greedy"],
-            "srs_over_vanilla": t["fast_srs_args"] / t["fast_args"],
-            "text_over_fast": t["bridge_args"] / t["fast_args"],
-        }
-
     if shared:
         ratios = {
-            **ratios_of(clock.wall),
+            **_args_ratios(clock.wall, shared),
             "identical": outs["reference_args"].token_ids == outs["fast_args"].token_ids,
             "identical_bridge": outs["bridge_args"].token_ids == outs["fast_args"].token_ids,
         }
-        targets = {
-            "reference_over_fast": ">= 8",
-            "srs_args_over_plain": "<= 2.5",
-            "srs_over_vanilla": "<= 1.05",
-            "text_over_fast": "<= 1.5",
-            "identical": "true",
-            "identical_bridge": "true",
-        }
+        targets = dict(ARGS_TARGETS)
         floor_s = candidate_floor(rm, len(prompts), bs, k, max_new_tokens, repeats, device)
         floor = {
             "rm_candidates_seconds": floor_s,
@@ -131,7 +92,7 @@ def bench_args(
         }
     else:
         ratios = {
-            **ratios_of(clock.wall),
+            **_args_ratios(clock.wall, shared),
             "identical_bridge": outs["bridge_args"].token_ids == outs["text_args"].token_ids,
         }
         targets = {"identical_bridge": "true"}
@@ -149,9 +110,70 @@ def bench_args(
         "scorers": {name: getattr(o, "meta", {}).get("scorer") for name, o in outs.items()},
         "variants": results,
         "ratios": ratios,
-        "ratios_cpu_time": ratios_of(clock.cpu) if str(device).startswith("cpu") else None,
+        "ratios_cpu_time": _args_ratios(clock.cpu, shared) if str(device).startswith("cpu") else None,
         "targets": targets,
         "floor": floor,
+    }
+
+
+def _args_variants(
+    policy: Any, tok: Any, rm: Any, prompts: list[str], k: int, bs: int, shared: bool
+) -> tuple[dict[str, Any], tuple[str, ...], str]:
+    """The variants of `bench args` (name -> generate(GenerationConfig)), the names timed ``repeats`` times,
+    and the one timed once (the slow reference: full RM forwards, or the full re-encode without a shared
+    tokenizer)."""
+    from stackalign.decoding.args import ARGSConfig, args_generate
+    from stackalign.decoding.sampling import greedy
+
+    ref_cfg = ARGSConfig(k=k, rm_mode="reference", reference_chunk_size=5, batch_size=bs)
+    fast_cfg = ARGSConfig(k=k, rm_mode="fast", rm_cache="tree", batch_size=bs)
+    bridge_cfg = ARGSConfig(k=k, rm_mode="bridge", batch_size=bs)
+    text_cfg = ARGSConfig(k=k, rm_mode="text", batch_size=bs)
+    variants = {
+        "plain_greedy": lambda g: greedy(policy, tok, prompts, g, batch_size=bs),
+        "bridge_args": lambda g: args_generate(policy, tok, rm, prompts, bridge_cfg, g),
+    }
+    if not shared:
+        variants["text_args"] = lambda g: args_generate(policy, tok, rm, prompts, text_cfg, g)
+        return variants, ("plain_greedy", "bridge_args"), "text_args"
+    variants.update(
+        reference_args=lambda g: args_generate(policy, tok, rm, prompts, ref_cfg, g),
+        fast_args=lambda g: args_generate(policy, tok, rm, prompts, fast_cfg, g),
+        fast_srs_args=lambda g: args_generate(policy, tok, rm, prompts, fast_cfg, g, shaper="official-args"),
+    )
+    return variants, ("plain_greedy", "fast_args", "fast_srs_args", "bridge_args"), "reference_args"
+
+
+def _time_variants(
+    variants: dict[str, Any], timed: tuple[str, ...], once: str, gen: Any, repeats: int
+) -> Clock:
+    """Warm every variant up (8 tokens), time each of `timed` `repeats` times, interleaved so slow drifts in
+    machine speed hit them alike, then `once` a single time."""
+    from stackalign.decoding.common import GenerationConfig
+
+    warm = GenerationConfig(max_new_tokens=8, ignore_eos=True)
+    for fn in variants.values():
+        fn(warm)
+    clock = Clock()
+    for _ in range(repeats):
+        for name in timed:
+            clock.run(name, variants[name], gen)
+    clock.run(once, variants[once], gen)
+    return clock
+
+
+def _args_ratios(t: dict[str, float], shared: bool) -> dict[str, float]:
+    """The speed ratios of `bench args` from the variants' seconds `t` (wall or CPU time)."""
+    if not shared:
+        return {
+            "text_over_bridge": t["text_args"] / t["bridge_args"],
+            "bridge_over_plain": t["bridge_args"] / t["plain_greedy"],
+        }
+    return {
+        "reference_over_fast": t["reference_args"] / t["fast_args"],
+        "srs_args_over_plain": t["fast_srs_args"] / t["plain_greedy"],
+        "srs_over_vanilla": t["fast_srs_args"] / t["fast_args"],
+        "text_over_fast": t["bridge_args"] / t["fast_args"],
     }
 
 

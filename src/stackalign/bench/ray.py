@@ -42,10 +42,8 @@ def bench_ray(
     workers: tuple[int, ...] = (1, 2),
 ) -> dict:
     """Time serial and Ray decoding of the same units; returns seconds, prompts/s and ratios."""
-    import ray
-    from ray.util import ActorPool
+    import ray  # noqa: F401 - missing Ray stops the bench before anything is timed
 
-    from stackalign.runner.backends.worker import Worker
     from stackalign.runner.recipe import recipe_from_dict
 
     data = recipe_from_dict(_recipe(world, prompts, max_new_tokens, batch_size)).to_dict()
@@ -55,7 +53,6 @@ def bench_ray(
         for s in range(0, prompts, batch_size)
     ]
     out_dir = tempfile.mkdtemp(prefix="stackalign-bench-ray-")
-    n_rows = sum(len(ids) for _, ids in units)
     res: dict = {
         "prompts": prompts,
         "max_new_tokens": max_new_tokens,
@@ -63,12 +60,32 @@ def bench_ray(
         "units": len(units),
     }
     res["cpu_count"] = os.cpu_count()
+    ref = _time_serial(res, data, out_dir, units)
+    _time_ray(res, data, out_dir, units, workers, ref)
+    res["ratios"] = {
+        f"ray-{n}_over_serial": res[f"ray-{n}"]["prompts_per_s"] / res["serial"]["prompts_per_s"]
+        for n in workers
+    }
+    if 1 in workers and 2 in workers:
+        res["ratios"]["ray-2_over_ray-1"] = res["ray-2"]["prompts_per_s"] / res["ray-1"]["prompts_per_s"]
+    return res
 
+
+def _rows_key(batches: list[list[dict]]) -> list[tuple]:
+    """The decoded rows in a fixed order, as compared between variants."""
+    return sorted((r["method"], r["prompt_id"], r["response"]) for rows in batches for r in rows)
+
+
+def _time_serial(res: dict, data: dict, out_dir: str, units: list) -> list[tuple]:
+    """The serial backend as it runs (torch's default threads), and with 1 thread (what one Ray actor gets):
+    `res["serial"]`, `res["serial-1thread"]`. Returns the serial rows, the reference of every variant."""
     import torch
 
+    from stackalign.runner.backends.worker import Worker
+
+    n_rows = sum(len(ids) for _, ids in units)
     default_threads = torch.get_num_threads()
     ref = None
-    # the serial backend as it runs (torch's default threads), and with 1 thread (what one Ray actor gets)
     for name, threads in (("serial", default_threads), ("serial-1thread", 1)):
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
@@ -79,7 +96,7 @@ def bench_ray(
         t0 = time.perf_counter()
         serial_rows = [w.decode(pi, ids) for pi, ids in units]
         dec = time.perf_counter() - t0
-        got = sorted((r["method"], r["prompt_id"], r["response"]) for rows in serial_rows for r in rows)
+        got = _rows_key(serial_rows)
         ref = ref or got
         res[name] = {
             "threads": threads,
@@ -90,7 +107,18 @@ def bench_ray(
         }
         del w
     torch.set_num_threads(default_threads)
+    return ref
 
+
+def _time_ray(res: dict, data: dict, out_dir: str, units: list, workers: tuple[int, ...], ref: list) -> None:
+    """A local Ray instance (`res["ray_init_s"]`) and, for each count `n` of `workers`, `n` one-thread actors
+    decoding the units (`res["ray-n"]`)."""
+    import ray
+    from ray.util import ActorPool
+
+    from stackalign.runner.backends.worker import Worker
+
+    n_rows = sum(len(ids) for _, ids in units)
     t0 = time.perf_counter()
     ray.init(num_cpus=max(os.cpu_count() or 1, max(workers)), include_dashboard=False, log_to_driver=False)
     res["ray_init_s"] = time.perf_counter() - t0
@@ -106,24 +134,16 @@ def bench_ray(
             t0 = time.perf_counter()
             rows = list(pool.map_unordered(lambda a, u: a.decode.remote(*u), units))
             dec = time.perf_counter() - t0
-            got = sorted((r["method"], r["prompt_id"], r["response"]) for rs in rows for r in rs)
             res[f"ray-{n}"] = {
                 "startup_s": startup,
                 "decode_s": dec,
                 "prompts_per_s": n_rows / dec,
-                "same_rows_as_serial": got == ref,
+                "same_rows_as_serial": _rows_key(rows) == ref,
             }
             for a in actors:
                 ray.kill(a)
     finally:
         ray.shutdown()
-    res["ratios"] = {
-        f"ray-{n}_over_serial": res[f"ray-{n}"]["prompts_per_s"] / res["serial"]["prompts_per_s"]
-        for n in workers
-    }
-    if 1 in workers and 2 in workers:
-        res["ratios"]["ray-2_over_ray-1"] = res["ray-2"]["prompts_per_s"] / res["ray-1"]["prompts_per_s"]
-    return res
 
 
 def main(args: argparse.Namespace) -> int:

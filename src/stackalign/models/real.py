@@ -22,6 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from stackalign.cache import default_cache_root
+
 CONVERSION_VERSION = 1
 
 
@@ -66,8 +68,6 @@ def gguf_file(name: str) -> Path:
 
 
 def model_dir(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    from stackalign.worlds.world import default_cache_root
-
     return default_cache_root(cache_dir) / "models" / name.strip().lower()
 
 

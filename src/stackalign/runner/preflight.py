@@ -8,7 +8,6 @@ API-key variable is unset or whose server cannot be reached.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import socket
@@ -17,23 +16,18 @@ from urllib.parse import urlparse
 
 from stackalign.config import clip
 from stackalign.models.loading import looks_like_local_path
-from stackalign.runner.prompts import PROMPT_FILE_SUFFIXES
-from stackalign.runner.recipe import Recipe, RecipeError
+from stackalign.prompt_sources import PROMPT_FILE_SUFFIXES
+from stackalign.recipe_base import RecipeError, local_path_problem, models_problems
+from stackalign.runner.recipe import Recipe
 
 INSTALL_COHERENCE = "pip install 'stackalign[coherence]'"
 INSTALL_RAY = "pip install 'stackalign[ray]'"
 
 
 def _check_local(problems: list[str], key: str, value: str | None, *, want_dir: bool) -> None:
-    if value is None:
-        return
-    path = Path(value).expanduser()
-    if path.exists():
-        if want_dir and not path.is_dir():
-            problems.append(f"{key}: {value!r} is a file, expected a directory")
-        return
-    if looks_like_local_path(value):
-        problems.append(f"{key}: no such {'directory' if want_dir else 'file'} {value!r}")
+    why = local_path_problem(key, value, want_dir=want_dir)
+    if why:
+        problems.append(why)
 
 
 def _no_chat_template(judge_model: str | None) -> str | None:
@@ -96,7 +90,7 @@ def _check_method_data(problems: list[str], recipe: Recipe) -> None:
                 src = params.get("predictor_train_source", "world:train")
                 _check_source(problems, f"{key}.predictor_train_source", src, recipe)
     if recipe.prompts.chat_template and recipe.policy is not None:
-        from stackalign.runner.prompts import policy_tokenizer
+        from stackalign.prompt_sources import policy_tokenizer
 
         try:
             tok = policy_tokenizer(recipe.policy)
@@ -105,29 +99,6 @@ def _check_method_data(problems: list[str], recipe: Recipe) -> None:
             return
         if not getattr(tok, "chat_template", None):
             problems.append("prompts.chat_template: the policy's tokenizer has no chat template")
-
-
-def device_problem(device: str) -> str | None:
-    """Why `device` (cpu, cuda, cuda:N, mps, xpu, xpu:N, auto) cannot be used on this machine, or None."""
-    kind, _, index = device.partition(":")
-    if kind in ("cpu", "auto"):
-        return None
-    import torch
-
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    elif kind == "mps":
-        count = int(bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()))
-    elif kind == "xpu":
-        xpu = getattr(torch, "xpu", None)
-        count = xpu.device_count() if xpu is not None and xpu.is_available() else 0
-    else:
-        return f"unknown device {clip(device)}"
-    if count == 0:
-        return f"{device!r}: this machine has no {kind} device (torch {torch.__version__}); use cpu"
-    if index and int(index) >= count:
-        return f"{device!r}: this machine has {count} {kind} device(s), numbered from 0"
-    return None
 
 
 def _check_hub_encoder(problems: list[str], key: str, name: str, network: bool) -> None:
@@ -174,35 +145,6 @@ def _check_methods(problems: list[str], recipe: Recipe) -> None:
             _check_local(problems, f"methods[{i}].params.follower", follower, want_dir=True)
 
 
-def preflight_train(recipe) -> None:
-    """The machine checks of a train recipe (a ResolvedRecipe): the device, the world directory, local model
-    paths and the algorithm's input files (every `*_file` field). Raises RecipeError listing every problem."""
-    problems: list[str] = []
-    common = recipe.common
-    for f in dataclasses.fields(recipe.algo):
-        value = getattr(recipe.algo, f.name)
-        if f.name.endswith("_file") and isinstance(value, str) and not Path(value).expanduser().is_file():
-            problems.append(f"{f.name}: no such file {clip(value)}")
-    why = device_problem(common.device)
-    if why:
-        problems.append(f"device: {why}")
-    _check_world(problems, common.world)
-    _check_local(problems, "policy", common.policy, want_dir=True)
-    _check_local(problems, "reward_model", common.reward_model, want_dir=True)
-    if problems:
-        raise RecipeError("the train recipe cannot run on this machine:\n  " + "\n  ".join(problems))
-
-
-def _check_world(problems: list[str], world: str | None) -> None:
-    if world in (None, "default", "smol"):
-        return
-    path = Path(world).expanduser()
-    if not path.is_dir():
-        problems.append(f"world: no world directory at {clip(world)} (build one: stackalign world build)")
-    elif not (path / "manifest.json").is_file():
-        problems.append(f"world: {clip(world)} is not a stackalign world (no manifest.json)")
-
-
 def ray_address_problem(address: str | None, timeout: float = 5.0) -> str | None:
     """Why the Ray cluster at `address` (``ray://host:port`` or ``host:port``) cannot be reached, or None.
 
@@ -225,14 +167,8 @@ def ray_address_problem(address: str | None, timeout: float = 5.0) -> str | None
 
 def preflight(recipe: Recipe, *, network: bool = True) -> None:
     """Raise RecipeError listing every problem found (each line names the recipe field)."""
-    problems: list[str] = []
-    _check_world(problems, recipe.world)
-    why = device_problem(recipe.device)
-    if why:
-        problems.append(f"device: {why}")
+    problems = models_problems(recipe.world, recipe.device, recipe.policy, recipe.reward_model)
     _check_methods(problems, recipe)
-    _check_local(problems, "policy", recipe.policy, want_dir=True)
-    _check_local(problems, "reward_model", recipe.reward_model, want_dir=True)
     src = recipe.prompts.source
     if not src.startswith("world:") and (
         Path(src).suffix in (".jsonl", ".json", ".parquet") or looks_like_local_path(src)

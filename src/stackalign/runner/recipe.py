@@ -21,16 +21,21 @@ command line use dotted paths (`generation.max_new_tokens=64`, `methods.1.params
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from stackalign.config import ConfigError, RecipeError, build, clip
+from stackalign.config import ConfigError, build, clip
+from stackalign.recipe_base import (
+    RecipeError,
+    apply_overrides,
+    policy_field,
+    read_yaml,
+    reward_model_field,
+    world_field,
+)
 
 SHAPING_NAMES = ("vanilla", "meanstd", "minmax", "cap", "meansoft", "hard", "srs")
 PRESET_NAMES = ("paper", "official-args", "official-cd")
@@ -207,14 +212,9 @@ class BackendConfig:
 
 @dataclass
 class Recipe:
-    world: str | None = _help(
-        "default (the cached sandbox world), smol (the cached smol world), a world directory, or null",
-        "default",
-    )
-    policy: str | None = _help("causal LM name or path; null = the world's policy", None)
-    reward_model: str | None = _help(
-        "1-label sequence classifier name or path; null = the world's proxy reward model", None
-    )
+    world: str | None = world_field()
+    policy: str | None = policy_field()
+    reward_model: str | None = reward_model_field()
     reward_chat_template: bool = _help(
         "reward-model input: false = prompt + response text, true = the RM tokenizer's chat template", False
     )
@@ -337,42 +337,6 @@ def check_method_name(name: str, where: str) -> None:
         )
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return safe_yaml(text) if text != "" else ""
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides (value parsed as YAML; list items addressed by index)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        parts = key.split(".")
-        node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            where = ".".join(parts[: i + 1])
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise RecipeError(f"override {key}: no list item {where}")
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
-            if not isinstance(node, dict | list):
-                raise RecipeError(f"override {key}: {where} is not a mapping")
-        last = parts[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise RecipeError(f"override {key}: no list item {last}")
-            node[int(last)] = _parse_value(raw)
-        else:
-            node[last] = _parse_value(raw)
-    return data
-
-
 def recipe_from_dict(data: dict | None, overrides: list[str] | None = None) -> Recipe:
     if data is not None and not isinstance(data, dict):
         raise RecipeError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
@@ -384,93 +348,6 @@ def recipe_from_dict(data: dict | None, overrides: list[str] | None = None) -> R
     except ConfigError as e:
         raise RecipeError(str(e)) from None
     return _validate(recipe)
-
-
-MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of settings; anything larger is not one
-MAX_YAML_NODES = 100_000  # YAML nodes after aliases are expanded (a few aliases can stand for billions)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader with two refusals: a mapping with the same key twice (YAML's "last one wins"
-    would silently drop the first, e.g. a whole `methods:` list), and aliases that expand to more than
-    MAX_YAML_NODES nodes (an "alias bomb": a few hundred bytes that stand for gigabytes)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            first: dict = {}
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key = (key_node.tag, key_node.value)
-                line = key_node.start_mark.line + 1
-                if key in first:
-                    raise RecipeError(
-                        f"{clip(key_node.value)}: duplicate key (lines {first[key]} and {line}); "
-                        "YAML would keep only the last one"
-                    )
-                first[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _expanded_size(node, memo: dict, limit: int) -> int:
-    """How many nodes `node` stands for with every alias expanded (stops counting past `limit`)."""
-    if id(node) in memo:
-        return memo[id(node)]
-    memo[id(node)] = 1  # a recursive alias counts once
-    total = 1
-    if isinstance(node, yaml.SequenceNode):
-        children = node.value
-    elif isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    else:
-        children = []
-    for child in children:
-        total += _expanded_size(child, memo, limit)
-        if total > limit:
-            break
-    memo[id(node)] = total
-    return total
-
-
-def safe_yaml(text: str, where: str = "recipe") -> Any:
-    """`yaml.safe_load` that refuses duplicate keys and alias bombs (RecipeError naming `where`)."""
-    loader = _StrictLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
-            raise RecipeError(
-                f"{where}: its YAML aliases expand to more than {MAX_YAML_NODES} values; write the values out"
-            )
-        return loader.construct_document(node)
-    except RecipeError as e:
-        msg = str(e)
-        raise RecipeError(msg if msg.startswith(where) else f"{where}: {msg}") from None
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: str | Path) -> Any:
-    """A recipe file's YAML data; a missing, oversized or non-UTF-8 file, bad YAML, a duplicate key or an alias
-    bomb is an error naming the file."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size if path.is_file() else None
-    except OSError as e:  # a name too long, a directory without permission
-        raise RecipeError(f"recipe {clip(str(path))}: {e.strerror}") from None
-    if size is None:
-        raise FileNotFoundError(f"recipe: no such file {clip(str(path))}")
-    if size > MAX_RECIPE_BYTES:
-        raise RecipeError(f"recipe {path}: {size} bytes; a recipe is at most {MAX_RECIPE_BYTES} bytes")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"recipe {path}: not UTF-8 text (byte {e.start} cannot be decoded)") from None
-    try:
-        return safe_yaml(text, where=f"recipe {path}")
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path}: not valid YAML ({clip(str(e), 600)})") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

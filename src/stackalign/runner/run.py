@@ -20,31 +20,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stackalign import __version__
-from stackalign.rundir import DirLock
-from stackalign.runner.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
+from stackalign.recipe_base import RecipeError, load_recipe_world
+from stackalign.rundir import DirLock, read_config, world_identity
+from stackalign.runner.backends import Job, run_backend
+from stackalign.runner.context import Context, coherence_scorer, eval_stop_strings, load_world_and_prompts
+from stackalign.runner.recipe import Recipe, load_recipe, recipe_from_dict
 from stackalign.shaping import PRESETS
 from stackalign.store import JsonlStore, write_json_atomic
-
-
-@dataclass
-class Context:
-    """Everything a method needs, loaded once per run."""
-
-    recipe: Recipe
-    world: Any
-    policy: Any
-    tokenizer: Any
-    reward: Any  # stackalign.models.RewardModel
-    gold: Any  # callable (prompt, response) -> float, or None
-    gold_judge: Any  # callable (prompt, a, b) -> +1/0/-1, or None
-    prompts: list[str]
-    stop_strings: list[str]
-    out_dir: Path
 
 
 def resolve_config(recipe: Recipe, prompts: list[str] | None = None, world: Any = None) -> dict:
@@ -57,13 +43,6 @@ def resolve_config(recipe: Recipe, prompts: list[str] | None = None, world: Any 
     if world is not None and isinstance(getattr(world, "manifest", None), dict):
         cfg["world_id"] = world_identity(world.manifest)
     return cfg
-
-
-def world_identity(manifest: dict) -> str:
-    """A world's identity: the sha256 of its manifest (its parameters and every file's sha256) without the
-    build's timing, so a world rebuilt in place with other settings is a different world."""
-    content = {k: v for k, v in manifest.items() if k != "build"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # keys of config.json whose change changes every row; the evaluation section and the version do not
@@ -81,83 +60,6 @@ ROW_KEYS = (
     "device",
     "dtype",
 )
-
-
-def load_world_and_prompts(recipe: Recipe, world=None) -> tuple[Any, list[str], list[str]]:
-    """The world (or None), the prompts and the stop strings: everything but the models."""
-    from stackalign.runner.prompts import load_prompts, policy_tokenizer
-
-    if world is None and recipe.world is not None:
-        world = _world_for(recipe)
-    tok = policy_tokenizer(recipe.policy, world) if recipe.prompts.chat_template else None
-    prompts = load_prompts(recipe.prompts, world, tok)
-    stops = recipe.generation.stop_strings
-    if stops is None:
-        stops = list(getattr(world, "stop_strings", []) or [])
-    return world, prompts, stops
-
-
-# recipe keys that decide which models a Context loads: a Context whose recipe agrees on all of them can
-# lend its loaded models to another recipe's Context (`build_context(..., reuse=)`)
-MODEL_KEYS = ("world", "policy", "reward_model", "reward_chat_template", "dtype", "device")
-
-
-def same_models(a: Recipe, b: Recipe) -> bool:
-    """Whether recipes `a` and `b` load the same world, policy and reward model (same dtype and device)."""
-    return all(getattr(a, k) == getattr(b, k) for k in MODEL_KEYS)
-
-
-def build_context(
-    recipe: Recipe, out_dir: Path, world=None, prompts=None, stops=None, reuse: Context | None = None
-) -> Context:
-    """The run's Context: the recipe's models loaded, or, with `reuse` (a Context of a recipe with the same
-    models, see `same_models`), its policy, tokenizer and reward model taken as they are (a Ray sweep's
-    workers keep them across the values); everything else comes from `recipe`."""
-    import torch
-
-    from stackalign.models import load_policy, load_reward_model
-
-    torch.manual_seed(recipe.seed)
-    if prompts is None:
-        world, prompts, stops = load_world_and_prompts(recipe, world)
-    gold = gold_judge = None
-    if recipe.gold == "world":
-        gold, gold_judge = world.gold, world.gold_judge
-    if reuse is not None:
-        if not same_models(reuse.recipe, recipe):
-            raise ValueError("build_context: reuse holds the models of a recipe with other models")
-        models = (reuse.policy, reuse.tokenizer, reuse.reward)
-        return Context(recipe, world, *models, gold, gold_judge, prompts, stops, out_dir)
-    dtype = getattr(torch, recipe.dtype)
-    policy_path = recipe.policy or str(world.policy_dir)
-    rm_path = recipe.reward_model or str(world.reward_dir)
-    try:
-        policy, tok = load_policy(policy_path, dtype=dtype, device=recipe.device)
-    except (ValueError, OSError) as e:
-        raise RecipeError(f"policy: {e}") from None
-    vocab = getattr(getattr(policy, "config", None), "vocab_size", None)
-    if isinstance(vocab, int) and recipe.generation.top_k > vocab:  # before any generation work
-        raise RecipeError(
-            f"generation.top_k: {recipe.generation.top_k} is above the policy's vocabulary size {vocab}"
-        )
-    try:
-        reward = load_reward_model(
-            rm_path, dtype=dtype, device=recipe.device, chat_template=recipe.reward_chat_template
-        )
-    except (ValueError, OSError) as e:
-        raise RecipeError(f"reward_model: {e}") from None
-    return Context(recipe, world, policy, tok, reward, gold, gold_judge, prompts, stops, out_dir)
-
-
-def read_config(path: Path) -> dict:
-    """A run directory's config.json; a garbled file is an error naming it."""
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecipeError(f"{path}: not a readable run configuration ({type(e).__name__}: {e})") from None
-    if not isinstance(cfg, dict):
-        raise RecipeError(f"{path}: not a run configuration (expected a JSON object)")
-    return cfg
 
 
 def diff_run(old: dict, new: dict, row_methods: set[str]) -> tuple[list[str], set[str]]:
@@ -211,7 +113,7 @@ def reconcile_run_dir(out: Path, cfg: dict, *, restart_changed: bool = False) ->
         return  # nothing to protect: a failed set-up never blocks the corrected recipe
     if not cfg_path.exists():
         raise RecipeError(f"{out} holds generations.jsonl but no config.json; use another --out")
-    old = read_config(cfg_path)
+    old = read_config(cfg_path, "run")
     row_methods = {r["method"] for r in store.rows}
     notes, changed = diff_run(old, cfg, row_methods)
     if not notes:
@@ -225,17 +127,6 @@ def reconcile_run_dir(out: Path, cfg: dict, *, restart_changed: bool = False) ->
         )
     if changed:
         store.rewrite([r for r in store.rows if r["method"] not in changed])
-
-
-def prepare_out_dir(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise RecipeError(f"--out: {str(out)!r} is a file, not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RecipeError(f"--out: cannot create {str(out)!r} ({e.strerror})") from None
-    return out
 
 
 def execute(
@@ -260,14 +151,12 @@ def execute(
     if check_environment:
         preflight(recipe)
     threads = set_threads(recipe.threads) if recipe.backend.kind == "serial" else None
-    out = prepare_out_dir(out_dir)
-    with DirLock(out, "run directory"):  # one writer per run directory
+    out = Path(out_dir)
+    with DirLock(out, "run directory"):  # one writer per run directory (created here; a file is refused)
         world, prompts, stops = load_world_and_prompts(recipe, world)
         cfg = resolve_config(recipe, prompts, world)
         reconcile_run_dir(out, cfg, restart_changed=restart_changed)
         write_json_atomic(out / "config.json", cfg)
-        from stackalign.runner.backends import Job, run_backend
-
         store = JsonlStore(out / "generations.jsonl")
         job = Job(recipe, out, world, prompts, stops, plans, store, progress, workers=workers)
         done = run_backend(job)  # the serial backend's loaded models, or Ray's coherence scores
@@ -284,21 +173,6 @@ def set_threads(threads: int | None) -> int:
     n = threads or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
-
-
-def coherence_scorer(recipe: Recipe):
-    """The recipe's coherence scorer (`evaluation.coherence`), or None."""
-    ev = recipe.evaluation
-    if not ev.coherence:
-        return None
-    from stackalign.evaluation.metrics import Coherence
-
-    return Coherence(None if ev.coherence == "minilm" else ev.coherence)
-
-
-def eval_stop_strings(recipe: Recipe) -> tuple[str, ...]:
-    """Where responses are cut before diversity, coherence and the judge."""
-    return tuple(recipe.generation.stop_strings or ()) or ("\n\nHuman:", "###Human:", "\nUser:")
 
 
 def evaluate(
@@ -351,7 +225,7 @@ def make_judge(recipe: Recipe, rows: list[dict], stops: tuple[str, ...], *, ctx=
         if ctx is not None:
             gold_judge = ctx.gold_judge
         else:
-            gold_judge = (world if world is not None else _world_for(recipe)).gold_judge
+            gold_judge = (world if world is not None else load_recipe_world(recipe.world)).gold_judge
         return GoldJudge(gold_judge)
     if ev.judge == "reward_model":
         from stackalign.evaluation.judges import RewardModelJudge
@@ -394,12 +268,6 @@ def make_judge(recipe: Recipe, rows: list[dict], stops: tuple[str, ...], *, ctx=
     )
 
 
-def _world_for(recipe: Recipe):
-    from stackalign.worlds import default_world, load_world
-
-    return default_world() if recipe.world == "default" else load_world(recipe.world)
-
-
 def main(args: argparse.Namespace) -> int:
     from stackalign.evaluation.summary import format_table
 
@@ -428,7 +296,7 @@ def eval_main(args: argparse.Namespace) -> int:
     cfg_path = out / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run_dir: {out} has no config.json (is it a stackalign run directory?)")
-    cfg = read_config(cfg_path)
+    cfg = read_config(cfg_path, "run")
     for k in ("stackalign_version", "presets", "prompt_set", "world_id"):
         cfg.pop(k, None)
     try:

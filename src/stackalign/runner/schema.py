@@ -128,7 +128,7 @@ def schema_main(args: argparse.Namespace) -> int:
 
 
 def check_main(args: argparse.Namespace) -> int:
-    from stackalign.runner.recipe import read_yaml
+    from stackalign.recipe_base import read_yaml
 
     data = read_yaml(args.recipe)
     if isinstance(data, dict) and "algorithm" in data:  # a train recipe
@@ -136,7 +136,7 @@ def check_main(args: argparse.Namespace) -> int:
 
         resolved = load_train_recipe(args.recipe, args.overrides)
         if not args.no_env:
-            from stackalign.runner.preflight import preflight_train
+            from stackalign.training.preflight import preflight_train
 
             preflight_train(resolved)
         print(yaml.safe_dump(resolved.to_dict(), sort_keys=False, allow_unicode=True), end="")

@@ -193,7 +193,7 @@ def _world_model_dirs(world: str | None) -> tuple[str | None, str | None]:
     if world is None:
         return None, None
     if world == "default":
-        from stackalign.worlds.world import default_cache_root
+        from stackalign.cache import default_cache_root
 
         root = default_cache_root() / "worlds" / "default-seed0"
     else:

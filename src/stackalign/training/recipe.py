@@ -33,7 +33,14 @@ from typing import Any
 from stackalign.config import build as _build
 from stackalign.config import clip, did_you_mean
 from stackalign.models.lora import LoraSettings
-from stackalign.runner.recipe import RecipeError, apply_overrides, read_yaml
+from stackalign.recipe_base import (
+    RecipeError,
+    apply_overrides,
+    policy_field,
+    read_yaml,
+    reward_model_field,
+    world_field,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -93,18 +100,9 @@ class TrainConfig:
     """The fields every train recipe shares."""
 
     algorithm: str = field(default="rl", metadata={"help": "rl | rlhf | slhf | dpo | ssapo"})
-    world: str | None = field(
-        default="default",
-        metadata={
-            "help": "'default' (cached sandbox world), 'smol' (cached smol world), a world directory, or null"
-        },
-    )
-    policy: str | None = field(
-        default=None, metadata={"help": "policy model name or path (null: the world's)"}
-    )
-    reward_model: str | None = field(
-        default=None, metadata={"help": "1-label reward model name or path (null: the world's proxy RM)"}
-    )
+    world: str | None = world_field()
+    policy: str | None = policy_field()
+    reward_model: str | None = reward_model_field()
     seed: int = field(default=0, metadata={"help": "seed of everything random in training"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
     dtype: str = field(default="float32", metadata={"help": "float32, float16 or bfloat16"})

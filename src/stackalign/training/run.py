@@ -25,10 +25,12 @@ from typing import Any
 import torch
 
 from stackalign.decoding.common import GenerationConfig
-from stackalign.rundir import LOCK_NAME, DirLock
-from stackalign.runner.recipe import RecipeError
+from stackalign.prompt_sources import policy_tokenizer, source_prompts
+from stackalign.recipe_base import RecipeError, load_recipe_world, policy_path, reward_model_path
+from stackalign.rundir import DirLock, check_world_identity, holds_work, read_config
 from stackalign.store import write_json_atomic
 from stackalign.training.loop import LoopSettings, save_model_dir
+from stackalign.training.preflight import preflight_train
 from stackalign.training.recipe import ResolvedRecipe, config_diff, load_train_recipe, train_recipe_from_dict
 
 __all__ = ["TrainContext", "run_training", "main"]
@@ -57,7 +59,7 @@ class TrainContext:
     # -- models ------------------------------------------------------------------------------------
     @property
     def policy_path(self) -> str:
-        return self.config.policy or str(self.world.policy_dir)
+        return policy_path(self.config.policy, self.world)
 
     def load_policy(self, path: str | None = None) -> tuple[Any, Any]:
         """A fresh copy of the initial policy (or of ``path``): ``(model, tokenizer)``, in eval mode (dropout
@@ -111,7 +113,7 @@ class TrainContext:
         if "rm" not in self._cache:
             from stackalign.models import load_reward_model
 
-            path = self.config.reward_model or str(self.world.reward_dir)
+            path = reward_model_path(self.config.reward_model, self.world)
             rm = load_reward_model(path, dtype=self.config.dtype, device=self.config.device)
             rm.model.requires_grad_(False)
             self._cache["rm"] = rm
@@ -121,8 +123,6 @@ class TrainContext:
     def prompts_from(self, source: str, what: str, limit: int | None = None) -> list[str]:
         """The prompts of ``source`` (a world split or a JSONL file with a ``prompt`` field), the first
         ``limit``, rendered with the policy's chat template when the recipe asks for it."""
-        from stackalign.runner.prompts import source_prompts
-
         key = ("prompts", source, limit)
         if key not in self._cache:  # read once (algorithms read them before loading models, then use them)
             raw = source_prompts(source, self.world, what=what)
@@ -134,7 +134,6 @@ class TrainContext:
         if not self.config.chat_template:
             return list(raw)
         from stackalign.models.chat import render_chat_prompts
-        from stackalign.runner.prompts import policy_tokenizer
 
         try:
             return render_chat_prompts(policy_tokenizer(self.policy_path), raw, system=self.config.system)
@@ -206,36 +205,13 @@ class TrainContext:
         return save_model_dir(model, tokenizer, self.out_dir / "final", merge=bool(lora and lora.merge))
 
 
-def _load_world(cfg) -> Any:
-    if cfg.world is None:
-        return None
-    from stackalign.worlds import default_world, load_world
-
-    return default_world() if cfg.world == "default" else load_world(cfg.world)
-
-
-def _holds_work(out: Path) -> bool:
-    """Whether a train directory holds anything but its configuration (metrics, checkpoints, a model...): a
-    directory whose set-up failed holds none, and takes the corrected recipe."""
-    names = {"config.json", "world.json", LOCK_NAME}
-    return any(p.is_file() and p.name not in names and ".tmp" not in p.name for p in out.rglob("*"))
-
-
 def prepare_run_dir(recipe: ResolvedRecipe, out_dir: str | Path) -> Path:
     """Create ``out_dir`` and write ``config.json``, or check it against the one already there."""
     out = Path(out_dir)
     resolved = json.loads(json.dumps(recipe.to_dict()))
     path = out / "config.json"
-    if path.exists() and _holds_work(out):
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RecipeError(
-                f"{path}: not a readable training configuration ({type(e).__name__}: {e})"
-            ) from None
-        if not isinstance(old, dict):
-            raise RecipeError(f"{path}: not a training configuration (expected a JSON object)")
-        diff = config_diff(old, resolved)
+    if path.exists() and holds_work(out):
+        diff = config_diff(read_config(path, "training"), resolved)
         if diff:
             raise RecipeError(
                 f"{out} holds a training run with a different configuration ({'; '.join(diff)}); "
@@ -246,32 +222,8 @@ def prepare_run_dir(recipe: ResolvedRecipe, out_dir: str | Path) -> Path:
     return out
 
 
-def check_world_identity(out: Path, world: Any) -> None:
-    """Keep ``DIR/world.json`` (the world's identity, see ``runner.run.world_identity``); a directory holding
-    training work refuses a world that changed since (a world rebuilt in place with other settings)."""
-    manifest = getattr(world, "manifest", None)
-    if not isinstance(manifest, dict):
-        return
-    from stackalign.runner.run import world_identity
-
-    path = out / "world.json"
-    new = world_identity(manifest)
-    if path.is_file() and _holds_work(out):
-        try:
-            old = json.loads(path.read_text()).get("world_id")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-            raise RecipeError(f"{path}: not a readable world identity ({type(e).__name__})") from None
-        if old != new:
-            raise RecipeError(
-                f"{out} holds training on another world (world_id: {str(old)[:12]}... -> {new[:12]}..., "
-                f"{path}): the world at {getattr(world, 'root', '?')} changed; use another --out"
-            )
-    write_json_atomic(path, {"world_id": new, "root": str(getattr(world, "root", ""))})
-
-
 def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = None) -> dict:
     """Run a validated recipe into ``out_dir``; returns the summary (also written to summary.json)."""
-    from stackalign.runner.preflight import preflight_train
     from stackalign.training.distributed import processes
     from stackalign.training.memory import check_memory
 
@@ -286,7 +238,7 @@ def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = No
 def _run_locked(recipe: ResolvedRecipe, out_dir: str | Path, world: Any) -> dict:
     from stackalign.training.distributed import processes
 
-    world = world if world is not None else _load_world(recipe.common)
+    world = world if world is not None else load_recipe_world(recipe.common.world)
     out = prepare_run_dir(recipe, out_dir)
     check_world_identity(out, world)
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stackalign.cache import NAMED_WORLDS, default_cache_root
 from stackalign.worlds import text as T
 from stackalign.worlds.build import WORLD_FORMAT, WORLD_VERSION, build_world_dir, resolve_params, sha256_file
 
@@ -81,10 +82,6 @@ class World:
     @property
     def params(self) -> dict:
         return self.manifest.get("params", {})
-
-
-# World names a recipe's ``world:`` may use instead of a directory: each is built once into the cache.
-NAMED_WORLDS = ("default", "smol")
 
 
 def named_world(name: str, cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> World:
@@ -181,14 +178,6 @@ def build_world(
     params = resolve_params(preset, bias=bias, pairs=pairs, label_noise=label_noise)
     build_world_dir(out_dir, seed=seed, params=params, progress=progress)
     return load_world(out_dir)
-
-
-def default_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$STACKALIGN_CACHE``, else ``~/.cache/stackalign``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("STACKALIGN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "stackalign"
 
 
 def default_world(cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> World:

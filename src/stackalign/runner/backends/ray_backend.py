@@ -64,8 +64,8 @@ def connect(backend) -> bool:
         need = backend.workers * backend.cpus_per_worker
         kwargs["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
     else:
+        from stackalign.recipe_base import RecipeError
         from stackalign.runner.preflight import ray_address_problem
-        from stackalign.runner.recipe import RecipeError
 
         why = ray_address_problem(address)  # ray.init would wait for minutes
         if why is not None:
@@ -283,13 +283,173 @@ def _cached_share(paths: list[Path], prompts: list[str], n: int, sampled: set[Pa
     return cost
 
 
+@dataclass
+class _CDPhases:
+    """The driver's plan of the CD phases (see `_plan_cd`)."""
+
+    plans: dict[int, Any] = field(default_factory=dict)  # plan index -> runner.methods.CDPlan
+    shards: dict[Path, Any] = field(default_factory=dict)  # data set -> its OfflineShards
+    sample_units: list[tuple[Path, int, list[int]]] = field(default_factory=list)  # (data set, a method, ids)
+    heads: dict[int, dict[str, bytes]] = field(default_factory=dict)  # plan index -> a current head's files
+    to_train: list[int] = field(default_factory=list)  # CD methods without a current value head
+
+
+def _plan_cd(job: Job, units: list[tuple[int, list[int]]], ask) -> _CDPhases:
+    """Plan the CD phases on the driver (paths, what is on disk): the missing chunks of every CD data set's
+    offline rows, and the value heads to train. `ask(method)`: a worker's answer (the policy's name)."""
+    from stackalign.decoding.cd_data import OfflineShards, offline_meta
+    from stackalign.runner.methods import cd_head_is_current, cd_plan
+
+    cd = _CDPhases()
+    for pi in sorted({pi for pi, _ in units if job.plans[pi].decoder.startswith("cd_")}):
+        cd.plans[pi] = cd_plan(job.plans[pi], job.recipe, job.world, job.stops, job.out)
+    name = ask("model_name") if cd.plans else None
+    for pi, cp in cd.plans.items():
+        if cp.data_dir not in cd.shards:
+            meta = offline_meta(name, cp.train_prompts, cp.data, job.stops)
+            cd.shards[cp.data_dir] = OfflineShards(cp.data_dir, meta, cp.data)
+            todo = cd.shards[cp.data_dir].todo()
+            n = cp.data.prompts_per_batch
+            cd.sample_units += [(cp.data_dir, pi, todo[s : s + n]) for s in range(0, len(todo), n)]
+        if cd_head_is_current(cp):
+            cd.heads[pi] = _read_head(cp.head_dir)
+        else:
+            cd.to_train.append(pi)
+    return cd
+
+
+def _has_srs(job: Job, units: list[tuple[int, list[int]]]) -> bool:
+    """Whether a method with unfinished units shapes with an SRS threshold (the MC phases may have work)."""
+    from stackalign.runner.methods import srs_plan, threshold_plan
+
+    return any(
+        srs_plan(threshold_plan(job.plans[pi]), job.recipe, None, [], job.out)
+        for pi in {pi for pi, _ in units}
+    )
+
+
+@dataclass
+class _Calls:
+    """The run's actor pool: every call names the run's recipe and directory (`spec`), so a kept actor (or
+    one Ray restarted with the recipe it was started with) switches to them before computing (`Worker.run`).
+    Each result taken counts one unit on `bar`."""
+
+    pool: Any  # ray.util.ActorPool
+    spec: tuple  # (the recipe's object ref, the run directory)
+    bar: Any = None
+
+    def submit(self, method: str, args: tuple) -> None:
+        self.pool.submit(lambda a, v: a.run.remote(*self.spec, method, *v), args)
+
+    def results(self, counted: bool = True) -> Iterator[Any]:
+        """The submitted calls' results in the order they finish."""
+        while self.pool.has_next():
+            yield self.pool.get_next_unordered()
+            if counted:
+                self.bar.update(1)
+
+
+def _sample_cd(calls: _Calls, cd: _CDPhases) -> None:
+    """Phase 1, CD offline data: each missing chunk sampled on a worker, its rows appended to the shards."""
+    for _, pi, idx in cd.sample_units:
+        calls.submit("cd_sample", (pi, idx))
+    for pi, rows in calls.results():
+        cd.shards[cd.plans[pi].data_dir].append(rows)
+
+
+def _train_cd_heads(calls: _Calls, cd: _CDPhases) -> None:
+    """Phase 2, CD value heads: one training task per method lacking a current head."""
+    import ray
+
+    from stackalign.decoding.cd_data import OfflineData
+
+    for pi in cd.to_train:
+        data = OfflineData.load(cd.plans[pi].data_dir)
+        calls.submit("cd_train", (pi, ray.put(data.rows), data.meta))
+    for pi, files in calls.results():
+        _write_head(cd.plans[pi].head_dir, files)  # at once: a killed driver keeps every finished head
+        cd.heads[pi] = files
+
+
+@dataclass
+class _MCSampled:
+    """What the MC phase sampled in this run."""
+
+    got: dict[Path, list[float]] = field(default_factory=dict)  # cache file -> rewards
+    unit_cost: dict[int, object] = field(default_factory=dict)  # decode unit -> the sampling cost it pays
+    sampled_for: dict[int, set[Path]] = field(default_factory=dict)  # decode unit -> its records sampled here
+
+
+def _sample_mc(calls: _Calls, th: _ThresholdPhases, mc_ids: tuple[str, str]) -> _MCSampled:
+    """Phase 3, SRS Monte Carlo samples: the records go into mc_cache/ (the files `mc_samples` writes)."""
+    from stackalign.decoding.mc import write_mc_record
+
+    mc = _MCSampled()
+    for k, ch in enumerate(th.chunks):
+        calls.submit("mc_sample", (k, ch.prompts, ch.sp.n, ch.sp.generation, mc_ids))
+    for k, records, cost in calls.results():
+        ch = th.chunks[k]
+        for path, rec in zip(ch.paths, records):
+            write_mc_record(path, rec)
+            mc.got[path] = rec["rewards"]
+        if ch.unit is not None:
+            mc.unit_cost[ch.unit] = cost
+            mc.sampled_for[ch.unit] = set(ch.paths)
+    return mc
+
+
+def _fit_predictors(
+    calls: _Calls, job: Job, th: _ThresholdPhases, mc_ids: tuple[str, str], got: dict[Path, list[float]]
+) -> None:
+    """Phase 4, threshold predictors: one fit per `predicted` method lacking one, on its training prompts'
+    MC rewards."""
+    from stackalign.decoding.mc import mc_record_path
+    from stackalign.decoding.threshold_predictor import CONFIG_NAME
+    from stackalign.runner.methods import predictor_train_prompts
+
+    for pi in th.to_fit:
+        sp = th.srs[pi]
+        prompts = predictor_train_prompts(sp)
+        paths = [mc_record_path(job.out / "mc_cache", *mc_ids, p, sp.n, sp.generation) for p in prompts]
+        calls.submit("fit_predictor", (pi, _mc_rewards(paths, prompts, sp.n, got)))
+    for pi, files in calls.results():
+        _write_head(th.srs[pi].predictor_dir, files, CONFIG_NAME)  # config last: marks it complete
+        th.predictors[pi] = files
+
+
+def _decode(
+    calls: _Calls,
+    job: Job,
+    units: list[tuple[int, list[int]]],
+    heads: dict[int, dict[str, bytes]],
+    th: _ThresholdPhases,
+    mc: _MCSampled,
+) -> None:
+    """Phase 5, decoding: each unit handed its value head, its predictor or its prompts' MC rewards (and their
+    sampling cost, which the serial decode would have charged to it); its rows go to generations.jsonl."""
+    import ray
+
+    head_refs = {pi: ray.put(files) for pi, files in heads.items()}
+    pred_refs = {pi: ray.put(files) for pi, files in th.predictors.items()}
+    for u, (pi, ids) in enumerate(units):
+        records = None
+        if u in th.unit_paths:
+            prompts = [job.prompts[i] for i in ids]
+            n = th.srs[pi].n
+            rewards = _mc_rewards(th.unit_paths[u], prompts, n, mc.got)
+            cost = _cached_share(th.unit_paths[u], prompts, n, mc.sampled_for.get(u, set()))
+            if mc.unit_cost.get(u) is not None:
+                cost.merge(mc.unit_cost[u])
+            records = {"rewards": rewards, "cost": cost}
+        calls.submit("decode", (pi, ids, head_refs.get(pi), pred_refs.get(pi), records))
+    for rows in calls.results():
+        job.store.append(rows)
+
+
 def run_ray(job: Job) -> Done:
     """Run every unfinished unit of `job` on `backend.workers` Ray actors (see the module docstring)."""
     import ray
     from ray.util import ActorPool
-
-    from stackalign.decoding.cd_data import OfflineData, OfflineShards, offline_meta
-    from stackalign.runner.methods import cd_head_is_current, cd_plan
 
     b = job.recipe.backend
     units = decode_units(job)
@@ -301,125 +461,32 @@ def run_ray(job: Job) -> Done:
     try:
         _check_resources(b)
         actors = job.workers.actors(job) if kept else _start_actors(job)
-        pool = ActorPool(actors)
-        # every call names this run's recipe and directory: a kept actor (or one Ray restarted with the
-        # recipe it was started with) switches to them before computing (Worker.run)
-        spec = (ray.put(job.recipe.to_dict()), str(job.out))
+        calls = _Calls(ActorPool(actors), (ray.put(job.recipe.to_dict()), str(job.out)))
 
-        def call(method: str):
-            return lambda a, v: a.run.remote(*spec, method, *v)
+        def ask(method: str) -> Any:
+            return ray.get(actors[0].run.remote(*calls.spec, method))
 
-        # plan the CD phases (driver side: paths, what is on disk)
-        cd_pis = sorted({pi for pi, _ in units if job.plans[pi].decoder.startswith("cd_")})
-        heads: dict[int, dict[str, bytes]] = {}
-        to_train: list[int] = []
-        shards: dict[Path, OfflineShards] = {}
-        sample_units: list[tuple[Path, int, list[int]]] = []  # (data set, a CD method using it, ids)
-        plans_cd = {pi: cd_plan(job.plans[pi], job.recipe, job.world, job.stops, job.out) for pi in cd_pis}
-        name = ray.get(actors[0].run.remote(*spec, "model_name")) if cd_pis else None
-        # plan the SRS threshold phases (driver side: cache keys, what is on disk)
-        from stackalign.decoding.threshold_predictor import CONFIG_NAME as PREDICTOR_CONFIG
-        from stackalign.runner.methods import predictor_train_prompts, srs_plan, threshold_plan
-
-        has_srs = any(
-            srs_plan(threshold_plan(job.plans[pi]), job.recipe, None, [], job.out)
-            for pi in {pi for pi, _ in units}
-        )
-        mc_ids = ray.get(actors[0].run.remote(*spec, "mc_ids")) if has_srs else ("", "")
+        cd = _plan_cd(job, units, ask)
+        mc_ids = ask("mc_ids") if _has_srs(job, units) else ("", "")
         th = _plan_thresholds(job, units, mc_ids)
-        for pi in cd_pis:
-            cp = plans_cd[pi]
-            if cp.data_dir not in shards:
-                meta = offline_meta(name, cp.train_prompts, cp.data, job.stops)
-                shards[cp.data_dir] = OfflineShards(cp.data_dir, meta, cp.data)
-                todo = shards[cp.data_dir].todo()
-                n = cp.data.prompts_per_batch
-                sample_units += [(cp.data_dir, pi, todo[s : s + n]) for s in range(0, len(todo), n)]
-            if cd_head_is_current(cp):
-                heads[pi] = _read_head(cp.head_dir)
-            else:
-                to_train.append(pi)
-
-        bar = tqdm(
-            total=len(sample_units) + len(to_train) + len(th.chunks) + len(th.to_fit) + len(units),
-            desc=f"ray x{b.workers}",
-            unit="unit",
-            disable=not job.progress,
-        )
-        # 1. CD offline data
-        for _, pi, idx in sample_units:
-            pool.submit(call("cd_sample"), (pi, idx))
-        while pool.has_next():
-            pi, rows = pool.get_next_unordered()
-            shards[plans_cd[pi].data_dir].append(rows)
-            bar.update(1)
-        # 2. CD value heads
-        for pi in to_train:
-            data = OfflineData.load(plans_cd[pi].data_dir)
-            pool.submit(call("cd_train"), (pi, ray.put(data.rows), data.meta))
-        while pool.has_next():
-            pi, files = pool.get_next_unordered()
-            _write_head(plans_cd[pi].head_dir, files)  # at once: a killed driver keeps every finished head
-            heads[pi] = files
-            bar.update(1)
-        # 3. SRS Monte Carlo samples: the records go into mc_cache/ (the files mc_samples writes)
-        got: dict[Path, list[float]] = {}  # cache file -> rewards sampled in this run
-        unit_cost: dict[int, object] = {}
-        sampled_for: dict[int, set[Path]] = {}  # unit -> the records sampled for it in this run
-        from stackalign.decoding.mc import write_mc_record
-
-        for k, ch in enumerate(th.chunks):
-            pool.submit(call("mc_sample"), (k, ch.prompts, ch.sp.n, ch.sp.generation, mc_ids))
-        while pool.has_next():
-            k, records, cost = pool.get_next_unordered()
-            ch = th.chunks[k]
-            for path, rec in zip(ch.paths, records):
-                write_mc_record(path, rec)
-                got[path] = rec["rewards"]
-            if ch.unit is not None:
-                unit_cost[ch.unit] = cost
-                sampled_for[ch.unit] = set(ch.paths)
-            bar.update(1)
-        # 4. threshold predictors: one fit per `predicted` method lacking one
-        from stackalign.decoding.mc import mc_record_path
-
-        for pi in th.to_fit:
-            sp = th.srs[pi]
-            prompts = predictor_train_prompts(sp)
-            paths = [mc_record_path(job.out / "mc_cache", *mc_ids, p, sp.n, sp.generation) for p in prompts]
-            pool.submit(call("fit_predictor"), (pi, _mc_rewards(paths, prompts, sp.n, got)))
-        while pool.has_next():
-            pi, files = pool.get_next_unordered()
-            _write_head(th.srs[pi].predictor_dir, files, PREDICTOR_CONFIG)  # config last: marks it complete
-            th.predictors[pi] = files
-            bar.update(1)
-        # 5. decoding
-        head_refs = {pi: ray.put(files) for pi, files in heads.items()}
-        pred_refs = {pi: ray.put(files) for pi, files in th.predictors.items()}
-        for u, (pi, ids) in enumerate(units):
-            mc = None
-            if u in th.unit_paths:
-                prompts = [job.prompts[i] for i in ids]
-                rewards = _mc_rewards(th.unit_paths[u], prompts, th.srs[pi].n, got)
-                cost = _cached_share(th.unit_paths[u], prompts, th.srs[pi].n, sampled_for.get(u, set()))
-                if unit_cost.get(u) is not None:
-                    cost.merge(unit_cost[u])
-                mc = {"rewards": rewards, "cost": cost}
-            pool.submit(call("decode"), (pi, ids, head_refs.get(pi), pred_refs.get(pi), mc))
-        while pool.has_next():
-            rows = pool.get_next_unordered()
-            job.store.append(rows)
-            bar.update(1)
-        bar.close()
-        # 6. evaluation scoring: the coherence encoder on the workers, every row of the run directory
-        coherence = _coherence_on(pool, job, b.workers, call) if job.recipe.evaluation.coherence else None
         tasks = {
-            "cd_sample": len(sample_units),
-            "cd_train": len(to_train),
+            "cd_sample": len(cd.sample_units),
+            "cd_train": len(cd.to_train),
             "mc_sample": len(th.chunks),
             "fit_predictor": len(th.to_fit),
             "decode": len(units),
         }
+        calls.bar = tqdm(
+            total=sum(tasks.values()), desc=f"ray x{b.workers}", unit="unit", disable=not job.progress
+        )
+        _sample_cd(calls, cd)
+        _train_cd_heads(calls, cd)
+        mc = _sample_mc(calls, th, mc_ids)
+        _fit_predictors(calls, job, th, mc_ids, mc.got)
+        _decode(calls, job, units, cd.heads, th, mc)
+        calls.bar.close()
+        # 6. evaluation scoring: the coherence encoder on the workers, every row of the run directory
+        coherence = _coherence_on(calls, job, b.workers) if job.recipe.evaluation.coherence else None
         workers = ray.get([a.info.remote() for a in actors])
     finally:
         if not kept:
@@ -440,26 +507,25 @@ class PrecomputedCoherence:
     def score(self, prompts: list[str], texts: list[str]) -> list[float]:
         missing = [(p, t) for p, t in zip(prompts, texts) if (p, t) not in self.scores]
         if missing:  # not expected: the workers scored every row; computed here rather than failing
-            from stackalign.runner.run import coherence_scorer
+            from stackalign.runner.context import coherence_scorer
 
             values = coherence_scorer(self.recipe).score([p for p, _ in missing], [t for _, t in missing])
             self.scores.update(zip(missing, map(float, values)))
         return [self.scores[(p, t)] for p, t in zip(prompts, texts)]
 
 
-def _coherence_on(pool, job: Job, workers: int, call) -> PrecomputedCoherence:
+def _coherence_on(calls: _Calls, job: Job, workers: int) -> PrecomputedCoherence:
     """Score the coherence of every row (prompt, response cut at the evaluation's stop strings) on the pool."""
     from stackalign.evaluation.metrics import clean_response
-    from stackalign.runner.run import eval_stop_strings
+    from stackalign.runner.context import eval_stop_strings
 
     stops = eval_stop_strings(job.recipe)
     pairs = sorted({(r["prompt"], clean_response(r["response"], stops)) for r in job.store.rows})
     size = max(1, -(-len(pairs) // (4 * workers)))  # a few chunks per worker: balance without tiny calls
     chunks = [pairs[s : s + size] for s in range(0, len(pairs), size)]
     for k, chunk in enumerate(chunks):
-        pool.submit(call("coherence"), (k, [p for p, _ in chunk], [t for _, t in chunk]))
+        calls.submit("coherence", (k, [p for p, _ in chunk], [t for _, t in chunk]))
     scores: dict[tuple[str, str], float] = {}
-    while pool.has_next():
-        k, values = pool.get_next_unordered()
+    for k, values in calls.results(counted=False):
         scores.update(zip(chunks[k], values))
     return PrecomputedCoherence(scores, job.recipe)

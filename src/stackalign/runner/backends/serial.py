@@ -10,8 +10,8 @@ from stackalign.runner.backends.common import Done, Job, decode_rows, decode_uni
 def run_serial(job: Job) -> Done:
     """Decode every unfinished unit here, method by method; returns the Context (its models serve the
     evaluation)."""
+    from stackalign.runner.context import build_context
     from stackalign.runner.methods import make_method
-    from stackalign.runner.run import build_context
 
     ctx = build_context(job.recipe, job.out, world=job.world, prompts=job.prompts, stops=job.stops)
     units = decode_units(job)

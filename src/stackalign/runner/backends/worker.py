@@ -51,10 +51,10 @@ class Worker:
         """Compute units of recipe `recipe_data` for run directory `out_dir` from now on; returns whether the
         worker switched. Everything derived from the recipe (its context: prompts, stop strings, gold, out_dir;
         the method plans; the generators built per method index) is rebuilt, the policy, tokenizer and reward
-        model are kept when the recipe loads the same ones (`run.same_models`), else loaded afresh."""
+        model are kept when the recipe loads the same ones (`context.same_models`), else loaded afresh."""
+        from stackalign.runner.context import build_context, load_world_and_prompts, same_models
         from stackalign.runner.methods import resolve_method
         from stackalign.runner.recipe import recipe_from_dict
-        from stackalign.runner.run import build_context, load_world_and_prompts, same_models
 
         if self._current == (recipe_data, out_dir):
             return False
@@ -224,7 +224,7 @@ class Worker:
     def coherence(self, tag: int, prompts: list[str], texts: list[str]) -> tuple[int, list[float]]:
         """(tag, the recipe's coherence score of each (prompt, cleaned response) pair); the encoder loads
         once per worker."""
-        from stackalign.runner.run import coherence_scorer
+        from stackalign.runner.context import coherence_scorer
 
         if self._coherence is None:  # reset by `use` when a recipe names another encoder
             self._coherence = coherence_scorer(self.ctx.recipe)
