@@ -2,13 +2,17 @@
 and Max@k over the refinement chain vs i.i.d. samples. All under the world's gold preference / utility.
 
     python -m experiments.slhf_evidence WORLD SLHF_RUN RLHF_RUN OUT.json [--prompts N] [--args-w W]
-        [--selfplay SELFPLAY_RUN]
+        [--selfplay SELFPLAY_RUN] [--nashmd NASHMD_RUN] [--no-args] [--k-max K] [--max-new-tokens T]
 
 SLHF_RUN / RLHF_RUN are ``train`` output directories (their ``final/`` models are used). The answers refined
 once come from base, RLHF, Best-of-4 on the proxy RM, the SLHF leader, and greedy ARGS and SRS-ARGS
 (``official-args``, k = 10, reward weight ``--args-w``) on the base model and the proxy RM. Every win rate is
 ``[rate, lo, hi]``: the mean gold preference over the prompts and its 95% bootstrap interval. With
-``--selfplay``, a ``selfplay`` run's final model joins the round robin (the self-play preference baseline).
+``--selfplay`` / ``--nashmd``, a ``selfplay`` run's final model joins the round robin (the SPO and Nash-MD-PG
+self-play baselines). A LoRA run's ``final/`` is its adapter (merged into a copy of the base for decoding); an
+SLHF run with two adapters has its follower in ``final/follower/``. ``--no-args`` leaves out the ARGS answers
+(costly on a real model). ``mean_gold`` holds each answer's mean gold utility and ``gold_diff_vs_leader`` the
+paired difference from the SLHF leader's, with its 95% bootstrap interval over the prompts.
 """
 
 from __future__ import annotations
@@ -36,6 +40,16 @@ def _pref(world, xs, a, b) -> list[float]:
     return [round(rate, 4), round(lo, 4), round(hi, 4)]
 
 
+def _load(path: Path):
+    """A policy directory (LoRA adapters merged into a copy of their base: the same outputs, faster)."""
+    from stackalign.models import load_policy
+
+    model, tok = load_policy(path)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.eval(), tok
+
+
 @torch.no_grad()
 def evidence(
     world,
@@ -47,17 +61,23 @@ def evidence(
     seed: int = 0,
     args_w: float = 0.5,
     selfplay_dir: str | None = None,
+    nashmd_dir: str | None = None,
+    with_args: bool = True,
+    max_new_tokens: int | None = None,
 ) -> dict:
-    from stackalign.decoding.args import ARGSConfig, args_generate
-    from stackalign.models import load_policy
+    from stackalign.evaluation.intervals import paired_diff_ci
 
     t0 = time.perf_counter()
     xs = world.test_prompts[:n_prompts]
     base, tok = world.load_policy()
-    slhf, _ = load_policy(Path(slhf_dir) / "final")
-    rlhf, _ = load_policy(Path(rlhf_dir) / "final")
+    slhf, _ = _load(Path(slhf_dir) / "final")
+    follower_dir = Path(slhf_dir) / "final" / "follower"  # LoRA with two adapters: the follower's own
+    slhf_f = _load(follower_dir)[0] if (follower_dir / "adapter_config.json").is_file() else slhf
+    rlhf, _ = _load(Path(rlhf_dir) / "final")
     gen = GenerationConfig(
-        max_new_tokens=world.max_new_tokens, stop_strings=tuple(world.stop_strings), seed=seed
+        max_new_tokens=max_new_tokens or world.max_new_tokens,
+        stop_strings=tuple(world.stop_strings),
+        seed=seed,
     )
 
     def one(model, prompts, s):
@@ -73,15 +93,7 @@ def evidence(
     for i, x in enumerate(xs):
         sc = rm([x] * 4, cand.texts[i])
         bon.append(cand.texts[i][int(sc.argmax())])
-    # ARGS and SRS-ARGS (the official preset) on the base model: the inference-time methods SRS is about. As
-    # in a run recipe, the reward weight w is 1/beta and SRS's threshold uses the same beta.
-    from stackalign.shaping import get_preset
-
-    args_cfg = ARGSConfig(k=10, w=args_w)
-    guided = {
-        name: args_generate(base, tok, rm, xs, args_cfg, gen, shaper=shaper).texts
-        for name, shaper in (("args", None), ("srs_args", get_preset("official-args", beta=1.0 / args_w)))
-    }
+    guided = _guided(base, tok, rm, xs, gen, args_w) if with_args else {}
     out = {
         "base": one(base, xs, seed + 1),
         "rlhf": one(rlhf, xs, seed + 2),
@@ -89,22 +101,22 @@ def evidence(
         "bon4_proxy": bon,
         **guided,
     }
-    out["follower"] = follow(slhf, out["leader"], seed + 4)
-    names = ["base", "rlhf", "args", "srs_args", "leader", "follower"]
-    if selfplay_dir is not None:
-        selfplay, _ = load_policy(Path(selfplay_dir) / "final")
-        out["selfplay"] = one(selfplay, xs, seed + 6)
-        names.append("selfplay")
+    out["follower"] = follow(slhf_f, out["leader"], seed + 4)
+    names = ["base", "rlhf", *guided, "leader", "follower"]
+    for name, run, s in (("selfplay", selfplay_dir, seed + 6), ("nashmd", nashmd_dir, seed + 7)):
+        if run is not None:
+            out[name] = one(_load(Path(run) / "final")[0], xs, s)
+            names.append(name)
     round_robin = {a: {b: _pref(world, xs, out[a], out[b]) for b in names if b != a} for a in names}
     cross = {}
-    for src in ("base", "rlhf", "bon4_proxy", "args", "srs_args", "leader"):
+    for src in ("base", "rlhf", "bon4_proxy", *guided, "leader"):
         cross[src] = {
-            "slhf_follower": _pref(world, xs, follow(slhf, out[src], seed + 10), out[src]),
+            "slhf_follower": _pref(world, xs, follow(slhf_f, out[src], seed + 10), out[src]),
             "base_as_follower": _pref(world, xs, follow(base, out[src], seed + 11), out[src]),
             "rlhf_as_follower": _pref(world, xs, follow(rlhf, out[src], seed + 12), out[src]),
         }
     # Max@k of the gold utility: the chain (leader answer, then k−1 follower steps) vs k i.i.d. samples.
-    chain = refine_chain(slhf, tok, xs, out["leader"], world.follower_prompt, RefineConfig(k_max - 1), gen)
+    chain = refine_chain(slhf_f, tok, xs, out["leader"], world.follower_prompt, RefineConfig(k_max - 1), gen)
     base_chain = refine_chain(base, tok, xs, out["base"], world.follower_prompt, RefineConfig(k_max - 1), gen)
     iid = {n: sample(m, tok, xs, k_max, replace(gen, seed=seed + 20)).texts
            for n, m in (("leader", slhf), ("base", base), ("rlhf", rlhf))}  # fmt: skip
@@ -117,16 +129,37 @@ def evidence(
         "base_chain": [round(v, 4) for v in max_at_k(gold(base_chain))],
         **{f"{n}_iid": [round(v, 4) for v in max_at_k(gold(r))] for n, r in iid.items()},
     }
-    mean_gold = {n: round(sum(world.gold(x, y) for x, y in zip(xs, out[n])) / len(xs), 4) for n in out}
+    golds = {n: [world.gold(x, y) for x, y in zip(xs, out[n])] for n in out}
+    mean_gold = {n: round(sum(g) / len(g), 4) for n, g in golds.items()}
+    diff = {
+        n: [round(v, 4) for v in paired_diff_ci(g, golds["leader"])]
+        for n, g in golds.items()
+        if n != "leader"
+    }
     return {
         "prompts": len(xs),
-        "args_w": args_w,
+        "max_new_tokens": gen.max_new_tokens,
+        "args_w": args_w if guided else None,
         "round_robin": round_robin,
         "refine_once_win_rate_vs_source": cross,
         "max_at_k_gold": maxk,
         "mean_gold": mean_gold,
+        "gold_diff_vs_leader": diff,
         "cycle_share": world.figures.get("cycle_share"),
         "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _guided(base, tok, rm, xs, gen, args_w: float) -> dict:
+    """Greedy ARGS and SRS-ARGS (the official preset) on the base model: the inference-time methods SRS is
+    about. As in a run recipe, the reward weight w is 1/beta and SRS's threshold uses the same beta."""
+    from stackalign.decoding.args import ARGSConfig, args_generate
+    from stackalign.shaping import get_preset
+
+    args_cfg = ARGSConfig(k=10, w=args_w)
+    return {
+        name: args_generate(base, tok, rm, xs, args_cfg, gen, shaper=shaper).texts
+        for name, shaper in (("args", None), ("srs_args", get_preset("official-args", beta=1.0 / args_w)))
     }
 
 
@@ -141,6 +174,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--selfplay", default=None, help="a selfplay run directory: its final/ joins the round robin"
     )
+    ap.add_argument("--nashmd", default=None, help="a selfplay run with opponent: mixture (Nash-MD-PG)")
+    ap.add_argument("--no-args", action="store_true", help="leave out the ARGS / SRS-ARGS answers")
+    ap.add_argument("--k-max", type=int, default=5, help="the longest chain / most samples of Max@k")
+    ap.add_argument(
+        "--max-new-tokens", type=int, default=None, help="answer length cap (default: the world's)"
+    )
     a = ap.parse_args(argv)
     from stackalign.worlds import load_world
 
@@ -151,6 +190,10 @@ def main(argv=None) -> int:
         n_prompts=a.prompts,
         args_w=a.args_w,
         selfplay_dir=a.selfplay,
+        nashmd_dir=a.nashmd,
+        with_args=not a.no_args,
+        k_max=a.k_max,
+        max_new_tokens=a.max_new_tokens,
     )
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
