@@ -80,3 +80,13 @@ def test_world_kind_reads_names_and_manifests(tmp_path):
     assert world_kind(str(tmp_path)) == "smol"
     (tmp_path / "manifest.json").write_text('{"format": 2}')
     assert world_kind(str(tmp_path)) == "default"
+
+
+def test_each_world_kind_has_a_packaged_recipe_that_validates():
+    from stackalign.runner.demo import DEMO_SETTINGS, demo_recipe_path
+    from stackalign.runner.recipe import load_recipe
+
+    for kind in DEMO_SETTINGS:
+        recipe = load_recipe(demo_recipe_path(kind), [])
+        assert recipe.world == kind
+        assert "ARGS" in [m.name for m in recipe.methods]  # the method the protocol sweeps

@@ -60,9 +60,7 @@ DEMO_SETTINGS = {
         tuple(QUICK_OVERRIDES),
     ),
     # the smol world: a 135M-parameter policy and a 4-block proxy, so fewer prompts (see smol.yaml)
-    "smol": DemoSettings(
-        "smol.yaml", (0.5, 1.0, 2.0, 4.0), 16, (0.5, 1.0, 2.0, 4.0), 8, ("prompts.limit=12",)
-    ),
+    "smol": DemoSettings("smol.yaml", (0.5, 1.0, 2.0), 8, (0.5, 1.0, 2.0), 4, ("prompts.limit=6",)),
 }
 
 
