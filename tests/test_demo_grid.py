@@ -19,7 +19,15 @@ def fake_sweep(peak: float | None, calls: list[list[float]]):
     def sweep(grid: list[float]) -> dict:
         calls.append(list(grid))
         best = max(range(len(grid)), key=lambda i: (gold(grid[i]), -i))
-        return {"chosen": grid[best], "weight_key": "w", "values": grid}
+        per_value = {format(v, "g"): {"methods": {"ARGS": {"gold_reward": gold(v)}}} for v in grid}
+        return {
+            "chosen": grid[best],
+            "weight_key": "w",
+            "values": grid,
+            "method": "ARGS",
+            "criterion": "gold_reward",
+            "per_value": per_value,
+        }
 
     return sweep
 
@@ -52,11 +60,19 @@ def test_an_interior_choice_runs_the_sweep_once():
     assert "no extension was needed" in bracketing_sentence(res)
 
 
-def test_a_flat_curve_stops_after_the_cap_and_says_it_is_not_bracketed():
+def test_a_flat_curve_at_the_edge_stops_once_the_added_value_ties_and_says_plateau():
     calls: list[list[float]] = []
-    res = bracket_grid(fake_sweep(None, calls), [1.0, 2.0], max_extensions=3)
+    res = bracket_grid(fake_sweep(None, calls), [1.0, 2.0])
+    assert res["bracketing"]["added"] == [0.5]  # one extension shows the flat stretch continues
+    assert res["bracketing"]["interior"] is False and res["bracketing"]["plateau"] is True
+    assert "plateau" in bracketing_sentence(res)
+
+
+def test_a_monotone_curve_stops_after_the_cap_and_says_it_is_not_bracketed():
+    calls: list[list[float]] = []
+    res = bracket_grid(fake_sweep(1e-6, calls), [1.0, 2.0], max_extensions=3)
     assert res["bracketing"]["added"] == [0.5, 0.25, 0.125]
-    assert res["bracketing"]["interior"] is False
+    assert res["bracketing"]["interior"] is False and res["bracketing"]["plateau"] is False
     assert "not bracketed" in bracketing_sentence(res)
 
 

@@ -110,7 +110,7 @@ def bracket_grid(
     initial = sorted({float(v) for v in values})
     if not initial:
         raise ValueError("values: the grid needs at least one value")
-    grid, added = list(initial), []
+    grid, added, plateau = list(initial), [], False
     while True:
         result = sweep_fn(list(grid))
         chosen = float(result["chosen"])
@@ -120,7 +120,10 @@ def bracket_grid(
         if chosen == grid[-1]:
             new.append(grid[-1] * factor)
         interior = not new
-        if interior or len(added) + len(new) > max_extensions:
+        # a plateau: the value added at the edge last time ties the old edge value, so the curve is flat
+        # beyond the edge and further values would only add ties
+        plateau = bool(added) and not interior and _ties_its_neighbour(result, chosen, grid)
+        if interior or plateau or len(added) + len(new) > max_extensions:
             break
         added += new
         grid = sorted(grid + new)
@@ -130,8 +133,27 @@ def bracket_grid(
         "grid": grid,
         "factor": factor,
         "interior": interior,
+        "plateau": plateau,
     }
     return result
+
+
+def _ties_its_neighbour(result: dict, chosen: float, grid: list[float]) -> bool:
+    """Whether the swept method's criterion (gold, else proxy) at the grid value next to ``chosen`` equals
+    its value at ``chosen`` (1e-9). False when the result does not carry per-value numbers."""
+    per_value, crit, name = result.get("per_value"), result.get("criterion"), result.get("method")
+    if not per_value or not crit or not name:
+        return False
+    i = grid.index(chosen)
+    j = i + 1 if i == 0 else i - 1
+    if not 0 <= j < len(grid):
+        return False
+
+    def at(v: float):
+        return (per_value.get(format(v, "g"), {}).get("methods", {}).get(name) or {}).get(crit)
+
+    a, b = at(chosen), at(grid[j])
+    return a is not None and b is not None and abs(a - b) <= 1e-9
 
 
 def bracketing_sentence(sweep: dict) -> str:
@@ -151,6 +173,13 @@ def bracketing_sentence(sweep: dict) -> str:
         )
     if b["interior"]:
         return head + f" The chosen {key} = {sweep['chosen']:g} is interior."
+    if b.get("plateau"):
+        return head + (
+            f" The chosen {key} = {sweep['chosen']:g} is still the grid's edge: {sweep['method']}'s "
+            f"{sweep.get('criterion', 'gold_reward').split('_')[0]} reward is flat there (the added value ties "
+            "its neighbour; ties go to the smaller value), so the optimum is a plateau that reaches past the "
+            "edge, and more values would only add ties."
+        )
     return head + (
         f" The chosen {key} = {sweep['chosen']:g} is still the grid's edge after {len(b['added'])} "
         "extensions: the optimum is not bracketed (a plateau or a monotone trend)."
