@@ -15,11 +15,15 @@ Builds (or reuses) the default sandbox world, then follows the paper's protocol:
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from stackalign.runner.recipe import load_recipe
+from stackalign.store import write_json_atomic
 
 QUICK_OVERRIDES = ["prompts.limit=24"]
 QUICK_PARAMS = {"train_prompts": 60, "max_epochs": 5}  # --quick: of every method whose decoder has them
@@ -27,6 +31,38 @@ SWEEP_VALUES = [0.25, 1.0, 4.0, 16.0]
 QUICK_SWEEP_VALUES = [0.25, 1.0, 4.0, 16.0]
 SWEEP_PROMPTS = 24
 QUICK_SWEEP_PROMPTS = 12
+# The weight grid must bracket the chosen value: while the choice is the grid's first (last) value, the grid
+# grows by one value GRID_FACTOR times smaller (larger) and the sweep resumes (finished values are reused),
+# at most MAX_GRID_EXTENSIONS times.
+GRID_FACTOR = 2.0
+MAX_GRID_EXTENSIONS = 4
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs on one kind of world: the packaged recipe, the sweep's grid and prompt counts, and
+    the overrides of ``--quick``."""
+
+    recipe: str
+    sweep_values: tuple[float, ...]
+    sweep_prompts: int
+    quick_sweep_values: tuple[float, ...]
+    quick_sweep_prompts: int
+    quick_overrides: tuple[str, ...]
+
+
+DEMO_SETTINGS = {
+    "default": DemoSettings(
+        "sandbox.yaml",
+        tuple(SWEEP_VALUES),
+        SWEEP_PROMPTS,
+        tuple(QUICK_SWEEP_VALUES),
+        QUICK_SWEEP_PROMPTS,
+        tuple(QUICK_OVERRIDES),
+    ),
+    # the smol world: a 135M-parameter policy and a 4-block proxy, so fewer prompts (see smol.yaml)
+    "smol": DemoSettings("smol.yaml", (0.5, 1.0, 2.0), 8, (0.5, 1.0, 2.0), 4, ("prompts.limit=6",)),
+}
 
 
 def _world(recipe):
@@ -37,8 +73,118 @@ def _world(recipe):
     )  # load_world knows "smol"
 
 
-def demo_recipe_path() -> Path:
-    return Path(str(resources.files("stackalign") / "recipes" / "sandbox.yaml"))
+def demo_recipe_path(kind: str = "default") -> Path:
+    """The packaged recipe of the demo on a world of this kind (``default``: sandbox.yaml, ``smol``: smol.yaml)."""
+    return Path(str(resources.files("stackalign") / "recipes" / DEMO_SETTINGS[kind].recipe))
+
+
+def world_kind(world_arg: str | None) -> str:
+    """The kind of world ``--world`` names, from its name or its manifest: ``default`` or ``smol``."""
+    if world_arg is None or world_arg == "default":
+        return "default"
+    if world_arg == "smol" and not Path(world_arg).exists():
+        return "smol"
+    manifest = Path(world_arg) / "manifest.json"
+    if not manifest.is_file():
+        return "default"  # the caller reports the missing directory
+    kind = json.loads(manifest.read_text()).get("kind", "default")
+    return "smol" if kind == "smol" else "default"
+
+
+def bracket_grid(
+    sweep_fn: Callable[[list[float]], dict],
+    values: Sequence[float],
+    *,
+    factor: float = GRID_FACTOR,
+    max_extensions: int = MAX_GRID_EXTENSIONS,
+) -> dict:
+    """Run ``sweep_fn(grid)`` until its chosen value is interior to the grid.
+
+    ``sweep_fn`` returns a sweep result (``run_sweep``'s dict, at least ``{"chosen": v}``). While the chosen
+    value is the grid's smallest, the value ``smallest / factor`` is added; while it is the largest,
+    ``largest * factor`` (both when the grid has one value). At most ``max_extensions`` values are added in
+    all. The result gets ``"bracketing"``: the initial grid, the values added, the final grid and whether the
+    chosen value ended interior (False: still at an edge after ``max_extensions``, e.g. a flat plateau).
+    """
+    if factor <= 1:
+        raise ValueError(f"factor must be > 1, got {factor}")
+    initial = sorted({float(v) for v in values})
+    if not initial:
+        raise ValueError("values: the grid needs at least one value")
+    grid, added, plateau = list(initial), [], False
+    while True:
+        result = sweep_fn(list(grid))
+        chosen = float(result["chosen"])
+        new = []
+        if chosen == grid[0]:
+            new.append(grid[0] / factor)
+        if chosen == grid[-1]:
+            new.append(grid[-1] * factor)
+        interior = not new
+        # a plateau: the value added at the edge last time ties the old edge value, so the curve is flat
+        # beyond the edge and further values would only add ties
+        plateau = bool(added) and not interior and _ties_its_neighbour(result, chosen, grid)
+        if interior or plateau or len(added) + len(new) > max_extensions:
+            break
+        added += new
+        grid = sorted(grid + new)
+    result["bracketing"] = {
+        "initial": initial,
+        "added": added,
+        "grid": grid,
+        "factor": factor,
+        "interior": interior,
+        "plateau": plateau,
+    }
+    return result
+
+
+def _ties_its_neighbour(result: dict, chosen: float, grid: list[float]) -> bool:
+    """Whether the swept method's criterion (gold, else proxy) at the grid value next to ``chosen`` equals
+    its value at ``chosen`` (1e-9). False when the result does not carry per-value numbers."""
+    per_value, crit, name = result.get("per_value"), result.get("criterion"), result.get("method")
+    if not per_value or not crit or not name:
+        return False
+    i = grid.index(chosen)
+    j = i + 1 if i == 0 else i - 1
+    if not 0 <= j < len(grid):
+        return False
+
+    def at(v: float):
+        return (per_value.get(format(v, "g"), {}).get("methods", {}).get(name) or {}).get(crit)
+
+    a, b = at(chosen), at(grid[j])
+    return a is not None and b is not None and abs(a - b) <= 1e-9
+
+
+def bracketing_sentence(sweep: dict) -> str:
+    """What the grid extension did, in words (for the printout and report.md)."""
+    b = sweep.get("bracketing")
+    key = sweep.get("weight_key", "1/beta")
+    if not b:
+        return ""
+    grid = ", ".join(f"{v:g}" for v in b["grid"])
+    if not b["added"]:
+        head = f"The chosen {key} = {sweep['chosen']:g} is interior to the grid [{grid}]; no extension was needed."
+    else:
+        added = ", ".join(f"{v:g}" for v in b["added"])
+        head = (
+            f"The grid [{', '.join(f'{v:g}' for v in b['initial'])}] was extended by {added} (factor "
+            f"{b['factor']:g}) because the chosen value was at its edge; final grid [{grid}]."
+        )
+    if b["interior"]:
+        return head + f" The chosen {key} = {sweep['chosen']:g} is interior."
+    if b.get("plateau"):
+        return head + (
+            f" The chosen {key} = {sweep['chosen']:g} is still the grid's edge: {sweep['method']}'s "
+            f"{sweep.get('criterion', 'gold_reward').split('_')[0]} reward is flat there (the added value ties "
+            "its neighbour; ties go to the smaller value), so the optimum is a plateau that reaches past the "
+            "edge, and more values would only add ties."
+        )
+    return head + (
+        f" The chosen {key} = {sweep['chosen']:g} is still the grid's edge after {len(b['added'])} "
+        "extensions: the optimum is not bracketed (a plateau or a monotone trend)."
+    )
 
 
 def significance_sentence(summary: dict) -> str:
@@ -135,13 +281,32 @@ def format_own_best(rows: list[dict], sweep: dict) -> str:
     return "\n".join(lines)
 
 
+def append_protocol_report(path: Path, sweep: dict, own: list[dict], n_val: int) -> None:
+    """Add the demo's two protocols to the run's report.md: the sweep table with the bracketing sentence,
+    and the own-best table."""
+    from stackalign.runner.sweep import format_sweep_table
+
+    text = path.read_text() if path.is_file() else ""
+    marker = "\n## Tuning protocols\n"
+    text = text.split(marker, 1)[0]
+    text += (
+        f"{marker}\nThe paper's protocol: {sweep['method']}'s {sweep.get('weight_key', '1/beta')} swept on "
+        f"{n_val} validation prompts ({sweep['split']}), the value with the best {sweep['criterion']} fixed "
+        f"for every method above.\n\n{format_sweep_table(sweep)}\n\n{bracketing_sentence(sweep)}\n\n"
+        f"{format_own_best(own, sweep)}\n"
+    )
+    path.write_text(text)
+
+
 def main(args: argparse.Namespace) -> int:
     from stackalign.evaluation.summary import format_paired, format_table
     from stackalign.runner.run import execute
 
     t0 = time.perf_counter()
-    overrides = list(QUICK_OVERRIDES if args.quick else [])
-    if args.world:
+    kind = world_kind(args.world)
+    settings = DEMO_SETTINGS[kind]
+    overrides = list(settings.quick_overrides if args.quick else [])
+    if args.world and args.world != "default":
         from stackalign.worlds.world import NAMED_WORLDS
 
         if args.world in NAMED_WORLDS and not Path(args.world).exists():
@@ -152,11 +317,12 @@ def main(args: argparse.Namespace) -> int:
             )
         else:
             overrides.append(f"world={Path(args.world).resolve()}")
-    recipe = load_recipe(demo_recipe_path(), overrides)
+    recipe = load_recipe(demo_recipe_path(kind), overrides)
     from stackalign.runner.preflight import preflight
 
     preflight(recipe)  # a missing optional package stops the demo here, before any generation
-    out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
+    suffix = "" if kind == "default" else f"-{kind}"
+    out = Path(args.out or (f"runs/demo{suffix}-quick" if args.quick else f"runs/demo{suffix}"))
     world = _world(recipe)
     print(f"[demo] world: {world.root}; {len(recipe.methods)} methods; results -> {out}/", flush=True)
 
@@ -164,15 +330,22 @@ def main(args: argparse.Namespace) -> int:
     from stackalign.runner.recipe import recipe_from_dict
     from stackalign.runner.sweep import run_sweep
 
-    n_val = QUICK_SWEEP_PROMPTS if args.quick else SWEEP_PROMPTS
-    values = QUICK_SWEEP_VALUES if args.quick else SWEEP_VALUES
+    n_val = settings.quick_sweep_prompts if args.quick else settings.sweep_prompts
+    values = list(settings.quick_sweep_values if args.quick else settings.sweep_values)
     sweep_recipe = recipe_from_dict(recipe.to_dict(), [f"prompts.limit={n_val}"])
     print(f"[demo] 1/beta sweep of ARGS on {n_val} validation prompts: {values}", flush=True)
-    sweep = run_sweep(sweep_recipe, "ARGS", values, split="world:val", out_dir=out / "sweep", world=world)
+    sweep = bracket_grid(
+        lambda grid: run_sweep(
+            sweep_recipe, "ARGS", grid, split="world:val", out_dir=out / "sweep", world=world
+        ),
+        values,
+    )
+    write_json_atomic(out / "sweep" / "sweep.json", sweep)  # with the bracketing record
     chosen = sweep["chosen"]
     print(
         f"[demo] chosen 1/beta = {chosen:g} ({sweep['criterion']}); plot: {out}/sweep/sweep.png", flush=True
     )
+    print("[demo] " + bracketing_sentence(sweep), flush=True)
 
     # 2. fix it for every method, run the comparison on the test prompts
     from stackalign.runner.decoders import get_decoder, weight_key
@@ -195,6 +368,7 @@ def main(args: argparse.Namespace) -> int:
     # 4. the other protocol: each swept method at its own best 1/beta on the same validation prompts
     own = own_best_protocol(recipe, sweep, out, world)
     print("\n" + format_own_best(own, sweep))
+    append_protocol_report(out / "report.md", sweep, own, n_val)
     print(
         f"\n[demo] done in {time.perf_counter() - t0:.0f} s. Report: {out}/report.md, plot: {out}/methods.png"
     )

@@ -374,107 +374,83 @@ def base_files(base_dir: Path) -> dict[str, str]:
     }
 
 
-def build_smol_into(out: Path, *, base: str, seed: int, params: dict, progress: bool) -> dict:
-    """Build the smol world's files into ``out`` (an empty directory); returns the manifest."""
+def sample_grid(lm, tok, prompts: list[str], k: int, p: dict, seed: int) -> tuple[list[list[str]], float]:
+    """``k`` base samples per prompt (torch's global RNG seeded with ``seed`` first), grouped by prompt, and
+    the share that ended (EOS) within the token limit."""
+    torch.manual_seed(seed)
+    flat, ended = sample(lm, tok, prompts, k, p["max_new_tokens"], p["gen_batch"])
+    return [flat[i * k : (i + 1) * k] for i in range(len(prompts))], ended
+
+
+def proxy_stage(lm, tok, splits: dict, p: dict, seed: int, rng: random.Random, gen: torch.Generator, log):
+    """Base samples on ``pair_prompts`` training prompts, their gold-labelled pairs (``label_noise`` flipped)
+    and the proxy trained on them: ``(rm, pairs, pair_ended_share, rm_train_accuracy)``."""
+    pair_prompts = rng.sample(splits["train"], p["pair_prompts"])
+    pair_samples, pair_ended = sample_grid(lm, tok, pair_prompts, p["pair_samples"], p, seed)
+    pairs = make_pairs(pair_prompts, pair_samples, p["label_noise"], rng)
+    log(f"{len(pair_prompts) * p['pair_samples']} base samples on train prompts -> {len(pairs)} pairs")
+    if len(pairs) < 2:
+        raise RuntimeError("the base samples gave fewer than 2 pairs with different gold; raise pair_prompts")
+    rm = make_proxy(lm, tok, p["rm_layers"], gen)
+    rm_train_acc = train_proxy(rm, tok, pairs, p, gen, log)
+    return rm, pairs, pair_ended, rm_train_acc
+
+
+def score_samples(scorer, prompts: list[str], samples: list[list[str]]) -> list[list[float]]:
+    """The proxy's score of every sample, grouped like ``samples`` (one prompt's samples per row)."""
+    k = len(samples[0]) if samples else 0
+    flat = scorer([q for q in prompts for _ in range(k)], [s for ss in samples for s in ss]).tolist()
+    return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
+
+
+def follower_check(
+    lm, tok, prompts: list[str], first: list[str], p: dict, seed: int
+) -> tuple[list[str], dict]:
+    """The base model as follower: one revision of each answer in ``first``, judged against the answer it
+    revises by the population (win rate) and by gold (mean change). Returns the revisions and the figures."""
+    grid, _ = sample_grid(lm, tok, [G.make_follower_prompt(q, a) for q, a in zip(prompts, first)], 1, p, seed)
+    revised = [row[0] for row in grid]
+    n = len(prompts)
+    triples = list(zip(prompts, first, revised))
+    return revised, {
+        "base_follower_win_rate": round(sum(G.gold_preference(q, b, a) for q, a, b in triples) / n, 4),
+        "base_follower_gold_gain": round(
+            sum(G.gold_utility(q, b) - G.gold_utility(q, a) for q, a, b in triples) / n, 4
+        ),
+        "follower_prompts": n,
+    }
+
+
+def write_world_files(
+    out: Path, rm, tok, splits: dict, pairs: list[dict], ev: tuple, follower: tuple
+) -> None:
+    """The build's data files: the proxy (``reward/``), ``prompts.json``, ``pairs.jsonl``, and the samples
+    behind the figures (``base_samples.jsonl``, ``follower_samples.jsonl``)."""
+    ev_prompts, ev_samples, ev_proxy = ev
+    rm.save_pretrained(out / "reward", safe_serialization=True)
+    tok.save_pretrained(out / "reward")
+    (out / "prompts.json").write_text(json.dumps(splits, indent=1) + "\n")
+    with open(out / "pairs.jsonl", "w") as f:
+        for x in pairs:
+            f.write(json.dumps(x) + "\n")
+    with open(out / "base_samples.jsonl", "w") as f:
+        for q, ss, ps in zip(ev_prompts, ev_samples, ev_proxy):
+            for s, pr in zip(ss, ps):
+                row = dict(prompt=q, response=s, gold=G.gold_utility(q, s), proxy=round(pr, 5))
+                f.write(json.dumps(row) + "\n")
+    with open(out / "follower_samples.jsonl", "w") as f:
+        for q, a, b in zip(*follower):
+            f.write(json.dumps(dict(prompt=q, previous=a, revised=b)) + "\n")
+
+
+def smol_manifest(
+    out: Path, *, base: str, base_dir: Path, seed: int, p: dict, figures: dict, build: dict
+) -> dict:
+    """The manifest of a built smol world (files' sha256 included, so call it after every file is written)."""
     import transformers
 
-    from stackalign.models import RewardModel, load_policy
-    from stackalign.models.real import real_model_path
     from stackalign.worlds.build import WORLD_FORMAT, _dir_size, file_hashes, sha256_file
 
-    t0 = time.perf_counter()
-    load_start = round(os.getloadavg()[0], 2)
-    log = _log(progress, t0)
-    base_dir = Path(real_model_path(base, progress=progress))
-    random_state, torch_state = random.getstate(), torch.get_rng_state()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # results independent of the core count
-    try:
-        rng = random.Random(f"stackalign-smol-world-{seed}")
-        gen = torch.Generator().manual_seed(seed)
-        splits = smol_splits()
-        lm, tok = load_policy(str(base_dir), dtype=torch.float32)
-        log(f"base model {base} loaded; prompts " + str({k: len(v) for k, v in splits.items()}))
-        p = params
-        batch, mnt = p["gen_batch"], p["max_new_tokens"]
-
-        pair_prompts = rng.sample(splits["train"], p["pair_prompts"])
-        torch.manual_seed(seed)
-        flat, pair_ended = sample(lm, tok, pair_prompts, p["pair_samples"], mnt, batch)
-        k = p["pair_samples"]
-        pair_samples = [flat[i * k : (i + 1) * k] for i in range(len(pair_prompts))]
-        pairs = make_pairs(pair_prompts, pair_samples, p["label_noise"], rng)
-        log(f"{len(flat)} base samples on train prompts -> {len(pairs)} pairs")
-        if len(pairs) < 2:
-            raise RuntimeError(
-                "the base samples gave fewer than 2 pairs with different gold; raise pair_prompts"
-            )
-
-        rm = make_proxy(lm, tok, p["rm_layers"], gen)
-        rm_train_acc = train_proxy(rm, tok, pairs, p, gen, log)
-        scorer = RewardModel(rm, tok)
-
-        ev_prompts = splits["test"][: p["eval_prompts"]]
-        torch.manual_seed(seed + 1)
-        flat, ev_ended = sample(lm, tok, ev_prompts, p["eval_samples"], mnt, batch)
-        k = p["eval_samples"]
-        ev_samples = [flat[i * k : (i + 1) * k] for i in range(len(ev_prompts))]
-        proxy_flat = scorer([q for q in ev_prompts for _ in range(k)], flat).tolist()
-        ev_proxy = [proxy_flat[i * k : (i + 1) * k] for i in range(len(ev_prompts))]
-        figures = figures_from_samples(ev_prompts, ev_samples, ev_proxy)
-        figures["base_ended_share"] = round(ev_ended, 4)
-        figures["base_features"] = mean_features(ev_prompts, ev_samples)
-        figures["pairs_ended_share"] = round(pair_ended, 4)
-        log(f"{len(flat)} base samples on test prompts: figures")
-
-        # the base model as follower: one revision of each prompt's first sample, judged by the population
-        fq = ev_prompts[: p["follower_prompts"]]
-        first = [ss[0] for ss in ev_samples[: p["follower_prompts"]]]
-        torch.manual_seed(seed + 2)
-        revised, _ = sample(lm, tok, [G.make_follower_prompt(q, a) for q, a in zip(fq, first)], 1, mnt, batch)
-        figures["base_follower_win_rate"] = round(
-            sum(G.gold_preference(q, b, a) for q, a, b in zip(fq, first, revised)) / len(fq), 4
-        )
-        figures["base_follower_gold_gain"] = round(
-            sum(G.gold_utility(q, b) - G.gold_utility(q, a) for q, a, b in zip(fq, first, revised)) / len(fq),
-            4,
-        )
-        figures["follower_prompts"] = len(fq)
-        figures["rm_train_pair_accuracy"] = round(rm_train_acc, 4)
-        figures["base_gold_preferred_share"] = round(
-            sum(G.gold_utility(q, s) >= 0.6 for q, ss in zip(ev_prompts, ev_samples) for s in ss)
-            / figures["n_eval_samples"],
-            4,
-        )
-        log(
-            "figures: base gold {base_gold_mean}, proxy-gold Spearman {proxy_gold_spearman}, agreement "
-            "{rm_heldout_gold_accuracy}, cycle share {cycle_share}, follower win {base_follower_win_rate}".format(
-                **figures
-            )
-        )
-
-        rm.save_pretrained(out / "reward", safe_serialization=True)
-        tok.save_pretrained(out / "reward")
-        (out / "prompts.json").write_text(json.dumps(splits, indent=1) + "\n")
-        with open(out / "pairs.jsonl", "w") as f:
-            for x in pairs:
-                f.write(json.dumps(x) + "\n")
-        with open(out / "base_samples.jsonl", "w") as f:
-            for q, ss, ps in zip(ev_prompts, ev_samples, ev_proxy):
-                for s, pr in zip(ss, ps):
-                    f.write(
-                        json.dumps(dict(prompt=q, response=s, gold=G.gold_utility(q, s), proxy=round(pr, 5)))
-                        + "\n"
-                    )
-        with open(out / "follower_samples.jsonl", "w") as f:
-            for q, a, b in zip(fq, first, revised):
-                f.write(json.dumps(dict(prompt=q, previous=a, revised=b)) + "\n")
-    finally:
-        random.setstate(random_state)
-        torch.set_rng_state(torch_state)
-        torch.set_num_threads(threads)
-
-    files = file_hashes(out)
     manifest = {
         "format": WORLD_FORMAT,
         "kind": SMOL_KIND,
@@ -499,18 +475,83 @@ def build_smol_into(out: Path, *, base: str, seed: int, params: dict, progress: 
         },
         "gold_preference": {"user_types": dict(G.USER_TYPES)},
         "figures": figures,
-        "files": files,
+        "files": file_hashes(out),
         "build": {
-            "seconds": round(time.perf_counter() - t0, 2),
-            "peak_rss_bytes": _peak_rss_bytes(),
+            **build,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "threads": 1,
-            # how busy the machine was (1-minute load average at the start and the end of the build)
-            "load_average": [load_start, round(os.getloadavg()[0], 2)],
         },
     }
     manifest["build"]["bytes"] = _dir_size(out)
+    return manifest
+
+
+def build_smol_into(out: Path, *, base: str, seed: int, params: dict, progress: bool) -> dict:
+    """Build the smol world's files into ``out`` (an empty directory); returns the manifest.
+
+    Stages, each seeded on its own: the proxy's pairs and training (``proxy_stage``, torch seed ``seed``), the
+    figure samples on test prompts (seed ``seed + 1``), the follower check (seed ``seed + 2``)."""
+    from stackalign.models import RewardModel, load_policy
+    from stackalign.models.real import real_model_path
+
+    t0 = time.perf_counter()
+    load_start = round(os.getloadavg()[0], 2)
+    log = _log(progress, t0)
+    base_dir = Path(real_model_path(base, progress=progress))
+    random_state, torch_state = random.getstate(), torch.get_rng_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # results independent of the core count
+    p = params
+    try:
+        rng = random.Random(f"stackalign-smol-world-{seed}")
+        gen = torch.Generator().manual_seed(seed)
+        splits = smol_splits()
+        lm, tok = load_policy(str(base_dir), dtype=torch.float32)
+        log(f"base model {base} loaded; prompts " + str({k: len(v) for k, v in splits.items()}))
+
+        rm, pairs, pair_ended, rm_train_acc = proxy_stage(lm, tok, splits, p, seed, rng, gen, log)
+
+        ev_prompts = splits["test"][: p["eval_prompts"]]
+        ev_samples, ev_ended = sample_grid(lm, tok, ev_prompts, p["eval_samples"], p, seed + 1)
+        ev_proxy = score_samples(RewardModel(rm, tok), ev_prompts, ev_samples)
+        figures = figures_from_samples(ev_prompts, ev_samples, ev_proxy)
+        figures["base_ended_share"] = round(ev_ended, 4)
+        figures["base_features"] = mean_features(ev_prompts, ev_samples)
+        figures["pairs_ended_share"] = round(pair_ended, 4)
+        log(f"{len(ev_prompts) * p['eval_samples']} base samples on test prompts: figures")
+
+        fq = ev_prompts[: p["follower_prompts"]]
+        first = [ss[0] for ss in ev_samples[: p["follower_prompts"]]]
+        revised, follower_figures = follower_check(lm, tok, fq, first, p, seed + 2)
+        figures.update(follower_figures)
+        figures["rm_train_pair_accuracy"] = round(rm_train_acc, 4)
+        figures["base_gold_preferred_share"] = round(
+            sum(G.gold_utility(q, s) >= 0.6 for q, ss in zip(ev_prompts, ev_samples) for s in ss)
+            / figures["n_eval_samples"],
+            4,
+        )
+        log(
+            "figures: base gold {base_gold_mean}, proxy-gold Spearman {proxy_gold_spearman}, agreement "
+            "{rm_heldout_gold_accuracy}, cycle share {cycle_share}, follower win {base_follower_win_rate}".format(
+                **figures
+            )
+        )
+        write_world_files(
+            out, rm, tok, splits, pairs, (ev_prompts, ev_samples, ev_proxy), (fq, first, revised)
+        )
+    finally:
+        random.setstate(random_state)
+        torch.set_rng_state(torch_state)
+        torch.set_num_threads(threads)
+
+    build = {
+        "seconds": round(time.perf_counter() - t0, 2),
+        "peak_rss_bytes": _peak_rss_bytes(),
+        # how busy the machine was (1-minute load average at the start and the end of the build)
+        "load_average": [load_start, round(os.getloadavg()[0], 2)],
+    }
+    manifest = smol_manifest(out, base=base, base_dir=base_dir, seed=seed, p=p, figures=figures, build=build)
     (out / "README.md").write_text(render_readme(manifest))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
