@@ -59,7 +59,9 @@ def test_no_machine_paths_or_session_wording():
         text=True,
         check=True,
     ).stdout.split()
-    pattern = re.compile(r"\bsessions?\b|/tmp/|/work/|the issue asked|authors of th(?:is|e) (?:recipe|file)", re.I)
+    pattern = re.compile(
+        r"\bsessions?\b|/tmp/|/work/|the issue asked|authors of th(?:is|e) (?:recipe|file)", re.I
+    )
     hits = []
     for rel in tracked:
         path = ROOT / rel
