@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from stackalign.recipe_base import load_recipe_world
 from stackalign.runner.recipe import load_recipe
 from stackalign.store import write_json_atomic
 
@@ -63,14 +64,6 @@ DEMO_SETTINGS = {
     # the smol world: a 135M-parameter policy and a 4-block proxy, so fewer prompts (see smol.yaml)
     "smol": DemoSettings("smol.yaml", (0.5, 1.0, 2.0), 8, (0.5, 1.0, 2.0), 4, ("prompts.limit=6",)),
 }
-
-
-def _world(recipe):
-    from stackalign.worlds import default_world, load_world
-
-    return (
-        default_world() if recipe.world == "default" else load_world(recipe.world)
-    )  # load_world knows "smol"
 
 
 def demo_recipe_path(kind: str = "default") -> Path:
@@ -323,7 +316,7 @@ def main(args: argparse.Namespace) -> int:
     preflight(recipe)  # a missing optional package stops the demo here, before any generation
     suffix = "" if kind == "default" else f"-{kind}"
     out = Path(args.out or (f"runs/demo{suffix}-quick" if args.quick else f"runs/demo{suffix}"))
-    world = _world(recipe)
+    world = load_recipe_world(recipe.world)
     print(f"[demo] world: {world.root}; {len(recipe.methods)} methods; results -> {out}/", flush=True)
 
     # 1. the paper's protocol: sweep vanilla ARGS' 1/beta on validation prompts, keep the best by gold

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stackalign.recipe_base import load_recipe_world
 from stackalign.runner.decoders import DECODERS, get_decoder, weight_key
 from stackalign.runner.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
 from stackalign.store import write_json_atomic
@@ -235,11 +236,8 @@ def run_sweep(
     key = plan["weight_key"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if world is None and recipe.world is not None:
-        from stackalign.worlds import default_world, load_world
-
-        # loaded once here rather than once per value inside execute()
-        world = default_world(progress=progress) if recipe.world == "default" else load_world(recipe.world)
+    if world is None:  # loaded once here rather than once per value inside execute()
+        world = load_recipe_world(recipe.world, progress=progress)
 
     per_value: dict[float, dict] = {}
     with _backend_pool(recipe) as workers:
