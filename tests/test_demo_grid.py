@@ -11,14 +11,14 @@ from stackalign.runner.demo import bracket_grid, bracketing_sentence, world_kind
 
 def fake_sweep(peak: float | None, calls: list[list[float]]):
     """A sweep whose gold is a bump in log(v) around ``peak`` (None: flat), chosen like ``choose_value``:
-    the argmax, ties to the smaller value."""
+    the argmax, ties to the larger value."""
 
     def gold(v: float) -> float:
         return 0.0 if peak is None else -((math.log(v) - math.log(peak)) ** 2)
 
     def sweep(grid: list[float]) -> dict:
         calls.append(list(grid))
-        best = max(range(len(grid)), key=lambda i: (gold(grid[i]), -i))
+        best = max(range(len(grid)), key=lambda i: (gold(grid[i]), i))
         per_value = {format(v, "g"): {"methods": {"ARGS": {"gold_reward": gold(v)}}} for v in grid}
         return {
             "chosen": grid[best],
@@ -63,7 +63,7 @@ def test_an_interior_choice_runs_the_sweep_once():
 def test_a_flat_curve_at_the_edge_stops_once_the_added_value_ties_and_says_plateau():
     calls: list[list[float]] = []
     res = bracket_grid(fake_sweep(None, calls), [1.0, 2.0])
-    assert res["bracketing"]["added"] == [0.5]  # one extension shows the flat stretch continues
+    assert res["bracketing"]["added"] == [4.0]  # one extension shows the flat stretch continues
     assert res["bracketing"]["interior"] is False and res["bracketing"]["plateau"] is True
     assert "plateau" in bracketing_sentence(res)
 

@@ -72,7 +72,7 @@ def test_chosen_value_is_the_gold_argmax_of_the_vanilla_method(swept):
     gold = {float(lab): pv["methods"]["ARGS"]["gold_reward"] for lab, pv in written["per_value"].items()}
     best = max(gold.values())
     assert written["criterion"] == "gold_reward"
-    assert written["chosen"] == min(v for v, g in gold.items() if g == best)
+    assert written["chosen"] == max(v for v, g in gold.items() if g == best)
     assert result["chosen"] == written["chosen"]
 
 
@@ -84,9 +84,9 @@ def test_choice_rules_on_synthetic_summaries():
     pv = {0.5: s(0.1, 0.2), 1.0: s(0.5, 0.6), 2.0: s(0.9, 0.4), 4.0: s(1.5, 0.1)}
     assert choose_value(pv, "A") == (1.0, "gold_reward")
     assert hacking_values(pv, "A") == [2.0, 4.0]
-    # without gold: the highest proxy; ties go to the smaller value
-    pv = {0.5: s(0.1, None), 1.0: s(0.7, None), 2.0: s(0.7, None)}
-    assert choose_value(pv, "A") == (1.0, "proxy_reward")
+    # without gold: the highest proxy; ties go to the larger value (the end of the plateau)
+    pv = {0.5: s(0.1, None), 1.0: s(0.7, None), 2.0: s(0.7, None), 4.0: s(0.2, None)}
+    assert choose_value(pv, "A") == (2.0, "proxy_reward")
     assert hacking_values(pv, "A") == []
 
 

@@ -171,7 +171,7 @@ def bracketing_sentence(sweep: dict) -> str:
         return head + (
             f" The chosen {key} = {sweep['chosen']:g} is still the grid's edge: {sweep['method']}'s "
             f"{sweep.get('criterion', 'gold_reward').split('_')[0]} reward is flat there (the added value ties "
-            "its neighbour; ties go to the smaller value), so the optimum is a plateau that reaches past the "
+            "its neighbour; ties go to the larger value), so the optimum is a plateau that reaches past the "
             "edge, and more values would only add ties."
         )
     return head + (
@@ -201,7 +201,7 @@ def significance_sentence(summary: dict) -> str:
 
 def own_best_protocol(recipe, sweep: dict, out: Path, world) -> list[dict]:
     """Each method the sweep ran at its own best 1/beta (``choose_value`` on its own validation numbers: the
-    paper's criterion, ties to the smaller value). Methods whose best is not the paper's chosen value are
+    paper's criterion, ties to the larger value). Methods whose best is not the paper's chosen value are
     decoded again on the test prompts into ``out/own-best``; the others reuse the main run's rows. Returns one
     row per method: name, own value, test gold mean, and the paired gold difference (mean, lo, hi) against
     the vanilla method at its own best, which is the chosen value by construction."""

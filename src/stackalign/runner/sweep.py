@@ -15,7 +15,10 @@ method: sweep 1/β, take the best value before reward hacking, then fix it for e
      starts to fall, i.e. "the best value before reward hacking".
    - without gold: the v with the highest **proxy** reward (hacking cannot be seen without gold; a user
      who has an LLM judge can read the win-tie panel of the figure instead).
-   Ties go to the smaller v (closer to the base policy, less exposed to hacking).
+   Ties go to the larger v: on a plateau of equal gold the largest value is the last one before gold
+   starts to fall, the literal "best value before reward hacking", and the strongest guidance that costs
+   no gold. (Ties to the smaller v would put the choice at the plateau's low end, which on a plateau that
+   starts below the grid is always the grid's edge, never bracketed.)
 3. Write `OUT/sweep.json` and `OUT/sweep.png` (proxy, gold, win-tie vs the vanilla method against v, with
    the chosen v marked) and print a table.
 
@@ -121,7 +124,7 @@ def _yaml_str(s: str) -> str:
 
 def choose_value(per_value: dict[float, dict], method_name: str) -> tuple[float, str]:
     """Pick 1/β from ``{v: summary}``: argmax of the method's gold reward when every value has one, else
-    argmax of its proxy reward; ties go to the smaller v. Returns ``(v, criterion)``."""
+    argmax of its proxy reward; ties go to the larger v. Returns ``(v, criterion)``."""
     xs = sorted(per_value)
     entries = [per_value[v]["methods"][method_name] for v in xs]
     if all(e.get("gold_reward") is not None for e in entries):
@@ -130,7 +133,7 @@ def choose_value(per_value: dict[float, dict], method_name: str) -> tuple[float,
         crit = "proxy_reward"
     else:
         raise ValueError(f"method {method_name!r} has neither gold nor proxy reward at every value")
-    best = max(range(len(xs)), key=lambda i: (entries[i][crit], -i))  # -i: the first (smallest) of ties
+    best = max(range(len(xs)), key=lambda i: (entries[i][crit], i))  # i: the last (largest) of ties
     return xs[best], crit
 
 
