@@ -153,3 +153,43 @@ def test_the_extending_page_shaping_snippet_runs():
     assert len(res.texts) == len(PROMPTS) and res.meta["shaper"] is not None
     ranks = ns["rank_shaping"](torch.tensor([[0.5, -1.0, 2.0]]))
     assert ranks.tolist() == [[1.0, 0.0, 2.0]]
+
+
+def test_an_outside_decoders_check_and_train_source_run_in_the_recipe_check(tmp_path):
+    """`stackalign run`'s check before loading asks the registry: a decoder's own `check` hook and its
+    `train_source` param (a world split without a world, a missing file) are reported by name."""
+    from stackalign.runner.preflight import preflight
+    from stackalign.runner.recipe import RecipeError, recipe_from_dict
+
+    def check(recipe, method):
+        return [] if recipe.seed == 0 else [f"methods[{method.name}]: needs seed 0"]
+
+    register_decoder(
+        "sourced",
+        make=make_pick,
+        shaped=False,
+        params=(Param("train_source", type=str, default="world:train", help="prompts it learns from"),),
+        check=check,
+    )
+    try:
+        data = {
+            "world": None,
+            "gold": None,
+            "policy": "sshleifer/tiny-gpt2",
+            "reward_model": "sshleifer/tiny-gpt2",
+            "prompts": {"source": str(tmp_path / "prompts.jsonl")},
+            "methods": [{"name": "S", "decoder": "sourced"}],
+            "evaluation": {"coherence": None, "judge": None},
+        }
+        (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+        with pytest.raises(RecipeError) as e:
+            preflight(recipe_from_dict({**data, "seed": 1}), network=False)
+        assert "methods[S]: needs seed 0" in str(e.value)
+        assert "methods[S].params.train_source: 'world:train' needs a world" in str(e.value)
+        data["methods"][0]["params"] = {"train_source": str(tmp_path / "missing.jsonl")}
+        with pytest.raises(RecipeError, match=r"methods\[S\].params.train_source: no such file"):
+            preflight(recipe_from_dict(data), network=False)
+        (tmp_path / "missing.jsonl").write_text('{"prompt": "hi"}\n')
+        preflight(recipe_from_dict(data), network=False)  # nothing left to refuse
+    finally:
+        DECODERS.pop("sourced")

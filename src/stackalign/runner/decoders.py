@@ -111,7 +111,10 @@ class Decoder:
     whose answer this one starts from (refine's ``first``, with its params in ``<wraps>_params``); the
     method's shaping goes to that decoder. ``shares``: run-directory folders that do not depend on the
     weight, shared by a sweep's values (CD's offline samples and value heads). ``mc_generation``: the
-    generation settings of the Monte Carlo threshold samples (``threshold: mc``) given the run's."""
+    generation settings of the Monte Carlo threshold samples (``threshold: mc``) given the run's. ``check``:
+    ``check(recipe, method) -> [problem, ...]``, what ``stackalign run`` checks before any model loads
+    (refine: the follower's turn needs a chat template or a world). A param named ``train_source`` (CD's
+    offline prompts) is checked for every decoder: a world split needs a world, a file must exist."""
 
     name: str
     help: str
@@ -123,6 +126,7 @@ class Decoder:
     wraps: str | None = None
     shares: tuple[str, ...] = ()
     mc_generation: Callable[[Any], Any] | None = None
+    check: Callable[[Any, Any], list[str]] | None = None
 
     def build_configs(self, params: dict, settings: Settings | None = None) -> dict[str, Any]:
         """The library configs of resolved ``params`` (their value-range checks raise ValueError)."""
@@ -162,6 +166,7 @@ def register_decoder(
     wraps: str | None = None,
     shares: tuple[str, ...] = (),
     mc_generation: Callable[[Any], Any] | None = None,
+    check: Callable[[Any, Any], list[str]] | None = None,
 ) -> Decoder:
     """Add (or replace) decoder ``name``; returns its entry.
 
@@ -170,8 +175,8 @@ def register_decoder(
     config dataclass whose fields (defaults, help texts, ``__post_init__`` checks) are the recipe params,
     built as ``build.config``; or ``params`` (:class:`Param` keys) with ``configs(params, settings) -> {key:
     config}``. ``help``: one line for the schema (default: the config's docstring). ``weight``: the param a
-    sweep varies (its reward weight 1/beta). ``shaped``, ``wraps``, ``shares``, ``mc_generation``: see
-    :class:`Decoder`."""
+    sweep varies (its reward weight 1/beta). ``shaped``, ``wraps``, ``shares``, ``mc_generation``,
+    ``check``: see :class:`Decoder`."""
     if not NAME_RE.match(name):
         raise ValueError(f"name: a decoder name is lower-case letters, digits and '_', got {name!r}")
     if config is not None:
@@ -195,7 +200,7 @@ def register_decoder(
         if key is not None and key not in keys:
             raise ValueError(f"{what}: {key!r} is not one of the params {keys}")
     DECODERS[name] = Decoder(
-        name, help or "", make, params, configs, shaped, weight, wraps, tuple(shares), mc_generation
+        name, help or "", make, params, configs, shaped, weight, wraps, tuple(shares), mc_generation, check
     )
     _MODELS.pop(name, None)
     return DECODERS[name]
@@ -447,6 +452,18 @@ register_decoder(
     help="one sample per prompt from the policy at the recipe's temperature",
     shaped=False,
 )
+
+
+def _refine_check(recipe: Any, method: Any) -> list[str]:
+    """refine writes the follower's turn through the chat template or a world's follower format."""
+    if recipe.world is None and not recipe.prompts.chat_template:
+        return [
+            f"methods[{method.name}]: refine builds the follower's turn through the chat template "
+            "(prompts.chat_template: true) or a world's follower format (world: ...); this recipe has neither"
+        ]
+    return []
+
+
 register_decoder("greedy", make=_M + "make_greedy", help="greedy decoding of the policy", shaped=False)
 register_decoder(
     "bon",
@@ -498,4 +515,5 @@ register_decoder(
     params=_REFINE_PARAMS,
     configs=lambda d, s: {"refine": RefineConfig(steps=d["steps"])},
     wraps="first",
+    check=_refine_check,
 )

@@ -157,8 +157,10 @@ def bracketing_sentence(sweep: dict) -> str:
     if not b:
         return ""
     grid = ", ".join(f"{v:g}" for v in b["grid"])
+    if not b["added"] and b["interior"]:
+        return f"The chosen {key} = {sweep['chosen']:g} is interior to the grid [{grid}]; no extension was needed."
     if not b["added"]:
-        head = f"The chosen {key} = {sweep['chosen']:g} is interior to the grid [{grid}]; no extension was needed."
+        head = f"The grid [{grid}] was not extended."
     else:
         added = ", ".join(f"{v:g}" for v in b["added"])
         head = (

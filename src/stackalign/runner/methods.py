@@ -128,17 +128,7 @@ def recipe_settings(recipe) -> Settings:
 
 def run_generation(recipe, stop_strings: list[str]):
     """The recipe's decoding settings as a `GenerationConfig` (its length, sampling, stops and seed)."""
-    from stackalign.decoding.common import GenerationConfig
-
-    g = recipe.generation
-    return GenerationConfig(
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        top_k=g.top_k,
-        stop_strings=tuple(stop_strings),
-        seed=recipe.seed,
-    )
+    return recipe.generation.to_config(stop_strings, recipe.seed)
 
 
 # A per-prompt threshold source handed to `make_method` (the Ray workers' `threshold: mc` methods):

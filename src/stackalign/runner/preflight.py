@@ -67,25 +67,36 @@ def _check_source(problems: list[str], key: str, source: str, recipe: Recipe) ->
         problems.append(f"{key}: no such file {source!r}")
 
 
+def _param_value(decoder: str, params: dict, key: str):
+    """A method's param ``key``: its value, else the registered default; None when the decoder has no such
+    param (or is not registered: the recipe check reports that)."""
+    from stackalign.runner.decoders import DECODERS
+
+    dec = DECODERS.get(decoder)
+    spec = next((p for p in dec.params if p.key == key), None) if dec is not None else None
+    if spec is None:
+        return None
+    return params.get(key, spec.spec()[1])
+
+
 def _check_method_data(problems: list[str], recipe: Recipe) -> None:
     """The data each method needs: CD's and the threshold predictor's training prompts, the refinement
     follower's format (the chat template or a world), and the policy tokenizer's chat template."""
+    from stackalign.runner.decoders import get_decoder
+
     for m in recipe.methods:
         where = f"methods[{m.name}].params"
         plans = [(m.decoder, m.params, where)]
-        if m.decoder == "refine":
-            if recipe.world is None and not recipe.prompts.chat_template:
-                problems.append(
-                    f"methods[{m.name}]: refine builds the follower's turn through the chat template "
-                    "(prompts.chat_template: true) or a world's follower format (world: ...); this recipe has neither"
-                )
-            first = m.params.get("first", "base")
-            plans.append((first, m.params.get("first_params") or {}, f"{where}.first_params"))
+        dec = get_decoder(m.decoder)
+        if dec.check is not None:
+            problems.extend(dec.check(recipe, m))
+        if dec.wraps:  # the decoder it starts from, with its own params
+            first = m.params.get(dec.wraps, "base")
+            plans.append((first, m.params.get(f"{dec.wraps}_params") or {}, f"{where}.{dec.wraps}_params"))
         for decoder, params, key in plans:
-            if decoder in ("cd_tokenwise", "cd_blockwise"):
-                _check_source(
-                    problems, f"{key}.train_source", params.get("train_source", "world:train"), recipe
-                )
+            source = _param_value(decoder, params, "train_source")
+            if source is not None:
+                _check_source(problems, f"{key}.train_source", source, recipe)
             if params.get("threshold") == "predicted" and not params.get("predictor"):
                 src = params.get("predictor_train_source", "world:train")
                 _check_source(problems, f"{key}.predictor_train_source", src, recipe)

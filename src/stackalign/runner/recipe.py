@@ -21,13 +21,16 @@ command line use dotted paths (`generation.max_new_tokens=64`, `methods.1.params
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from stackalign.config import ConfigError, build, clip
+from stackalign.generation import GenerationConfig, SamplingSettings
 from stackalign.recipe_base import (
     RecipeError,
     apply_overrides,
@@ -86,30 +89,30 @@ class PromptsConfig:
             raise ValueError("system: must not be empty (null for none)")
 
 
-@dataclass
-class GenerationSettings:
+@dataclass(frozen=True)
+class GenerationSettings(SamplingSettings):
+    """The recipe's ``generation:`` section: the decoders' `SamplingSettings` (length, temperature, top-p,
+    top-k; validated there) plus the stop strings and the batch size. `to_config` makes the decoders'
+    `GenerationConfig` from it."""
+
     max_new_tokens: int = _help("new tokens per response, at most", 48)
-    temperature: float = _help("sampling temperature of the base sampler (base, BoN, CD offline data)", 1.0)
-    top_p: float = _help("nucleus mass of the base sampler (1 = off)", 1.0)
-    top_k: int = _help("top-k of the base sampler (0 = off)", 0)
     stop_strings: list[str] | None = _help(
         "texts that end a response (trimmed from it); null = the world's stop strings", None
     )
     batch_size: int = _help("prompts decoded together", 8)
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
+        super().__post_init__()
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
         if self.stop_strings is not None and any(not s for s in self.stop_strings):
             raise ValueError("stop_strings: an empty stop string would end every response at once")
+
+    def to_config(self, stop_strings: Sequence[str], seed: int) -> GenerationConfig:
+        """The decoders' settings: these, with the resolved stop strings (the world's when the recipe's are
+        null) and the recipe's seed."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingSettings)}
+        return GenerationConfig(**fields, stop_strings=tuple(stop_strings), seed=seed)
 
 
 @dataclass
