@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .win_rates import outcome_share, preference_of_reward_gap
+from .pair_scores import outcome_share, preference_of_reward_gap
 
 __all__ = [
     "JUDGE_ORDERS",

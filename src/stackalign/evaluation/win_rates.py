@@ -20,13 +20,15 @@ reports :func:`gold_win_rate`, :func:`reward_model_win_rate` or :func:`soft_win_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the judges import this module (their soft preference); no import back at run time
+# one pair's scores, shared with the judges (defined below both, re-exported here)
+from .pair_scores import bradley_terry_preference, outcome_share, preference_of_reward_gap
+
+if TYPE_CHECKING:
     from .judges import Judge, Judgement
 
 __all__ = [
@@ -41,26 +43,6 @@ __all__ = [
     "win_tie",
     "win_tie_rate",
 ]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# One pair
-# ---------------------------------------------------------------------------------------------------------
-
-
-def outcome_share(outcome: float) -> float:
-    """The share of a pair won by ``a``: 1 for a win (outcome > 0), ½ for a tie, 0 for a loss."""
-    return 1.0 if outcome > 0 else 0.5 if outcome == 0 else 0.0
-
-
-def preference_of_reward_gap(d: float) -> float:
-    """σ(d) for one reward difference d = r(a) − r(b), as 0.5 (1 + tanh(d / 2)) (no overflow for large |d|)."""
-    return 0.5 * (1.0 + math.tanh(0.5 * d))
-
-
-def bradley_terry_preference(r_a: Any, r_b: Any) -> Any:
-    """σ(r_a − r_b) elementwise for reward tensors: the Bradley–Terry probability that ``a`` is preferred."""
-    return (r_a - r_b).sigmoid()
 
 
 # ---------------------------------------------------------------------------------------------------------
