@@ -39,7 +39,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
       this project loads safetensors only);
     * an existing file is rejected (ValueError: a model is a directory);
     * a string that can only be a local path but does not exist raises FileNotFoundError naming it;
-    * a known real model name (``smollm2-135m-instruct``, see :mod:`stackalign.models.real`) gives its
+    * a known real model name (``smollm2-135m-instruct``, see :mod:`stackalign.models.conversion`) gives its
       converted directory in the stackalign cache (converted on first use);
     * anything else (``gpt2``, ``Qwen/Qwen3-8B``) is a Hub name and is returned unchanged.
     """
@@ -47,7 +47,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError(f"model name or path must be a non-empty string, got {name_or_path!r}")
-    from stackalign.models.real import is_real_model_name, real_model_path
+    from stackalign.models.conversion import is_real_model_name, real_model_path
 
     if is_real_model_name(name_or_path) and not Path(name_or_path).expanduser().exists():
         return real_model_path(name_or_path)  # a known real model: its converted HF directory
