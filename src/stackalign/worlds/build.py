@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from stackalign.worlds import preference as PREF
-from stackalign.worlds import text as T
+import stackalign.worlds.preference as PREF
+import stackalign.worlds.text as T
 
 WORLD_FORMAT = "stackalign-world"
 WORLD_VERSION = 2  # 2: refinement dialogues, follower format, gold preference figures

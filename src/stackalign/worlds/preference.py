@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from stackalign.worlds import text as T
+import stackalign.worlds.text as T
 
 # (name, population share); shares sum to 1 and none is >= 1/2, so majority cycles are possible.
 USER_TYPES: tuple[tuple[str, float], ...] = (("thorough", 0.40), ("warm", 0.35), ("concise", 0.25))

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from stackalign.worlds import smol_gold as G
-from stackalign.worlds import smol_prompts as SP
-from stackalign.worlds.world import World
+import stackalign.worlds.smol_gold as G
+import stackalign.worlds.smol_prompts as SP
+from stackalign.worlds.world_dir import World, read_manifest, reuse_or_build, verify_files
 
 SMOL_KIND = "smol"
 SMOL_VERSION = 1
@@ -597,8 +597,6 @@ def build_smol_world(
     progress: bool = True,
 ) -> SmolWorld:
     """Build a smol world into ``out_dir`` (replacing a world already there) and load it."""
-    from stackalign.worlds.world import load_world
-
     if base.strip().lower() not in SUPPORTED_BASES:
         raise ValueError(f"--base: a smol world is built on one of {list(SUPPORTED_BASES)}, got {base!r}")
     if not isinstance(seed, int) or seed < 0:
@@ -612,14 +610,13 @@ def build_smol_world(
     build_world_dir(
         out_dir, seed=seed, params=params, progress=progress, builder=partial(build_smol_into, base=base)
     )
-    return load_world(Path(out_dir).expanduser().resolve())
+    return load_smol_dir(Path(out_dir).expanduser().resolve())
 
 
 def load_smol_world(root: Path, manifest: dict, *, verify: bool = True) -> SmolWorld:
     """The :class:`SmolWorld` of a built directory (``load_world`` calls this for a manifest of kind smol)."""
     from stackalign.models.real import real_model_path
     from stackalign.worlds.build import sha256_file
-    from stackalign.worlds.world import verify_files
 
     mpath = root / "manifest.json"
     if manifest.get("version") != SMOL_VERSION:
@@ -665,21 +662,30 @@ def load_smol_world(root: Path, manifest: dict, *, verify: bool = True) -> SmolW
     )
 
 
+def load_smol_dir(path: str | os.PathLike) -> SmolWorld:
+    """What ``load_world(path)`` gives for a smol world's directory; ValueError for a world of another kind."""
+    root, manifest = read_manifest(path)
+    if manifest.get("kind") != SMOL_KIND:
+        raise ValueError(f"{str(root / 'manifest.json')!r} is not a smol world manifest")
+    return load_smol_world(root, manifest)
+
+
 def smol_world(
     cache_dir: str | os.PathLike | None = None, *, base: str = "smollm2-135m-instruct", progress: bool = True
 ) -> SmolWorld:
     """The smol world (seed 0, preset "smol"), built once into ``<cache root>/worlds/smol-<base>-seed0`` and
     reused while it loads, verifies and has this version's parameters; concurrent callers wait on a lock."""
-    from stackalign.worlds.world import cached_world, default_cache_root
+    from stackalign.cache import default_cache_root
 
     root = default_cache_root(cache_dir) / "worlds" / f"smol-{base}-seed0"
     want = resolve_smol_params("smol")
     want_params = {"seed": 0, "preset": "smol", "label_noise": want["label_noise"], "base": base}
     want_config = {k: v for k, v in want.items() if k != "preset"}
-    return cached_world(
+    return reuse_or_build(
         root,
         lambda w: (
             isinstance(w, SmolWorld) and w.params == want_params and w.manifest.get("config") == want_config
         ),
         lambda: build_smol_world(root, base=base, seed=0, preset="smol", progress=progress),
+        load_smol_dir,
     )

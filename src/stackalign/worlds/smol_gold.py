@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from stackalign.worlds import smol_prompts as SP
+import stackalign.worlds.smol_prompts as SP
 from stackalign.worlds.preference import has_cycle, preference_from_utilities
 
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
