@@ -1,8 +1,11 @@
 """The import graph of src/stackalign, built with `ast` (module-level and function-level imports alike).
 
-Layering rules: no import cycle between top-level subpackages, nothing in `stackalign.training` imports
-from `stackalign.runner`, the recipe base (what run and train share) imports neither, and the run driver
-(`runner.run`), its context and its backends form no cycle among themselves.
+Layering rules: no import cycle among the modules (a package is its `__init__`, so a submodule that takes
+a name from its own package while the package imports that submodule is a cycle: import the name from the
+module that defines it), in particular none through the run driver (`runner.run`), its context and its
+backends, or through the recipe and its methods; no import cycle between top-level subpackages; nothing in
+`stackalign.training` imports from `stackalign.runner`, and the recipe base (what run and train share)
+imports neither.
 """
 
 import ast
@@ -156,10 +159,15 @@ def test_recipe_and_methods_are_in_no_module_cycle():
     assert ("stackalign.runner.recipe", "stackalign.runner.methods") in import_edges()  # the graph is read
 
 
-def module_graph(edges: set[tuple[str, str]]) -> dict[str, set[str]]:
+def modules_of(root: Path = ROOT) -> set[str]:
+    """Every module of the package at `root` (a package is its `__init__`), importing anything or not."""
+    return {_module_name(path, root) for path in root.rglob("*.py")}
+
+
+def module_graph(edges: set[tuple[str, str]], root: Path = ROOT) -> dict[str, set[str]]:
     """Module -> modules it imports (`from stackalign.x import name` counts as an import of the module
-    `stackalign.x` when `name` is no module)."""
-    modules = {a for a, _ in edges}
+    `stackalign.x` when `name` is no module of the package at `root`)."""
+    modules = modules_of(root) | {a for a, _ in edges}
     graph: dict[str, set[str]] = {}
     for a, b in edges:
         while b not in modules and "." in b:
@@ -175,7 +183,25 @@ def test_module_cycle_finder_sees_a_function_level_cycle(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from stackalign.b import f\n")
     (pkg / "b.py").write_text("def f():\n    from stackalign import a\n    return a\n")
-    assert cycles(module_graph(import_edges(pkg))) == {("stackalign.a", "stackalign.b")}
+    assert cycles(module_graph(import_edges(pkg), pkg)) == {("stackalign.a", "stackalign.b")}
+
+
+def test_module_graph_keeps_a_module_that_imports_nothing(tmp_path):
+    """`from stackalign.sub.leaf import x` is an import of the leaf module, not of the package `stackalign.sub`
+    (whose `__init__` imports the module that imports the leaf: no cycle)."""
+    pkg = tmp_path / "stackalign"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from stackalign.sub.mod import y\n")
+    (pkg / "sub" / "leaf.py").write_text("x = 1\n")
+    (pkg / "sub" / "mod.py").write_text("from stackalign.sub.leaf import x\n\ny = x\n")
+    graph = module_graph(import_edges(pkg), pkg)
+    assert graph["stackalign.sub.mod"] == {"stackalign.sub.leaf"}
+    assert cycles(graph) == set()
+
+
+def test_no_import_cycle_among_modules():
+    assert cycles(module_graph(import_edges())) == set()
 
 
 def test_run_driver_context_and_backends_form_no_cycle():
