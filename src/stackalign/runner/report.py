@@ -112,7 +112,8 @@ def write_report(out: Path, recipe, summary: dict, table: str, rows: list[dict[s
         format_paired(summary),
         "",
         *judge_notes(summary),
-        "Columns: proxy = the guiding reward model's score; gold = the gold utility (sandbox only); "
+        "Columns: proxy = the guiding reward model's score; gold = the world's gold utility (world recipes: "
+        "sandbox or smol); "
         "diversity = ARGS definition; coherence = prompt/response cosine similarity of sentence embeddings; "
         "win-tie = (wins + ties) / judged pairs against each baseline; cost = seconds, LM tokens and "
         "reward-model tokens per prompt. Brackets: 95% bootstrap intervals over prompts (seeded).",
