@@ -42,7 +42,7 @@ from stackalign.training.pg import (
     response_logprobs,
     sample_group,
 )
-from stackalign.training.slhf import JUDGES, eval_answers, judge_name, make_judge
+from stackalign.training.slhf import JUDGE_HELP, JUDGES, eval_answers, judge_name, make_judge
 from stackalign.training.slhf_loss import check_judge
 
 __all__ = ["SelfPlayConfig", "OPPONENTS", "win_share_rewards", "mixture_rewards", "train"]
@@ -59,14 +59,7 @@ class SelfPlayConfig:
         metadata={"help": "G >= 2: answers sampled per prompt, each judged against the other G - 1"},
     )
     tau: float = field(default=0.001, metadata={"help": "τ >= 0: weight of KL(π ‖ π_ref) in the reward"})
-    judge: str | None = field(
-        default=None,
-        metadata={
-            "help": "'gold': the world's gold preference p(y ≻ y'); 'reward_model': σ(r(x,y) − r(x,y')) with "
-            "the recipe's reward_model (null: the world's proxy RM); null: gold when the world has one, "
-            "else reward_model"
-        },
-    )
+    judge: str | None = field(default=None, metadata={"help": JUDGE_HELP})
     opponent: str = field(
         default="self",
         metadata={

@@ -35,6 +35,10 @@ from stackalign.training.slhf_loss import SLHFLossConfig, check_judge, slhf_loss
 __all__ = ["SLHFConfig", "RLHFConfig", "train", "train_rlhf", "evaluate_slhf", "JUDGES"]
 
 JUDGES = ("gold", "reward_model")
+JUDGE_HELP = (
+    "'gold': the world's gold preference p(y ≻ y'); 'reward_model': σ(r(x,y) − r(x,y')) with the recipe's "
+    "reward_model (null: the world's proxy RM); null: gold when the world has one, else reward_model"
+)
 
 
 @dataclass
@@ -42,14 +46,7 @@ class SLHFConfig(SLHFLossConfig):
     """The ``slhf`` algorithm's fields (flat in the recipe beside the common ones); loss fields as in
     ``SLHFLossConfig`` (τ^L, τ^F, κ, leader objective, KL estimator, baseline)."""
 
-    judge: str | None = field(
-        default=None,
-        metadata={
-            "help": "'gold': the world's gold preference p(y ≻ y'); 'reward_model': σ(r(x,y) − r(x,y')) with "
-            "the recipe's reward_model (null: the world's proxy RM); null: gold when the world has one, "
-            "else reward_model"
-        },
-    )
+    judge: str | None = field(default=None, metadata={"help": JUDGE_HELP})
     chain: int = field(
         default=3, metadata={"help": "refinement-chain length evaluated (summary 'refinement')"}
     )
