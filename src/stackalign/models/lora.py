@@ -240,7 +240,7 @@ def load_adapter_weights(pm: Any, root: str | Path) -> None:
     for name, d in _adapter_dirs(pm, Path(root)).items():
         if not (d / "adapter_model.safetensors").is_file():
             raise ValueError(f"checkpoint {str(d)!r} holds no adapter_model.safetensors for adapter {name!r}")
-        state = peft.utils.load_peft_weights(str(d), device="cpu")
+        state = _sharded_adapter_state(pm, peft.utils.load_peft_weights(str(d), device="cpu"), name)
         res = set_peft_model_state_dict(pm, state, adapter_name=name)
         unexpected = list(getattr(res, "unexpected_keys", []) or [])
         missing = [k for k in getattr(res, "missing_keys", []) or [] if "lora_" in k and f".{name}." in k]
@@ -251,10 +251,36 @@ def load_adapter_weights(pm: Any, root: str | Path) -> None:
             )
 
 
-def save_adapter_dir(pm: Any, tokenizer: Any, path: Path, *, merge: bool) -> None:
+def _sharded_adapter_state(pm: Any, state: dict, adapter: str) -> dict:
+    """An adapter file's tensors (keys without the adapter name: ``...lora_A.weight``) laid out as the
+    parameters they load into (``...lora_A.<adapter>.weight``): this process's shard when the model is
+    FSDP-sharded (``stackalign.training.distributed``), unchanged otherwise."""
+    from stackalign.training.distributed import is_dtensor, sharded_like
+
+    params = dict(pm.named_parameters())
+    if not any(is_dtensor(p) for p in params.values()):
+        return state
+    out = {}
+    for k, v in state.items():
+        head, _, leaf = k.rpartition(".")
+        like = params.get(f"{head}.{adapter}.{leaf}", params.get(k))
+        out[k] = sharded_like(v, like) if like is not None else v
+    return out
+
+
+def save_adapter_dir(
+    pm: Any, tokenizer: Any, path: Path, *, merge: bool, state_dict: dict | None = None
+) -> None:
     """``save_pretrained`` of the adapters (and tokenizer) into ``path``; with ``merge`` also
-    ``path/merged/`` (a copy of the base with the default adapter merged in: a plain HF model dir)."""
-    pm.save_pretrained(path, safe_serialization=True)
+    ``path/merged/`` (a copy of the base with the default adapter merged in: a plain HF model dir).
+    ``state_dict``: the model's weights gathered beforehand (an FSDP-sharded model), read instead of its own."""
+    if state_dict is not None and merge:
+        raise ValueError(
+            "lora.merge: not supported when the model is sharded (FSDP); merge the saved adapter"
+        )
+    pm.save_pretrained(
+        path, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict})
+    )
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     if merge:
