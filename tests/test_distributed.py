@@ -339,3 +339,17 @@ def test_fsdp_shards_every_weight_and_gathers_them_for_generation(micro, tmp_pat
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("holds") == 2, res.stdout
+
+
+def test_lora_merge_under_fsdp_is_refused_naming_the_field(micro, tmp_path, monkeypatch):
+    """A sharded model cannot be merged in place: refused before any model loads."""
+    import stackalign.training.distributed as D
+    from stackalign.recipe_base import RecipeError
+    from stackalign.training.run import run_training, train_recipe_from_dict
+
+    recipe = yaml.safe_load(_recipe(micro, tmp_path / "r.yaml", "rl").read_text())
+    recipe["lora"] = {"r": 4, "merge": True}
+    monkeypatch.setattr(D, "_CURRENT", D.Processes(0, 2, fsdp=True))
+    with pytest.raises(RecipeError, match=r"lora\.merge: not supported under FSDP"):
+        run_training(train_recipe_from_dict(recipe), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
