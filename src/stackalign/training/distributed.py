@@ -234,17 +234,20 @@ def full_weights() -> Iterator[None]:
 
 def full_state(obj: Any) -> Any:
     """``obj`` (a state dict, nested dicts / lists of tensors) with every DTensor gathered to a full CPU tensor
-    (the same tensor for one DTensor seen twice, e.g. tied weights): what
-    ``torch.distributed.checkpoint.state_dict.get_model_state_dict(full_state_dict=True, cpu_offload=True)``
-    gives, for any state dict, here also an optimizer's, which keeps its 1-process layout. A collective
-    (every process calls it on the same structure); other values are returned as they are."""
-    seen: dict[int, torch.Tensor] = {}
+    in the main process (the same tensor for one DTensor seen twice, e.g. tied weights) and None in the others,
+    which free each gathered tensor at once: what ``torch.distributed.checkpoint.state_dict``'s
+    ``get_model_state_dict(full_state_dict=True, cpu_offload=True)`` gives, for any state dict, here also an
+    optimizer's, which keeps its 1-process layout. A collective (every process calls it on the same
+    structure); other values are returned as they are."""
+    keep = processes().is_main
+    seen: dict[int, torch.Tensor | None] = {}
 
     def go(v: Any) -> Any:
         if is_dtensor(v):
             if id(v) not in seen:
                 with torch.no_grad():
-                    seen[id(v)] = v.full_tensor().cpu()
+                    full = v.full_tensor()
+                seen[id(v)] = full.cpu() if keep else None
             return seen[id(v)]
         if isinstance(v, dict):
             return {k: go(x) for k, x in v.items()}
