@@ -232,15 +232,19 @@ def _adapter_dirs(pm: Any, root: Path) -> dict[str, Path]:
     return {name: root if name == "default" else root / name for name in pm.peft_config}
 
 
-def load_adapter_weights(pm: Any, root: str | Path) -> None:
-    """Load every adapter of ``pm`` from a ``save_pretrained`` directory in place (exact copy)."""
+def load_adapter_weights(pm: Any, root: str | Path, *, layout: Any = None) -> None:
+    """Load every adapter of ``pm`` from a ``save_pretrained`` directory in place (exact copy). ``layout(tensor,
+    param)``: the full tensor read from disk laid out as the parameter it loads into (an FSDP-sharded model:
+    this process's shard, ``stackalign.training.distributed.sharded_like``); default: as read."""
     peft = require_peft()
     from peft.utils import set_peft_model_state_dict
 
     for name, d in _adapter_dirs(pm, Path(root)).items():
         if not (d / "adapter_model.safetensors").is_file():
             raise ValueError(f"checkpoint {str(d)!r} holds no adapter_model.safetensors for adapter {name!r}")
-        state = _sharded_adapter_state(pm, peft.utils.load_peft_weights(str(d), device="cpu"), name)
+        state = peft.utils.load_peft_weights(str(d), device="cpu")
+        if layout is not None:
+            state = _laid_out_adapter_state(pm, state, name, layout)
         res = set_peft_model_state_dict(pm, state, adapter_name=name)
         unexpected = list(getattr(res, "unexpected_keys", []) or [])
         missing = [k for k in getattr(res, "missing_keys", []) or [] if "lora_" in k and f".{name}." in k]
@@ -251,20 +255,15 @@ def load_adapter_weights(pm: Any, root: str | Path) -> None:
             )
 
 
-def _sharded_adapter_state(pm: Any, state: dict, adapter: str) -> dict:
-    """An adapter file's tensors (keys without the adapter name: ``...lora_A.weight``) laid out as the
-    parameters they load into (``...lora_A.<adapter>.weight``): this process's shard when the model is
-    FSDP-sharded (``stackalign.training.distributed``), unchanged otherwise."""
-    from stackalign.training.distributed import is_dtensor, sharded_like
-
+def _laid_out_adapter_state(pm: Any, state: dict, adapter: str, layout: Any) -> dict:
+    """An adapter file's tensors (keys without the adapter name: ``...lora_A.weight``) passed through
+    ``layout(tensor, param)`` with the parameters they load into (``...lora_A.<adapter>.weight``)."""
     params = dict(pm.named_parameters())
-    if not any(is_dtensor(p) for p in params.values()):
-        return state
     out = {}
     for k, v in state.items():
         head, _, leaf = k.rpartition(".")
         like = params.get(f"{head}.{adapter}.{leaf}", params.get(k))
-        out[k] = sharded_like(v, like) if like is not None else v
+        out[k] = layout(v, like) if like is not None else v
     return out
 
 

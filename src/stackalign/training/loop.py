@@ -300,11 +300,11 @@ def load_weights_in_place(model: torch.nn.Module, model_dir: str | Path) -> None
     from safetensors.torch import load_file
 
     from stackalign.models.lora import is_peft_model, load_adapter_weights
-    from stackalign.training.distributed import is_dtensor
+    from stackalign.training.distributed import is_dtensor, sharded_like
 
     model_dir = Path(model_dir)
     if is_peft_model(model):
-        load_adapter_weights(model, model_dir)
+        load_adapter_weights(model, model_dir, layout=sharded_like)  # FSDP: each process keeps its shard
         return
     index = model_dir / "model.safetensors.index.json"
     files = (
