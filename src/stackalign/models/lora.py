@@ -232,8 +232,10 @@ def _adapter_dirs(pm: Any, root: Path) -> dict[str, Path]:
     return {name: root if name == "default" else root / name for name in pm.peft_config}
 
 
-def load_adapter_weights(pm: Any, root: str | Path) -> None:
-    """Load every adapter of ``pm`` from a ``save_pretrained`` directory in place (exact copy)."""
+def load_adapter_weights(pm: Any, root: str | Path, *, layout: Any = None) -> None:
+    """Load every adapter of ``pm`` from a ``save_pretrained`` directory in place (exact copy). ``layout(tensor,
+    param)``: the full tensor read from disk laid out as the parameter it loads into (an FSDP-sharded model:
+    this process's shard, ``stackalign.training.distributed.sharded_like``); default: as read."""
     peft = require_peft()
     from peft.utils import set_peft_model_state_dict
 
@@ -241,6 +243,8 @@ def load_adapter_weights(pm: Any, root: str | Path) -> None:
         if not (d / "adapter_model.safetensors").is_file():
             raise ValueError(f"checkpoint {str(d)!r} holds no adapter_model.safetensors for adapter {name!r}")
         state = peft.utils.load_peft_weights(str(d), device="cpu")
+        if layout is not None:
+            state = _laid_out_adapter_state(pm, state, name, layout)
         res = set_peft_model_state_dict(pm, state, adapter_name=name)
         unexpected = list(getattr(res, "unexpected_keys", []) or [])
         missing = [k for k in getattr(res, "missing_keys", []) or [] if "lora_" in k and f".{name}." in k]
@@ -251,10 +255,31 @@ def load_adapter_weights(pm: Any, root: str | Path) -> None:
             )
 
 
-def save_adapter_dir(pm: Any, tokenizer: Any, path: Path, *, merge: bool) -> None:
+def _laid_out_adapter_state(pm: Any, state: dict, adapter: str, layout: Any) -> dict:
+    """An adapter file's tensors (keys without the adapter name: ``...lora_A.weight``) passed through
+    ``layout(tensor, param)`` with the parameters they load into (``...lora_A.<adapter>.weight``)."""
+    params = dict(pm.named_parameters())
+    out = {}
+    for k, v in state.items():
+        head, _, leaf = k.rpartition(".")
+        like = params.get(f"{head}.{adapter}.{leaf}", params.get(k))
+        out[k] = layout(v, like) if like is not None else v
+    return out
+
+
+def save_adapter_dir(
+    pm: Any, tokenizer: Any, path: Path, *, merge: bool, state_dict: dict | None = None
+) -> None:
     """``save_pretrained`` of the adapters (and tokenizer) into ``path``; with ``merge`` also
-    ``path/merged/`` (a copy of the base with the default adapter merged in: a plain HF model dir)."""
-    pm.save_pretrained(path, safe_serialization=True)
+    ``path/merged/`` (a copy of the base with the default adapter merged in: a plain HF model dir).
+    ``state_dict``: the model's weights gathered beforehand (an FSDP-sharded model), read instead of its own."""
+    if state_dict is not None and merge:
+        raise ValueError(
+            "lora.merge: not supported when the model is sharded (FSDP); merge the saved adapter"
+        )
+    pm.save_pretrained(
+        path, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict})
+    )
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     if merge:

@@ -19,20 +19,45 @@ every process holds the whole result and the main process writes it; responses a
 they do not depend on the split. Win rates between two policies' gathered responses are judged in every
 process (not split).
 
-FSDP and DeepSpeed ZeRO-3 (``recipes/accelerate/fsdp.yaml``, ``zero3.yaml``) shard the weights themselves;
-this trainer replicates the model in every process (DDP-style), so a launch with one of them is refused
-with a clear message rather than silently replicating the model.
+FSDP (``recipes/accelerate/fsdp.yaml``: ``accelerate launch`` sets ``ACCELERATE_USE_FSDP``) shards the trained
+policy instead of replicating it: :func:`shard_model` applies torch's FSDP2 ``fully_shard`` to every transformer
+block (the classes in the model's ``_no_split_modules``, accelerate's TRANSFORMER_BASED_WRAP) and then to the
+root, so each process holds 1/W of every weight, gradient and AdamW moment (a LoRA policy: the frozen base and
+the adapters, sharded alike; the reference is the same model with the adapters off). The data split, the
+losses and the loop are the DDP ones above; FSDP's reduce-scatter averages the gradients over the processes
+(the same mean as :meth:`Processes.mean_grads`, which is then skipped), and gradient clipping takes the global
+norm of the sharded (DTensor) gradients. A forward pass all-gathers each block's weights, a collective that
+every process must run in step; the training forwards are (equal shards, one batch each), but generation
+runs a different number of forwards in each process (responses end at different lengths, evaluation shares
+are uneven). Rollouts and evaluation therefore run inside :func:`full_weights`, which all-gathers the whole
+policy once and keeps it until the block ends, so generation does no collective: the price is one full copy
+of the policy's weights in every process while it generates (as TRL does for ZeRO-3), on top of the shards.
+Checkpoints and ``final/`` are gathered to full tensors (:func:`full_state`, a collective) and written by the
+main process in the 1-process format; on resume every process reads them and keeps its shard
+(:func:`sharded_like`). A non-LoRA reference policy stays a full unsharded copy in every process.
+Not supported under FSDP: ``lora.merge`` (merge the saved adapters afterwards). DeepSpeed ZeRO-3
+(``zero3.yaml``) is refused with a clear message (DeepSpeed is not a dependency).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["Processes", "processes"]
+__all__ = [
+    "Processes",
+    "processes",
+    "shard_model",
+    "full_weights",
+    "full_state",
+    "sharded_like",
+    "is_dtensor",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +66,7 @@ class Processes:
 
     rank: int = 0
     world: int = 1
+    fsdp: bool = False  # the trained policy is sharded (FSDP2) rather than replicated
 
     @property
     def is_main(self) -> bool:
@@ -83,8 +109,9 @@ class Processes:
         return out
 
     def mean_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace every gradient by its mean over the processes (one all-reduce of a flat buffer)."""
-        if not self.distributed:
+        """Replace every gradient by its mean over the processes (one all-reduce of a flat buffer). Under FSDP
+        a no-op: the backward pass already reduce-scattered the mean of the gradients into the shards."""
+        if not self.distributed or self.fsdp:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -117,12 +144,12 @@ def processes() -> Processes:
         return _CURRENT
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Processes()
-    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(var, "").lower() in ("1", "true"):
-            raise RuntimeError(
-                f"accelerate config: {name} shards the model, but stackalign train replicates it in every "
-                "process (data parallel); launch with a multi-GPU/multi-CPU config (recipes/accelerate/ddp.yaml)"
-            )
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        raise RuntimeError(
+            "accelerate config: DeepSpeed (ZeRO) is not supported by stackalign train; to shard the model use "
+            "FSDP (recipes/accelerate/fsdp.yaml), to replicate it data parallel (recipes/accelerate/ddp.yaml)"
+        )
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
     try:
         from accelerate import PartialState
     except ModuleNotFoundError:
@@ -130,5 +157,113 @@ def processes() -> Processes:
             "several processes (WORLD_SIZE > 1) need accelerate: pip install 'stackalign[lora]'"
         ) from None
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes: gloo
-    _CURRENT = Processes(state.process_index, state.num_processes)
+    _CURRENT = Processes(state.process_index, state.num_processes, fsdp)
     return _CURRENT
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FSDP (torch FSDP2): the sharded policy
+# ---------------------------------------------------------------------------------------------------------
+_SHARDED: list[torch.nn.Module] = []  # the models shard_model sharded (full_weights gathers them)
+_FULL_DEPTH = 0  # nesting depth of full_weights blocks
+
+
+def is_dtensor(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Under FSDP (:func:`processes` ``.fsdp``): shard ``model`` in place with FSDP2 ``fully_shard``, each
+    transformer block (a class named in the model's ``_no_split_modules``) and then the root; returns it
+    (its parameters are now DTensors, sharded on dim 0 over the processes). Otherwise ``model`` unchanged."""
+    procs = processes()
+    if not procs.fsdp:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    blocks = set(getattr(base, "_no_split_modules", None) or ())
+    if not blocks:
+        raise ValueError(f"FSDP: {type(base).__name__} names no transformer block class (_no_split_modules)")
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (procs.world,))
+    for m in list(model.modules()):
+        if type(m).__name__ in blocks:
+            fully_shard(m, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    _SHARDED.append(model)
+    return model
+
+
+def _fsdp_modules() -> list[torch.nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for root in _SHARDED for m in root.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def full_weights() -> Iterator[None]:
+    """Inside the block every sharded model (:func:`shard_model`) holds its full weights, all-gathered once on
+    entry and freed on exit, so its forward passes (generation: a different number in each process) run no
+    collective. Every process must enter it together (it all-gathers); nested blocks are free. Costs one
+    full copy of the weights per process while it lasts. Without FSDP a no-op."""
+    global _FULL_DEPTH
+    mods = _fsdp_modules()
+    if not mods or _FULL_DEPTH:
+        _FULL_DEPTH += 1
+        try:
+            yield
+        finally:
+            _FULL_DEPTH -= 1
+        return
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    _FULL_DEPTH += 1
+    try:
+        yield
+    finally:
+        _FULL_DEPTH -= 1
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def full_state(obj: Any) -> Any:
+    """``obj`` (a state dict, nested dicts / lists of tensors) with every DTensor gathered to a full CPU tensor
+    in the main process (the same tensor for one DTensor seen twice, e.g. tied weights) and None in the others,
+    which free each gathered tensor at once: what ``torch.distributed.checkpoint.state_dict``'s
+    ``get_model_state_dict(full_state_dict=True, cpu_offload=True)`` gives, for any state dict, here also an
+    optimizer's, which keeps its 1-process layout. A collective (every process calls it on the same
+    structure); other values are returned as they are."""
+    keep = processes().is_main
+    seen: dict[int, torch.Tensor | None] = {}
+
+    def go(v: Any) -> Any:
+        if is_dtensor(v):
+            if id(v) not in seen:
+                with torch.no_grad():
+                    full = v.full_tensor()
+                seen[id(v)] = full.cpu() if keep else None
+            return seen[id(v)]
+        if isinstance(v, dict):
+            return {k: go(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return type(v)(go(x) for x in v)
+        return v
+
+    return go(obj)
+
+
+def sharded_like(value: torch.Tensor, like: Any) -> torch.Tensor:
+    """A full tensor (the same in every process) laid out as the DTensor ``like`` (this process keeps its own
+    shard, no communication); ``value`` as it is when ``like`` is not a DTensor or has another shape."""
+    if not is_dtensor(like) or not torch.is_tensor(value) or tuple(value.shape) != tuple(like.shape):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    value = value.to(device=like.device, dtype=like.dtype)
+    return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None)

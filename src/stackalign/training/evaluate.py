@@ -34,10 +34,11 @@ def generate(
     """``n`` responses per prompt (``config.temperature == 0``: greedy, n must be 1).
 
     Returns ``(texts[i][j], token_ids[i][j])``."""
-    from stackalign.training.distributed import processes
+    from stackalign.training.distributed import full_weights, processes
 
     procs = processes()  # under several processes each samples its share of the prompts (gathered back)
-    texts, ids = _generate_here(model, tokenizer, procs.split(prompts), config, n=n)
+    with full_weights():  # FSDP: the shares differ, so no per-forward collective (see training.distributed)
+        texts, ids = _generate_here(model, tokenizer, procs.split(prompts), config, n=n)
     return procs.unsplit(texts), procs.unsplit(ids)
 
 
@@ -99,10 +100,11 @@ def evaluate_policy(
             mean over its responses of Σ_t (log π − log π_ref) (the unbiased k1 estimate; meaningless for
             greedy output, so None then).
     """
-    from stackalign.training.distributed import processes
+    from stackalign.training.distributed import full_weights, processes
 
     procs = processes()  # under several processes: each generates and scores its share, gathered in order
-    res = _evaluate_here(model, tokenizer, procs.split(prompts), config, n, gold, reward_model, reference)
+    with full_weights():  # FSDP: the shares differ, so no per-forward collective (see training.distributed)
+        res = _evaluate_here(model, tokenizer, procs.split(prompts), config, n, gold, reward_model, reference)
     if not procs.distributed:
         return res
     parts = [

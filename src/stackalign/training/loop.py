@@ -223,24 +223,40 @@ def save_model_dir(model: Any, tokenizer: Any, path: str | Path, *, merge: bool 
 
     path = Path(path)
     procs = processes()
+    state = _full_model_state(model)  # under FSDP every process takes part in gathering the weights
     if not procs.is_main:  # under several processes the main one writes (the replicas are equal)
         procs.barrier()
         return path
-    _write_model_dir(model, tokenizer, path, merge)
+    _write_model_dir(model, tokenizer, path, merge, state)
     procs.barrier()
     return path
 
 
-def _write_model_dir(model: Any, tokenizer: Any, path: Path, merge: bool) -> None:
+def _full_model_state(model: Any) -> dict | None:
+    """Under FSDP the model's state dict gathered to full CPU tensors (a collective); None when the model is
+    not sharded (``save_pretrained`` reads its own weights)."""
+    from stackalign.training.distributed import full_state, is_dtensor
+
+    if not any(is_dtensor(p) for p in model.parameters()):
+        return None
+    state, seen = {}, set()
+    for k, v in model.state_dict(keep_vars=True).items():
+        if id(v) not in seen:  # a tied copy (lm_head.weight == embed_tokens.weight): save_pretrained drops it
+            seen.add(id(v))
+            state[k] = v
+    return full_state(state)
+
+
+def _write_model_dir(model: Any, tokenizer: Any, path: Path, merge: bool, state: dict | None = None) -> None:
     from stackalign.models.lora import is_peft_model, save_adapter_dir
 
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     if is_peft_model(model):
-        save_adapter_dir(model, tokenizer, tmp, merge=merge)
+        save_adapter_dir(model, tokenizer, tmp, merge=merge, state_dict=state)
     else:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **_given(state))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     _fsync_tree(tmp)
@@ -249,6 +265,11 @@ def _write_model_dir(model: Any, tokenizer: Any, path: Path, merge: bool) -> Non
     os.replace(tmp, path)
     for stale in path.parent.glob(f".tmp-{path.name}-*"):  # left by a process killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _given(state: dict | None) -> dict:
+    """``save_pretrained``'s keyword for weights gathered beforehand (FSDP), none otherwise."""
+    return {} if state is None else {"state_dict": state}
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -279,10 +300,11 @@ def load_weights_in_place(model: torch.nn.Module, model_dir: str | Path) -> None
     from safetensors.torch import load_file
 
     from stackalign.models.lora import is_peft_model, load_adapter_weights
+    from stackalign.training.distributed import is_dtensor, sharded_like
 
     model_dir = Path(model_dir)
     if is_peft_model(model):
-        load_adapter_weights(model, model_dir)
+        load_adapter_weights(model, model_dir, layout=sharded_like)  # FSDP: each process keeps its shard
         return
     index = model_dir / "model.safetensors.index.json"
     files = (
@@ -293,16 +315,39 @@ def load_weights_in_place(model: torch.nn.Module, model_dir: str | Path) -> None
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
+    params = dict(model.named_parameters(remove_duplicate=False))
+    state = _sharded_state(state, params)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # save_pretrained drops tied copies (lm_head.weight == embed_tokens.weight); anything else is a mismatch
-    params = dict(model.named_parameters(remove_duplicate=False))
-    saved_ptrs = {params[k].data_ptr() for k in state if k in params}
-    really_missing = [k for k in missing if k not in params or params[k].data_ptr() not in saved_ptrs]
+    # (a sharded model's tied parameters are one DTensor object: compared by identity)
+    key = (lambda t: id(t)) if any(is_dtensor(p) for p in params.values()) else (lambda t: t.data_ptr())
+    saved_ptrs = {key(params[k]) for k in state if k in params}
+    really_missing = [k for k in missing if k not in params or key(params[k]) not in saved_ptrs]
     if really_missing or unexpected:
         raise ValueError(
             f"checkpoint {str(model_dir)!r} does not match the model: missing {really_missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
+
+
+def _sharded_state(state: dict, params: dict) -> dict:
+    """Full tensors read from disk laid out as the (possibly FSDP-sharded) parameters of the same names."""
+    from stackalign.training.distributed import sharded_like
+
+    return {k: sharded_like(v, params[k]) if k in params else v for k, v in state.items()}
+
+
+def _sharded_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """A full (1-process layout) optimizer state dict with each per-parameter tensor (AdamW's moments) laid out
+    as its parameter: this process's shard under FSDP, unchanged otherwise."""
+    from stackalign.training.distributed import sharded_like
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    per_param = {
+        k: {n: sharded_like(v, params[int(k)]) for n, v in st.items()} if int(k) < len(params) else st
+        for k, st in state["state"].items()
+    }
+    return {**state, "state": per_param}
 
 
 def complete_checkpoints(out_dir: str | Path) -> list[Path]:
@@ -337,15 +382,18 @@ def save_checkpoint(
     generators: dict[str, torch.Generator] | None = None,
     extra_models: dict[str, Any] | None = None,
     keep: int = 2,
+    full: tuple[dict, dict] | None = None,
 ) -> Path:
     """Write ``out_dir/checkpoints/step-{step:06d}`` atomically; prune to the newest ``keep``. A full disk is
-    an OSError(ENOSPC) naming the directory; the checkpoints already written stay as they were."""
+    an OSError(ENOSPC) naming the directory; the checkpoints already written stay as they were. ``full``:
+    the model's and the optimizer's state dicts gathered beforehand (an FSDP-sharded model, see
+    :func:`gather_training_state`), written in place of the model's and the optimizer's own."""
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CKPT_PREFIX}{step:06d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     try:
-        _write_checkpoint(tmp, step, model, tokenizer, optimizer, algo_state, generators, extra_models)
+        _write_checkpoint(tmp, step, model, tokenizer, optimizer, algo_state, generators, extra_models, full)
     except (OSError, RuntimeError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(e):
@@ -365,17 +413,25 @@ def save_checkpoint(
     return final
 
 
-def _write_checkpoint(tmp, step, model, tokenizer, optimizer, algo_state, generators, extra_models) -> None:
+def gather_training_state(model: Any, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
+    """Under FSDP the model's and the optimizer's state dicts gathered to full CPU tensors, in the 1-process
+    layout (a collective: every process calls it); None when the model is not sharded."""
+    from stackalign.training.distributed import full_state
+
+    msd = _full_model_state(model)
+    return None if msd is None else (msd, full_state(optimizer.state_dict()))
+
+
+def _write_checkpoint(tmp, step, model, tokenizer, optimizer, algo_state, generators, extra_models, full):
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    msd, osd = full if full is not None else (None, optimizer.state_dict())
+    model.save_pretrained(tmp, safe_serialization=True, **_given(msd))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     for name, m in (extra_models or {}).items():
         m.save_pretrained(tmp / "extra" / name, safe_serialization=True)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "rng": _rng_state(generators or {})}, tmp / "trainer_state.pt"
-    )
+    torch.save({"optimizer": osd, "rng": _rng_state(generators or {})}, tmp / "trainer_state.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "algo_state": algo_state}, indent=2))
     _fsync_tree(tmp)
 
@@ -395,7 +451,7 @@ def load_checkpoint(
     load_weights_in_place(model, ckpt)
     for name, m in (extra_models or {}).items():
         load_weights_in_place(m, ckpt / "extra" / name)
-    optimizer.load_state_dict(blob["optimizer"])
+    optimizer.load_state_dict(_sharded_optimizer_state(blob["optimizer"], optimizer))
     _set_rng_state(blob["rng"], generators or {})
     return int(meta["step"]), meta.get("algo_state", {})
 
@@ -403,6 +459,19 @@ def load_checkpoint(
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
+def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """The global L2 norm of the gradients, clipped to ``max_norm`` unless None. FSDP-sharded gradients are
+    DTensors: their norm is reduced over the processes (the full gradient's norm, the same in every process)."""
+    from stackalign.training.distributed import is_dtensor
+
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if is_dtensor(norm):  # a partial norm of each process's shards: reduce it
+        norm = norm.full_tensor()
+    if max_norm is not None:  # what clip_grad_norm_ does, with the reduced norm
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return float(norm)
+
+
 def train_loop(
     model: Any,
     tokenizer: Any,
@@ -492,10 +561,7 @@ def train_loop(
                 raise ValueError(f"step {step}: the loss is {out.loss.item()} (not finite)")
             out.loss.backward()
         procs.mean_grads(params)  # data parallel: the gradient of the global batch
-        if settings.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
-        else:
-            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        grad_norm = _clip_grad_norm(params, settings.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         row = procs.mean_metrics(
@@ -516,6 +582,7 @@ def train_loop(
             log.append(row)
         rows.append(row)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
+            full = gather_training_state(model, optimizer)  # FSDP: every process gathers, the main one writes
             if procs.is_main:
                 save_checkpoint(
                     out_dir,
@@ -527,6 +594,7 @@ def train_loop(
                     generators=generators,
                     extra_models=extra_models,
                     keep=settings.keep_checkpoints,
+                    full=full,
                 )
             procs.barrier()
         if bar is not None:

@@ -60,11 +60,14 @@ def sample_group(
 
     Returns a :class:`SampleResult` (``texts[i][j]``, ``token_ids[i][j]``: response j of prompt i; the ids
     keep a final EOS / the token that completed a stop string, the texts do not)."""
+    from stackalign.training.distributed import full_weights
+
     was_training = model.training
     model.eval()
     try:
         cfg = replace(config, seed=step_seed(seed, step, salt))
-        return sample(model, tokenizer, prompts, G, cfg, mixture=mixture)
+        with full_weights():  # FSDP: generation runs on gathered weights (no per-forward collective)
+            return sample(model, tokenizer, prompts, G, cfg, mixture=mixture)
     finally:
         model.train(was_training)
 

@@ -340,13 +340,15 @@ class _Rounds:
         """SSAPO's round t: K samples per new prompt from pi_{t-1}, labelled by the implicit reward, and the
         follower's worst case over them (``solve_follower``)."""
         from stackalign.decoding.sampling import sample
+        from stackalign.training.distributed import full_weights
         from stackalign.training.loop import step_seed
 
         algo, world, policy, tok = self.algo, self.world, self.policy, self.tok
         pool = self.pools[t - 1]
         g = replace(self.ctx.generation_config(), seed=step_seed(self.common.seed, t, "annotate") % (2**31))
         t0 = time.perf_counter()
-        res = sample(policy, tok, pool, algo.samples_per_prompt, g)
+        with full_weights():  # FSDP: generation runs on gathered weights (no per-forward collective)
+            res = sample(policy, tok, pool, algo.samples_per_prompt, g)
         prompts, responses = res.flat()
         t1 = time.perf_counter()
         lp_pol = batched_logprobs(policy, tok, prompts, responses)

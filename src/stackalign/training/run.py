@@ -65,7 +65,8 @@ class TrainContext:
         """A fresh copy of the initial policy (or of ``path``): ``(model, tokenizer)``, in eval mode (dropout
         off) with gradients enabled. With the recipe's ``lora:`` (and no ``path``) the model is the frozen
         base wrapped in a ``PeftModel`` with trainable adapters (two for slhf unless ``lora.shared``), and
-        :meth:`load_reference` / :meth:`load_players` are views of it (``stackalign.models.lora``)."""
+        :meth:`load_reference` / :meth:`load_players` are views of it (``stackalign.models.lora``). Under an
+        FSDP launch the policy (no ``path``) is sharded (``stackalign.training.distributed.shard_model``)."""
         model, tok = self._load(path)
         if path is None and self.config.lora is not None:
             from stackalign.models.lora import FOLLOWER, apply_lora
@@ -78,6 +79,9 @@ class TrainContext:
                 from stackalign.training.memory import enable_gradient_checkpointing
 
                 enable_gradient_checkpointing(model)
+            from stackalign.training.distributed import shard_model
+
+            model = shard_model(model)  # under an FSDP launch: FSDP2, each process keeps 1/W of the weights
             self._cache["policy"] = model
         return model, tok
 
@@ -228,6 +232,11 @@ def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = No
     from stackalign.training.memory import check_memory
 
     preflight_train(recipe)  # the device, the world and model paths, before anything loads
+    if processes().fsdp and recipe.common.lora is not None and recipe.common.lora.merge:
+        raise RecipeError(
+            "lora.merge: not supported under FSDP (the sharded model cannot be merged in place); train with "
+            "merge: false and merge the adapter of final/ afterwards"
+        )
     check_memory(recipe, processes=processes().world)  # before any model loads
     # one writer per train directory: under several processes (accelerate launch) the main one holds the lock
     lock = DirLock(out_dir, "train directory") if processes().is_main else contextlib.nullcontext()

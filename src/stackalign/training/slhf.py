@@ -164,8 +164,12 @@ def eval_answers(model, tok, xs: list[str], gen, salt: str) -> list[str]:
     """One sampled answer per entry of ``xs`` with the evaluation seed ``step_seed(gen.seed, 0, salt)``: every
     algorithm's evaluation draws the base answers with the same salt, so their win rates share them."""
     from stackalign.decoding.sampling import sample
+    from stackalign.training.distributed import full_weights
 
-    return [t[0] for t in sample(model, tok, xs, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts]
+    with full_weights():  # FSDP: generation runs on gathered weights (no per-forward collective)
+        return [
+            t[0] for t in sample(model, tok, xs, 1, replace(gen, seed=step_seed(gen.seed, 0, salt))).texts
+        ]
 
 
 @torch.no_grad()
