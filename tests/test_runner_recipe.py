@@ -31,7 +31,7 @@ def test_good_recipe_and_overrides():
         ({"methodz": []}, "methodz"),
         ({"generation": {"max_new_token": 5}}, "generation.max_new_token"),
         ({"generation": {"max_new_tokens": "many"}}, "generation.max_new_tokens"),
-        ({"generation": {"temperature": 0}}, "generation.temperature"),
+        ({"generation": {"temperature": -0.5}}, "generation.temperature"),
         ({"methods": [{"decoder": "beam"}]}, r"methods\[0\].decoder"),
         ({"methods": [{"decoder": "args", "shaping": "magic"}]}, r"methods\[0\].shaping"),
         ({"methods": [{"decoder": "args", "preset": "official"}]}, r"methods\[0\].preset"),
