@@ -290,3 +290,36 @@ def test_a_recipe_that_cannot_fit_is_refused_before_loading(micro, tmp_path):
     )  # fmt: skip
     assert res.returncode != 0 and "memory: this recipe needs about" in res.stderr + res.stdout
     assert "weights" in res.stderr + res.stdout  # the breakdown comes with the refusal
+
+
+def test_memory_estimate_under_fsdp_shards_gradients_and_optimizer_not_the_weights(micro, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from stackalign.training.memory import estimate_train_memory
+
+    recipe = _recipe(micro, "rl", lora=None)
+    one = estimate_train_memory(recipe)
+    ddp = estimate_train_memory(recipe, processes=4)
+    fsdp = estimate_train_memory(recipe, processes=4, sharded=True)
+    assert ddp.parts["gradients"] == one.parts["gradients"]  # DDP: a full replica in every process
+    n = one.parts["gradients"] // 4  # float32 trainable parameters
+    assert fsdp.parts["gradients"] == 4 * -(-n // 4) and fsdp.parts["optimizer (AdamW)"] == 8 * -(-n // 4)
+    assert (
+        fsdp.parts["weights"] == one.parts["weights"] and fsdp.parts["references"] == one.parts["references"]
+    )
+    assert fsdp.parts["activations"] == ddp.parts["activations"] < one.parts["activations"]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe.to_dict()))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = {}
+    for flags in ([], ["--processes", "4", "--fsdp"]):
+        res = subprocess.run(
+            [sys.executable, "-m", "stackalign", "recipe", "check", "--no-env", *flags, str(path)],
+            capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": src},
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        out[bool(flags)] = res.stdout
+    assert "FSDP over 4 processes" in out[True] and "FSDP" not in out[False]

@@ -111,6 +111,15 @@ def _add_recipe(sub) -> None:
     rck = rsub.add_parser("check", help="validate a recipe (and the machine for it) and print it resolved")
     rck.add_argument("recipe", help="recipe YAML file")
     rck.add_argument("--no-env", action="store_true", help="skip the machine checks (packages, paths, judge)")
+    rck.add_argument(
+        "--processes", type=int, default=1, metavar="N",
+        help="train recipes: the memory estimate for N data-parallel processes (accelerate launch)",
+    )  # fmt: skip
+    rck.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="train recipes: the memory estimate with the policy sharded by FSDP",
+    )
     rck.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
     rck.set_defaults(func=_handler("stackalign.runner.schema:check_main"))
     rsc = rsub.add_parser("schema", help="every recipe field: type, default and help")

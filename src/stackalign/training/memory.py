@@ -220,7 +220,7 @@ def _rows_per_step(recipe: Any) -> int:
     return c.prompts_per_step * a.group_size  # rl, rlhf, selfplay: G answers per prompt
 
 
-def estimate_train_memory(recipe: Any, *, processes: int = 1) -> MemoryEstimate:
+def estimate_train_memory(recipe: Any, *, processes: int = 1, sharded: bool = False) -> MemoryEstimate:
     """Memory of one training process of a validated train recipe, from the models' configs only.
 
     Parts: the policy's weights; the trainable parameters' gradients and AdamW's two moments (in the weights'
@@ -230,7 +230,10 @@ def estimate_train_memory(recipe: Any, *, processes: int = 1) -> MemoryEstimate:
     34 bytes per token and hidden unit in 16-bit (Korthikanti et al., arXiv 2205.05198, eq. 1, without the
     attention-score term that fused attention does not store), scaled to the activation dtype; with
     gradient checkpointing only each layer's input plus one layer; plus the fp32 logits and log-softmax of
-    the response tokens. ``processes``: data-parallel processes sharing the step's batch."""
+    the response tokens. ``processes``: data-parallel processes sharing the step's batch. ``sharded``: the
+    policy is sharded over them with FSDP, so each process holds 1/processes of the trainable parameters'
+    gradients and AdamW moments; its weights are still counted whole, since generation gathers them
+    (``full_weights``), and a full fine-tuning reference stays a whole copy in every process."""
     c = recipe.common
     device_name, visible = visible_memory(c.device)
     est = MemoryEstimate(device=device_name, visible=visible)
@@ -256,8 +259,14 @@ def estimate_train_memory(recipe: Any, *, processes: int = 1) -> MemoryEstimate:
     else:
         trainable = shape.params
         est.parts["references"] = shape.params * wb  # the frozen copy of the initial policy
-    est.parts["gradients"] = trainable * wb
-    est.parts["optimizer (AdamW)"] = 2 * trainable * wb
+    shards = processes if sharded else 1
+    est.parts["gradients"] = -(-trainable // shards) * wb
+    est.parts["optimizer (AdamW)"] = 2 * -(-trainable // shards) * wb
+    if shards > 1:
+        est.notes.append(
+            f"FSDP over {shards} processes: gradients and optimizer state are 1/{shards} per process; the "
+            "weights count whole (generation gathers them)"
+        )
     rm = c.reward_model or world_rm
     if _uses_reward_model(recipe) and rm is not None:
         try:
@@ -280,9 +289,9 @@ def estimate_train_memory(recipe: Any, *, processes: int = 1) -> MemoryEstimate:
     return est
 
 
-def check_memory(recipe: Any, *, processes: int = 1) -> MemoryEstimate:
+def check_memory(recipe: Any, *, processes: int = 1, sharded: bool = False) -> MemoryEstimate:
     """The estimate, or ValueError (naming the fields that help) when it exceeds the visible memory."""
-    est = estimate_train_memory(recipe, processes=processes)
+    est = estimate_train_memory(recipe, processes=processes, sharded=sharded)
     if not est.fits:
         raise ValueError(
             f"memory: this recipe needs about {est.total / GIB:.1f} GiB per process but {est.device} has "

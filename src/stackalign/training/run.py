@@ -237,7 +237,7 @@ def run_training(recipe: ResolvedRecipe, out_dir: str | Path, *, world: Any = No
             "lora.merge: not supported under FSDP (the sharded model cannot be merged in place); train with "
             "merge: false and merge the adapter of final/ afterwards"
         )
-    check_memory(recipe, processes=processes().world)  # before any model loads
+    check_memory(recipe, processes=processes().world, sharded=processes().fsdp)  # before any model loads
     # one writer per train directory: under several processes (accelerate launch) the main one holds the lock
     lock = DirLock(out_dir, "train directory") if processes().is_main else contextlib.nullcontext()
     with lock:
