@@ -25,6 +25,9 @@ TOL = 1e-5
 FIELDS = {"rl": {"group_size": 2}, "slhf": {}, "dpo": {"seed_pairs": 8, "batch_size": 4}}
 
 
+LORA = {"lora": {"r": 4, "alpha": 8}}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,12 +84,21 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(micro, tmp_p
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) FSDP check")
 @pytest.mark.parametrize(
-    "algorithm,lora", [("rl", False), ("slhf", False), ("dpo", False), ("rl", True), ("slhf", True)]
+    "algorithm,kw",
+    [
+        ("rl", {}),
+        ("slhf", {}),
+        ("dpo", {}),
+        ("rl", LORA),
+        ("slhf", LORA),
+        ("rl", {"gradient_checkpointing": True}),
+    ],
+    ids=["rl", "slhf", "dpo", "rl-lora", "slhf-lora", "rl-checkpointing"],
 )
-def test_fsdp_two_processes_equal_one_process_with_the_same_global_batch(micro, tmp_path, algorithm, lora):
+def test_fsdp_two_processes_equal_one_process_with_the_same_global_batch(micro, tmp_path, algorithm, kw):
     """FSDP2 shards the policy (LoRA: the frozen base and the adapters; slhf with LoRA: two adapters, the
-    follower's in final/follower/): the same checks, and the same checkpoint format as one process."""
-    kw = {"lora": {"r": 4, "alpha": 8}} if lora else {}
+    follower's in final/follower/; gradient checkpointing recomputes the sharded blocks in the backward pass):
+    the same checks, and the same checkpoint format as one process."""
     one, two = _check_two_equal_one(micro, tmp_path, algorithm, fsdp=True, **kw)
     ca, cb = (sorted(p.relative_to(d) for p in d.rglob("*") if p.is_file() and "checkpoints" in p.parts)
               for d in (one, two))  # fmt: skip
