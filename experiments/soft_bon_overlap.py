@@ -11,6 +11,11 @@ two selection laws, the chance that the shared uniform gives both the same pick,
 and the proxy reward each law expects. The SRS row uses the preset with ``beta`` as in the evidence recipe
 (selection temperature = the shaper's beta); vanilla selects at ``beta`` too. The threshold is the N
 candidates' own ("step").
+
+``--betas 0.25,0.5,1,2,4`` adds both tuning protocols for soft Best-of-N, scored by each law's **expected**
+gold over the N samples (exact given the samples, no selection noise): on ``--val-prompts`` validation
+prompts, vanilla's best beta (the paper's protocol: both methods at it) and SRS's own best beta; on the test
+prompts, the paired difference SRS − vanilla under each protocol with its 95% bootstrap interval.
 """
 
 from __future__ import annotations
@@ -28,6 +33,52 @@ def same_pick_probability(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (torch.minimum(cp, cq) - lo).clamp(min=0).sum(-1)
 
 
+def expected_gold(world, prompts, samples, probs: torch.Tensor) -> list[float]:
+    """Per prompt, the gold the selection law ``probs`` [P, N] expects over the prompt's N samples."""
+    gold = torch.tensor(
+        [[world.gold(x, y) for y in row] for x, row in zip(prompts, samples)], dtype=torch.float64
+    )
+    return (probs * gold).sum(-1).tolist()
+
+
+def protocols(world, policy, tok, rm, gen, args, betas: list[float]) -> dict:
+    """Both tuning protocols of soft Best-of-N vs SRS soft Best-of-N (see the module docstring)."""
+    from stackalign.decoding.bon import best_of_n, soft_select_probs
+    from stackalign.evaluation.intervals import paired_diff_ci
+    from stackalign.shaping.presets import get_preset
+
+    def laws(prompts):
+        base = best_of_n(policy, tok, rm, prompts, args.n, gen, soft=True, beta=1.0)
+        r = base.rewards
+        out = {}
+        for b in betas:
+            srs = get_preset(args.preset, beta=b)(r)
+            out[b] = (
+                expected_gold(world, prompts, base.samples, soft_select_probs(r.double(), b)),
+                expected_gold(world, prompts, base.samples, soft_select_probs(srs, b)),
+            )
+        return out
+
+    val = laws(world.val_prompts[: args.val_prompts])
+    mean = {b: (sum(v) / len(v), sum(s) / len(s)) for b, (v, s) in val.items()}
+    paper = max(betas, key=lambda b: (mean[b][0], -b))  # ties to the smaller beta (the larger weight 1/beta)
+    own = max(betas, key=lambda b: (mean[b][1], -b))
+    test = laws(world.test_prompts[: args.prompts])
+    return {
+        "val_prompts": args.val_prompts,
+        "val_expected_gold": {str(b): [round(m, 4) for m in mean[b]] for b in betas},
+        "vanilla_best_beta": paper,
+        "srs_best_beta": own,
+        "test_vanilla_gold": round(sum(test[paper][0]) / len(test[paper][0]), 4),
+        "test_srs_gold_paper_protocol": round(sum(test[paper][1]) / len(test[paper][1]), 4),
+        "test_srs_gold_own_best": round(sum(test[own][1]) / len(test[own][1]), 4),
+        "paper_protocol_srs_minus_vanilla": [
+            round(v, 4) for v in paired_diff_ci(test[paper][1], test[paper][0])
+        ],
+        "own_best_srs_minus_vanilla": [round(v, 4) for v in paired_diff_ci(test[own][1], test[paper][0])],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m experiments.soft_bon_overlap", description=__doc__.splitlines()[0]
@@ -40,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--beta", type=float, default=1.0, help="the SRS shaper's beta and both selection temperatures"
     )
+    ap.add_argument("--betas", default=None, help="comma-separated betas: add both tuning protocols")
+    ap.add_argument("--val-prompts", type=int, default=8, help="validation prompts that choose beta")
     a = ap.parse_args(argv)
 
     from stackalign.decoding.bon import best_of_n, soft_select_probs
@@ -85,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         "expected_proxy_vanilla": round(float((p * r).sum(-1).mean()), 4),
         "expected_proxy_srs": round(float((q * r).sum(-1).mean()), 4),
     }
+    if a.betas:
+        betas = sorted({float(b) for b in a.betas.split(",") if b.strip()})
+        out["protocols"] = protocols(world, policy, tok, rm, gen, a, betas)
     print(json.dumps(out, indent=1))
     return 0
 

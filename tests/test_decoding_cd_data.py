@@ -145,6 +145,7 @@ def test_paper_and_baseline_targets_by_hand(built):
 # ------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_micro_world_cd_pipeline(tmp_path):
     """Micro world: offline data -> SRS targets -> value head -> tokenwise and blockwise CD on test prompts."""
     from stackalign.worlds import build_world

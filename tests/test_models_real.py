@@ -17,6 +17,7 @@ def test_names():
         real_model_path("smollm2-7b")
 
 
+@pytest.mark.slow
 def test_converted_directory_matches_gguf_logits(smol_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -280,6 +280,7 @@ def test_overrides_after_options_and_recipe_check(tmp_path):
     assert p.returncode == 2 and "--nope" in p.stderr
 
 
+@pytest.mark.slow
 def test_shipped_recipes_check():  # run recipes and train recipes alike
     for f in sorted((ROOT / "recipes").glob("*.yaml")) + [ROOT / "src/stackalign/recipes/sandbox.yaml"]:
         p, _ = _cli("recipe", "check", str(f), "--no-env")
@@ -332,6 +333,7 @@ def test_prompt_files_name_the_line(tmp_path):
 # ----------------------------------------------------------------------------------------- model loading
 
 
+@pytest.mark.slow
 def test_policy_checks(tmp_path):
     from tiny_models import bpe_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
@@ -361,10 +363,8 @@ def test_policy_checks(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def micro_world(tmp_path_factory):
-    from stackalign.worlds import build_world
-
-    return build_world(tmp_path_factory.mktemp("world"), preset="micro", progress=False)
+def micro_world(micro):
+    return micro  # the session's micro world (conftest.py)
 
 
 def _run_recipe(world, methods, limit=2):

@@ -237,6 +237,7 @@ def test_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path):
     assert not (d / LOCK_NAME).exists()  # released on exit
 
 
+@pytest.mark.slow
 def test_run_and_train_refuse_a_locked_directory_then_take_over(tmp_path):
     """`stackalign run`, `eval` and `train` on a directory another live process writes: a clear error naming
     the directory and the pid; after kill -9 of the holder the same command gets past the lock."""

@@ -9,10 +9,8 @@ from stackalign.runner.run import execute
 
 
 @pytest.fixture(scope="module")
-def micro_world(tmp_path_factory):
-    from stackalign.worlds import build_world
-
-    return build_world(tmp_path_factory.mktemp("world"), preset="micro", progress=False)
+def micro_world(micro):
+    return micro  # the session's micro world (conftest.py)
 
 
 def _recipe(world, limit=4):

@@ -23,10 +23,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(scope="module")
-def micro_world(tmp_path_factory):
-    from stackalign.worlds import build_world
-
-    return build_world(tmp_path_factory.mktemp("world"), preset="micro", progress=False)
+def micro_world(micro):
+    return micro  # the session's micro world (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +81,7 @@ def serial_out(micro_world, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_workers_write_the_serial_rows_and_a_killed_worker_loses_nothing(
     micro_world, ray_cluster, serial_out, tmp_path, monkeypatch
 ):
@@ -108,6 +107,7 @@ def test_two_workers_write_the_serial_rows_and_a_killed_worker_loses_nothing(
     assert cfg == json.loads((ref.parent / "config.json").read_text())  # same model, prompts, sampling
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_duplicates(micro_world, ray_cluster, serial_out, tmp_path):
     recipe = tmp_path / "r.yaml"
     # serial in the recipe; the command line asks for Ray. The coherence encoder runs on the worker.
@@ -227,6 +227,7 @@ def ray_tasks(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_srs_thresholds_on_workers_match_serial(
     micro_world, ray_cluster, srs_serial_out, tmp_path, ray_tasks
 ):
@@ -248,6 +249,7 @@ def test_srs_thresholds_on_workers_match_serial(
     assert not list(out.rglob("*.tmp*"))
 
 
+@pytest.mark.slow
 def test_srs_ray_resumes_a_serial_run_from_its_cache(
     micro_world, ray_cluster, srs_serial_out, tmp_path, ray_tasks
 ):
@@ -297,6 +299,7 @@ def ray_done(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_a_ray_sweep_keeps_its_actors_and_writes_the_serial_sweeps_rows(
     micro_world, ray_cluster, tmp_path, ray_done, monkeypatch
 ):

@@ -116,6 +116,7 @@ def test_bon_mc_source_uses_independent_samples(tmp_path):
     torch.testing.assert_close(got.shaped, ref.shaped)
 
 
+@pytest.mark.slow
 def test_recipe_threshold_sources_end_to_end(tmp_path):
     """A run recipe with SRS-ARGS (predicted, trained and cached in the run directory) and SRS-BoN (mc); the
     summary carries intervals and paired comparisons; a rerun reuses the cached predictor."""

@@ -26,10 +26,8 @@ from stackalign.training.run import prepare_run_dir
 
 
 @pytest.fixture(scope="module")
-def micro_world(tmp_path_factory):
-    from stackalign.worlds import build_world
-
-    return build_world(tmp_path_factory.mktemp("world"), preset="micro", progress=False)
+def micro_world(micro):
+    return micro  # the session's micro world (conftest.py)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,6 +212,7 @@ def _train_cmd(recipe: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "stackalign", "train", str(recipe), "--out", str(out)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8.0}], ids=["full", "lora"])
 def test_kill9_and_resume_gives_bit_identical_weights(micro_world, tmp_path, lora):
     if lora is not None:

@@ -12,12 +12,6 @@ from safetensors.torch import load_file
 from stackalign.runner.recipe import RecipeError
 from stackalign.training.recipe import train_recipe_from_dict
 from stackalign.training.run import run_training
-from stackalign.worlds import build_world
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("world") / "micro", preset="micro", progress=False)
 
 
 def _recipe(world, **kw):

@@ -13,10 +13,8 @@ from stackalign.training.run import run_training
 
 
 @pytest.fixture(scope="module")
-def micro_world(tmp_path_factory):
-    from stackalign.worlds import build_world
-
-    return build_world(tmp_path_factory.mktemp("world"), preset="micro", progress=False)
+def micro_world(micro):
+    return micro  # the session's micro world (conftest.py)
 
 
 def _recipe(w, **kw):

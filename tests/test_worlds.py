@@ -17,11 +17,6 @@ from stackalign.worlds import text as T
 P_CHESS = "User: How do I get started with chess?\nAssistant:"
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("world") / "micro", preset="micro", progress=False)
-
-
 # ---- gold utility ---------------------------------------------------------------------------------
 def test_gold_exact_values():
     h1 = " With chess, it helps to keep a simple plan and follow it."
@@ -159,6 +154,7 @@ def test_micro_world_policy_generates_and_stops(micro):
     assert out.shape[0] == 3 and enc["input_ids"].shape[1] < out.shape[1] <= enc["input_ids"].shape[1] + 8
 
 
+@pytest.mark.slow
 def test_micro_world_is_deterministic_via_cli(micro, tmp_path, capsys):
     from stackalign.cli import main
 

@@ -8,7 +8,6 @@ import random
 import pytest
 
 from stackalign.worlds import build as B
-from stackalign.worlds import build_world
 from stackalign.worlds import preference as PREF
 from stackalign.worlds import text as T
 
@@ -93,11 +92,6 @@ def test_base_revisions_do_not_reliably_improve():
         rev = " " + T.sample_revision(rng, "chess", first, 0.85)
         wins.append(PREF.gold_preference(P_CHESS, rev, first))
     assert 0.4 < sum(wins) / len(wins) < 0.6
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("world") / "micro", preset="micro", progress=False)
 
 
 def test_micro_world_has_follower_format_and_figures(micro):
