@@ -33,37 +33,34 @@ def same_pick_probability(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (torch.minimum(cp, cq) - lo).clamp(min=0).sum(-1)
 
 
-def expected_gold(world, prompts, samples, probs: torch.Tensor) -> list[float]:
-    """Per prompt, the gold the selection law ``probs`` [P, N] expects over the prompt's N samples."""
-    gold = torch.tensor(
-        [[world.gold(x, y) for y in row] for x, row in zip(prompts, samples)], dtype=torch.float64
-    )
-    return (probs * gold).sum(-1).tolist()
-
-
-def protocols(world, policy, tok, rm, gen, args, betas: list[float]) -> dict:
-    """Both tuning protocols of soft Best-of-N vs SRS soft Best-of-N (see the module docstring)."""
+def protocols(world, policy, tok, rm, gen, args, betas: list[float], test) -> dict:
+    """Both tuning protocols of soft Best-of-N vs SRS soft Best-of-N (see the module docstring); ``test`` is
+    the BoNResult of the test prompts (its samples and rewards are reused)."""
     from stackalign.decoding.bon import best_of_n, soft_select_probs
     from stackalign.evaluation.intervals import paired_diff_ci
     from stackalign.shaping.presets import get_preset
 
-    def laws(prompts):
-        base = best_of_n(policy, tok, rm, prompts, args.n, gen, soft=True, beta=1.0)
+    def laws(prompts, base):
+        """Per beta, the expected gold [P] of vanilla's and SRS's selection law over each prompt's samples."""
+        gold = torch.tensor(
+            [[world.gold(x, y) for y in row] for x, row in zip(prompts, base.samples)], dtype=torch.float64
+        )
         r = base.rewards
         out = {}
         for b in betas:
             srs = get_preset(args.preset, beta=b)(r)
             out[b] = (
-                expected_gold(world, prompts, base.samples, soft_select_probs(r.double(), b)),
-                expected_gold(world, prompts, base.samples, soft_select_probs(srs, b)),
+                (soft_select_probs(r.double(), b) * gold).sum(-1).tolist(),
+                (soft_select_probs(srs, b) * gold).sum(-1).tolist(),
             )
         return out
 
-    val = laws(world.val_prompts[: args.val_prompts])
+    val_prompts = world.val_prompts[: args.val_prompts]
+    val = laws(val_prompts, best_of_n(policy, tok, rm, val_prompts, args.n, gen, soft=True, beta=1.0))
     mean = {b: (sum(v) / len(v), sum(s) / len(s)) for b, (v, s) in val.items()}
     paper = max(betas, key=lambda b: (mean[b][0], -b))  # ties to the smaller beta (the larger weight 1/beta)
     own = max(betas, key=lambda b: (mean[b][1], -b))
-    test = laws(world.test_prompts[: args.prompts])
+    test = laws(test.prompts, test)
     return {
         "val_prompts": args.val_prompts,
         "val_expected_gold": {str(b): [round(m, 4) for m in mean[b]] for b in betas},
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if a.betas:
         betas = sorted({float(b) for b in a.betas.split(",") if b.strip()})
-        out["protocols"] = protocols(world, policy, tok, rm, gen, a, betas)
+        out["protocols"] = protocols(world, policy, tok, rm, gen, a, betas, vanilla)
     print(json.dumps(out, indent=1))
     return 0
 

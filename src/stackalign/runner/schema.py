@@ -145,7 +145,7 @@ def check_main(args: argparse.Namespace) -> int:
         # the memory estimate from the models' configs (no weights load); refused when it cannot fit
         if args.processes < 1:
             raise ValueError(f"--processes: must be >= 1, got {args.processes}")
-        layout = dict(processes=args.processes, sharded=args.fsdp and args.processes > 1)
+        layout = dict(processes=args.processes, sharded=args.fsdp)
         est = estimate_train_memory(resolved, **layout) if args.no_env else check_memory(resolved, **layout)
         print("\n".join(f"# {line}" for line in est.lines()))
         print(f"# ok: {args.recipe} is a valid train recipe (algorithm: {resolved.algorithm})")

@@ -260,8 +260,9 @@ def estimate_train_memory(recipe: Any, *, processes: int = 1, sharded: bool = Fa
         trainable = shape.params
         est.parts["references"] = shape.params * wb  # the frozen copy of the initial policy
     shards = processes if sharded else 1
-    est.parts["gradients"] = -(-trainable // shards) * wb
-    est.parts["optimizer (AdamW)"] = 2 * -(-trainable // shards) * wb
+    per_shard = -(-trainable // shards)  # ceil: FSDP pads the last shard
+    est.parts["gradients"] = per_shard * wb
+    est.parts["optimizer (AdamW)"] = 2 * per_shard * wb
     if shards > 1:
         est.notes.append(
             f"FSDP over {shards} processes: gradients and optimizer state are 1/{shards} per process; the "
